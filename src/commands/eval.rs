@@ -1,0 +1,196 @@
+//! `imgcot-train eval`: generate an evaluation set in GenEval's folder layout with a checkpoint,
+//! score every image with a detector and GenEval's exact rules, write `results.jsonl` and
+//! `summary.json`, print the table and log it to TensorBoard. With no arguments: the glyph world.
+use crate::eval::geneval::{self, detectors::Detector, layout, rules::RuleOptions, summary::Summary, Detection, Metadata};
+use crate::generate::{self, derive_seed, NoHook, SamplerConfig};
+use crate::glyphs;
+use crate::models::showo::{Layout, Showo, TextTokenizer};
+use crate::models::ImageTokenizer;
+use crate::recipe::Recipe;
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct EvalArgs {
+    #[command(subcommand)]
+    pub sub: Option<EvalSub>,
+    /// Recipe YAML (default: the embedded glyph-world recipe).
+    #[arg(long)]
+    pub recipe: Option<PathBuf>,
+    /// Generator checkpoint (default: the recipe's `paths.model`).
+    #[arg(long)]
+    pub ckpt: Option<PathBuf>,
+    /// Output folder (default: runs/eval-<checkpoint name>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long)]
+    pub images_per_prompt: Option<usize>,
+    /// Only score the images already in --out.
+    #[arg(long)]
+    pub score_only: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum EvalSub {
+    /// Score a GenEval image folder (official GenEval prompts or any metadata) with a detector backend.
+    Geneval(crate::commands::geneval::ScoreArgs),
+}
+
+/// Settings recorded in the output folder.
+#[derive(Serialize)]
+struct Settings<'a> {
+    checkpoint: String,
+    metadata: String,
+    images_per_prompt: usize,
+    seed: u64,
+    sampler: &'a SamplerConfig,
+    verifier: Option<String>,
+}
+
+/// Generates `images_per_prompt` images for each prompt index in `indices` into `out` (GenEval
+/// layout), skipping prompt folders that are already complete. Image k of prompt i uses
+/// `derive_seed(seed, i, k)`, so two checkpoints are compared on the same noise.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_layout(
+    model: &Showo,
+    layout_ids: &Layout,
+    tok: &TextTokenizer,
+    vq: &dyn ImageTokenizer,
+    metas: &[Metadata],
+    indices: &[usize],
+    images_per_prompt: usize,
+    seed: u64,
+    sampler: &SamplerConfig,
+    batch_rows: usize,
+    out: &Path,
+) -> Result<usize> {
+    let todo: Vec<usize> = indices
+        .iter()
+        .copied()
+        .filter(|&i| !layout::prompt_folder_complete(out, i, &metas[i], images_per_prompt).unwrap_or(false))
+        .collect();
+    let pb = crate::train::logging::progress_bar(todo.len() as u64, true);
+    pb.set_message("generating");
+    let per_batch = (batch_rows / images_per_prompt).max(1);
+    for chunk in todo.chunks(per_batch) {
+        let prompts: Vec<String> = chunk.iter().map(|&i| metas[i].prompt.clone()).collect();
+        let text = layout_ids.text_batch(tok, &prompts, model.device())?;
+        let mut prompt_of = Vec::new();
+        let mut seeds = Vec::new();
+        for (j, &i) in chunk.iter().enumerate() {
+            for k in 0..images_per_prompt {
+                prompt_of.push(j);
+                seeds.push(derive_seed(seed, i as u64, k as u64));
+            }
+        }
+        let res = generate::sample(model, layout_ids, &text, &prompt_of, &seeds, sampler, &mut NoHook)?;
+        let images = vq.decode(&res.codes.to_device(model.device()))?;
+        let pngs = crate::world::to_pngs(&images)?;
+        for (j, &i) in chunk.iter().enumerate() {
+            layout::write_metadata(out, i, &metas[i])?;
+            for k in 0..images_per_prompt {
+                layout::write_sample(out, i, k, &pngs[j * images_per_prompt + k])?;
+            }
+        }
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish_and_clear();
+    Ok(todo.len())
+}
+
+/// The glyph world's detector: a PNG → nearest-patch codes → one detection per glyph.
+pub struct GlyphDetector;
+
+impl Detector for GlyphDetector {
+    fn name(&self) -> &str {
+        "glyph"
+    }
+    fn detect(&mut self, sample: &layout::Sample, _meta: &Metadata) -> Result<Vec<Detection>> {
+        let (w, h, rgb) = glyphs::png::read_rgb(&sample.path)?;
+        anyhow::ensure!(
+            w as usize == glyphs::world::IMAGE_SIZE && h as usize == glyphs::world::IMAGE_SIZE,
+            "{}: glyph images are {}×{}, found {w}×{h}",
+            sample.rel,
+            glyphs::world::IMAGE_SIZE,
+            glyphs::world::IMAGE_SIZE
+        );
+        Ok(glyphs::detect::detect(&glyphs::world::encode(&rgb)?))
+    }
+}
+
+/// Scores a glyph-world folder: GenEval's rules plus the glyph world's `strict` and `glyphs_per_image`.
+pub fn score_glyph_folder(images: &Path, out: &Path) -> Result<Summary> {
+    let folders = layout::list_images(images)?;
+    let detections = GlyphDetector.detect_all(&folders)?;
+    let opts = RuleOptions::default();
+    let records = geneval::score::judge_folders(images, &folders, &detections, &opts)?;
+    let mut strict = Vec::new();
+    let mut glyphs = 0usize;
+    for (f, dets) in folders.iter().zip(&detections) {
+        for d in dets {
+            strict.push((f.metadata.tag.as_str(), glyphs::detect::strict(&f.metadata, d, &opts)));
+            glyphs += d.len();
+        }
+    }
+    let mut summary = Summary::from_records(&records)?;
+    summary.strict = geneval::summary::macro_average(strict.iter().map(|(t, s)| (*t, *s)));
+    summary.glyphs_per_image = Some(glyphs as f64 / strict.len().max(1) as f64);
+    crate::util::atomic_write(&out.join("results.jsonl"), geneval::score::records_jsonl(&records)?.as_bytes())?;
+    let json = serde_json::to_string_pretty(&summary.to_json())?;
+    crate::util::atomic_write(&out.join("summary.json"), format!("{json}\n").as_bytes())?;
+    Ok(summary)
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    if let Some(EvalSub::Geneval(g)) = args.sub {
+        return crate::commands::geneval::run_score(g);
+    }
+    let recipe = Recipe::load(args.recipe.as_deref())?;
+    let ckpt = args.ckpt.clone().unwrap_or_else(|| recipe.paths.model.clone());
+    let name = ckpt.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    let out = args.out.clone().unwrap_or_else(|| recipe.paths.runs.join(format!("eval-{name}")));
+    let ipp = args.images_per_prompt.unwrap_or(recipe.eval.images_per_prompt);
+    let summary = evaluate(&recipe, &ckpt, &out, ipp, args.score_only)?;
+    println!("{}", summary.table());
+    Ok(())
+}
+
+/// Generates (unless `score_only`) and scores the recipe's evaluation set; logs to TensorBoard.
+pub fn evaluate(recipe: &Recipe, ckpt: &Path, out: &Path, ipp: usize, score_only: bool) -> Result<Summary> {
+    let t0 = std::time::Instant::now();
+    if !score_only {
+        let device = recipe.device()?;
+        let model = Showo::load(ckpt, device, recipe.kind()?).with_context(|| format!("loading {}", ckpt.display()))?;
+        let tok = TextTokenizer::from_file(&recipe.paths.tokenizer)?;
+        let ids = Layout::new(&model.cfg, &tok);
+        let vq = crate::world::image_tokenizer(&recipe.paths.vq, device)?;
+        let metas = layout::load_metadata_jsonl(&recipe.eval.metadata)?;
+        let indices: Vec<usize> = (0..metas.len()).collect();
+        std::fs::create_dir_all(out)?;
+        let settings = Settings {
+            checkpoint: ckpt.display().to_string(),
+            metadata: recipe.eval.metadata.display().to_string(),
+            images_per_prompt: ipp,
+            seed: recipe.eval.seed,
+            sampler: &recipe.sampler,
+            verifier: None,
+        };
+        crate::util::atomic_write(&out.join("settings.json"), serde_json::to_string_pretty(&settings)?.as_bytes())?;
+        generate_layout(&model, &ids, &tok, vq.as_ref(), &metas, &indices, ipp, recipe.eval.seed, &recipe.sampler, recipe.eval.batch_size, out)?;
+    }
+    let summary = if recipe.is_glyph() {
+        score_glyph_folder(out, out)?
+    } else {
+        anyhow::bail!("scoring real images needs a detector backend: use `imgcot-train eval geneval --score …`")
+    };
+    let mut tb = crate::train::logging::Logger::new(out, 0, crate::train::logging::LoggerOptions::default())?;
+    for t in &summary.tags {
+        tb.scalar(&format!("eval/{}", t.tag), t.accuracy(), 0);
+    }
+    tb.scalar("eval/overall", summary.overall(), 0);
+    tb.info(format!("eval of {} in {:.1}s", ckpt.display(), t0.elapsed().as_secs_f64()));
+    tb.finish();
+    Ok(summary)
+}

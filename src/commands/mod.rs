@@ -1,0 +1,9 @@
+//! One module per `imgcot-train` subcommand family; `main.rs` only parses and dispatches.
+pub mod bench;
+pub mod doctor;
+pub mod eval;
+pub mod geneval;
+pub mod inspect;
+pub mod inspect_vq;
+pub mod pretrain;
+pub mod sample;

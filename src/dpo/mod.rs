@@ -1,0 +1,3 @@
+//! DPO on masked image tokens: likelihood estimators, losses, trainer.
+
+pub mod loss;

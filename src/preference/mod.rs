@@ -1,0 +1,5 @@
+//! Preference pairs: the JSONL dataset, validation, cached image codes, pair building.
+
+pub mod cache;
+pub mod hash;
+pub mod pairs;

@@ -1,0 +1,177 @@
+//! YAML recipes → typed, validated configuration. Unknown keys are errors, so a typo never
+//! silently falls back to a default. With no recipe, every command runs the glyph world
+//! (`recipes/glyphs.yaml`, embedded in the binary so it works from any folder).
+use crate::generate::SamplerConfig;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The glyph-world recipe, embedded.
+pub const GLYPHS_YAML: &str = include_str!("../recipes/glyphs.yaml");
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// A name for logs and run folders.
+    pub name: String,
+    /// `cpu`, `cuda`, `cuda:N`.
+    #[serde(default = "d_device")]
+    pub device: String,
+    /// `fp32` or `bf16` for sampling and frozen models.
+    #[serde(default = "d_dtype")]
+    pub dtype: String,
+    pub paths: Paths,
+    /// Show-o/Phi config overrides for a model trained from scratch (pretrain); see models::showo::Config.
+    #[serde(default)]
+    pub model: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    pub sampler: SamplerConfig,
+    #[serde(default)]
+    pub pretrain: Option<Pretrain>,
+    pub eval: Eval,
+}
+
+fn d_device() -> String {
+    "cpu".into()
+}
+fn d_dtype() -> String {
+    "fp32".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Paths {
+    /// The generator checkpoint directory (Show-o layout).
+    pub model: PathBuf,
+    /// The image tokenizer: `glyph`, or a MAGVIT-v2 checkpoint directory.
+    pub vq: String,
+    /// The prompt tokenizer (`tokenizer.json`).
+    pub tokenizer: PathBuf,
+    /// Where runs (TensorBoard, logs, eval outputs) go.
+    #[serde(default = "d_runs")]
+    pub runs: PathBuf,
+    /// Where checkpoints of runs go.
+    #[serde(default = "d_ckpts")]
+    pub ckpts: PathBuf,
+}
+
+fn d_runs() -> PathBuf {
+    "runs".into()
+}
+fn d_ckpts() -> PathBuf {
+    "ckpts".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pretrain {
+    pub steps: u64,
+    pub batch_size: i64,
+    pub lr: f64,
+    #[serde(default)]
+    pub warmup_steps: u64,
+    #[serde(default = "d_min_lr")]
+    pub min_lr_ratio: f64,
+    #[serde(default = "d_wd")]
+    pub weight_decay: f64,
+    #[serde(default = "d_clip")]
+    pub max_grad_norm: f64,
+    /// Share of rows whose prompt is replaced by the unconditional one (Show-o: 0.1).
+    #[serde(default = "d_drop")]
+    pub cond_dropout: f64,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default = "d_ckpt_every")]
+    pub ckpt_every: u64,
+    #[serde(default = "d_log_every")]
+    pub log_every: u64,
+}
+
+fn d_min_lr() -> f64 {
+    0.1
+}
+fn d_wd() -> f64 {
+    0.01
+}
+fn d_clip() -> f64 {
+    1.0
+}
+fn d_drop() -> f64 {
+    0.1
+}
+fn d_ckpt_every() -> u64 {
+    200
+}
+fn d_log_every() -> u64 {
+    20
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Eval {
+    /// GenEval-format metadata of the evaluation prompts.
+    pub metadata: PathBuf,
+    #[serde(default = "d_ipp")]
+    pub images_per_prompt: usize,
+    /// Base of the per-image seeds: image k of prompt i uses derive_seed(seed, i, k).
+    #[serde(default)]
+    pub seed: u64,
+    /// Rows decoded together.
+    #[serde(default = "d_batch")]
+    pub batch_size: usize,
+}
+
+fn d_ipp() -> usize {
+    4
+}
+fn d_batch() -> usize {
+    64
+}
+
+impl Recipe {
+    /// Loads `path`, or the embedded glyph-world recipe when `None`.
+    pub fn load(path: Option<&Path>) -> Result<Self> {
+        match path {
+            None => Self::from_yaml(GLYPHS_YAML).context("embedded recipes/glyphs.yaml"),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("reading recipe {}", p.display()))?;
+                Self::from_yaml(&text).with_context(|| format!("recipe {}", p.display()))
+            }
+        }
+    }
+
+    pub fn from_yaml(text: &str) -> Result<Self> {
+        Ok(serde_norway::from_str(text)?)
+    }
+
+    pub fn device(&self) -> Result<tch::Device> {
+        crate::util::parse_device(&self.device)
+    }
+
+    pub fn kind(&self) -> Result<tch::Kind> {
+        crate::util::parse_dtype(&self.dtype)
+    }
+
+    pub fn is_glyph(&self) -> bool {
+        self.paths.vq == "glyph"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_recipe_parses() {
+        let r = Recipe::load(None).unwrap();
+        assert!(r.is_glyph());
+        assert!(r.pretrain.is_some());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let bad = GLYPHS_YAML.replace("images_per_prompt:", "images_per_promt:");
+        let e = Recipe::from_yaml(&bad).unwrap_err();
+        assert!(format!("{e:#}").contains("images_per_promt"), "{e:#}");
+    }
+}
