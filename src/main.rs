@@ -22,6 +22,10 @@ enum Cmd {
     Pretrain(commands::pretrain::PretrainArgs),
     /// Generate and score an evaluation set (glyph-geneval by default; `eval geneval` for GenEval).
     Eval(commands::eval::EvalArgs),
+    /// Build preference pairs: sample N per prompt with a policy, judge, pair.
+    Pairs(commands::dpo::PairsArgs),
+    /// DPO on masked image tokens: one round on given pairs.
+    Dpo(commands::dpo::DpoArgs),
     /// Benchmarks (speed targets live here, not in tests).
     Bench(commands::bench::BenchArgs),
     /// Regenerate the glyph world's committed data files (eval set, training prompts, tokenizer).
@@ -52,6 +56,8 @@ fn main() {
         Cmd::Pretrain(a) => commands::pretrain::run(a),
         Cmd::Eval(a) => commands::eval::run(a),
         Cmd::Bench(a) => commands::bench::run(a),
+        Cmd::Pairs(a) => commands::dpo::run_pairs(a),
+        Cmd::Dpo(a) => commands::dpo::run(a),
         Cmd::GlyphData { out } => imgcot::glyphs::write_data_files(&out).map(|_| println!("wrote {}", out.display())),
     };
     if let Err(e) = res {

@@ -29,6 +29,32 @@ pub struct Recipe {
     #[serde(default)]
     pub pretrain: Option<Pretrain>,
     pub eval: Eval,
+    /// Preference-pair building (sampling N per prompt, judging, pairing).
+    #[serde(default)]
+    pub pairs: Option<PairsConfig>,
+    /// One DPO round (see dpo::trainer::DpoConfig).
+    #[serde(default)]
+    pub dpo: Option<crate::dpo::trainer::DpoConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairsConfig {
+    /// Training prompts (GenEval-format metadata), disjoint from the evaluation set.
+    pub prompts: PathBuf,
+    /// Prompts sampled per round (weighted by `tag_weights`, without replacement within a tag).
+    pub num_prompts: usize,
+    /// Images sampled per prompt.
+    pub n: usize,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub rule: crate::preference::build::PairRule,
+    /// Relative weight of each tag when choosing prompts (missing tags: 1).
+    #[serde(default)]
+    pub tag_weights: std::collections::BTreeMap<String, f64>,
+    #[serde(default = "d_batch")]
+    pub batch_size: usize,
 }
 
 fn d_device() -> String {

@@ -7,7 +7,9 @@
 use imgcot::eval::geneval::rules::{evaluate, RuleOptions};
 use imgcot::eval::geneval::{Metadata, TAGS};
 use imgcot::glyphs::detect::{detect, strict};
-use imgcot::glyphs::prompts::{self, data_dir, EVAL_COUNTS, EVAL_METADATA_FILE, SPLIT_SEED, TRAIN_PROMPTS_FILE};
+use imgcot::glyphs::prompts::{
+    self, data_dir, EVAL_COUNTS, EVAL_METADATA_FILE, SPLIT_SEED, TRAIN_PROMPTS_FILE,
+};
 use imgcot::glyphs::rng::seeded;
 use imgcot::glyphs::scene::sample_scene;
 use imgcot::glyphs::tokenizer::{self, TOKENIZER_FILE, UNK};
@@ -24,9 +26,18 @@ fn data_files_regenerate_byte_identical() {
         imgcot::glyphs::write_data_files(&data_dir()).unwrap();
     }
     let (eval, train) = prompts::data_files(SPLIT_SEED);
-    assert!(committed(EVAL_METADATA_FILE) == eval, "{EVAL_METADATA_FILE} differs from its generator");
-    assert!(committed(TRAIN_PROMPTS_FILE) == train, "{TRAIN_PROMPTS_FILE} differs from its generator");
-    assert!(committed(TOKENIZER_FILE) == tokenizer::tokenizer_json().unwrap(), "{TOKENIZER_FILE} differs from its generator");
+    assert!(
+        committed(EVAL_METADATA_FILE) == eval,
+        "{EVAL_METADATA_FILE} differs from its generator"
+    );
+    assert!(
+        committed(TRAIN_PROMPTS_FILE) == train,
+        "{TRAIN_PROMPTS_FILE} differs from its generator"
+    );
+    assert!(
+        committed(TOKENIZER_FILE) == tokenizer::tokenizer_json().unwrap(),
+        "{TOKENIZER_FILE} differs from its generator"
+    );
 }
 
 #[test]
@@ -36,17 +47,24 @@ fn committed_sets_have_the_documented_counts() {
     for (tag, k) in EVAL_COUNTS {
         assert_eq!(eval.iter().filter(|m| m.tag == tag).count(), k, "{tag}");
         let space = prompts::enumerate(tag).unwrap().len();
-        let want = if tag == "single_object" { space } else { space - k };
+        let want = if tag == "single_object" {
+            space
+        } else {
+            space - k
+        };
         assert_eq!(train.iter().filter(|m| m.tag == tag).count(), want, "{tag}");
     }
     assert_eq!(eval.len(), 150);
     // Tags appear in GenEval's order.
-    let order: Vec<&str> = eval.iter().map(|m| m.tag.as_str()).fold(vec![], |mut v, t| {
-        if v.last() != Some(&t) {
-            v.push(t);
-        }
-        v
-    });
+    let order: Vec<&str> = eval
+        .iter()
+        .map(|m| m.tag.as_str())
+        .fold(vec![], |mut v, t| {
+            if v.last() != Some(&t) {
+                v.push(t);
+            }
+            v
+        });
     assert_eq!(order, TAGS.to_vec());
 }
 
@@ -60,8 +78,16 @@ fn check_ground_truth(meta: &Metadata, scenes: usize, seed: u64) {
         assert_eq!(decoded, codes);
         let dets = detect(&decoded);
         let v = evaluate(meta, &dets, &opts);
-        assert!(v.correct, "'{}': ground truth scored wrong: {}", meta.prompt, v.reason);
-        assert!(strict(meta, &dets, &opts), "'{}': ground truth not strict", meta.prompt);
+        assert!(
+            v.correct,
+            "'{}': ground truth scored wrong: {}",
+            meta.prompt, v.reason
+        );
+        assert!(
+            strict(meta, &dets, &opts),
+            "'{}': ground truth not strict",
+            meta.prompt
+        );
     }
 }
 
@@ -85,7 +111,11 @@ fn blank_images_score_zero_on_every_eval_prompt() {
     let blank = encode(&vec![255u8; 128 * 128 * 3]).unwrap();
     assert!(detect(&blank).is_empty());
     for m in prompts::load_eval_set().unwrap() {
-        assert!(!evaluate(&m, &detect(&blank), &opts).correct, "{}", m.prompt);
+        assert!(
+            !evaluate(&m, &detect(&blank), &opts).correct,
+            "{}",
+            m.prompt
+        );
         assert!(!strict(&m, &detect(&blank), &opts), "{}", m.prompt);
     }
 }
@@ -94,18 +124,35 @@ fn blank_images_score_zero_on_every_eval_prompt() {
 fn committed_tokenizer_encodes_every_prompt_without_unk() {
     let tok = tokenizer::load().unwrap();
     let unk = tok.token_to_id(UNK).unwrap();
-    let mut texts: Vec<String> = prompts::prompt_space().into_iter().map(|m| m.prompt).collect();
+    let mut texts: Vec<String> = prompts::prompt_space()
+        .into_iter()
+        .map(|m| m.prompt)
+        .collect();
     texts.extend(tokenizer::source_texts());
     for t in &texts {
         let enc = tok.encode(t.as_str(), false).unwrap();
-        assert!(!enc.get_ids().contains(&unk), "'{t}' has an unknown word: {:?}", enc.get_tokens());
+        assert!(
+            !enc.get_ids().contains(&unk),
+            "'{t}' has an unknown word: {:?}",
+            enc.get_tokens()
+        );
         assert!(!enc.get_ids().is_empty());
     }
     // The eval/train files hold prompts of this grammar only.
-    for m in prompts::load_eval_set().unwrap().iter().chain(prompts::load_train_set().unwrap().iter()) {
+    for m in prompts::load_eval_set()
+        .unwrap()
+        .iter()
+        .chain(prompts::load_train_set().unwrap().iter())
+    {
         assert_eq!(&prompts::parse_prompt(&m.prompt).unwrap(), m);
     }
     assert_eq!(tok.get_vocab_size(true), tokenizer::llm_vocab_size() + 10);
-    assert_eq!(tok.token_to_id("[PAD]"), Some(tokenizer::llm_vocab_size() as u32));
-    assert_eq!(tok.token_to_id("<|lvg|>"), Some(tokenizer::llm_vocab_size() as u32 + 9));
+    assert_eq!(
+        tok.token_to_id("[PAD]"),
+        Some(tokenizer::llm_vocab_size() as u32)
+    );
+    assert_eq!(
+        tok.token_to_id("<|lvg|>"),
+        Some(tokenizer::llm_vocab_size() as u32 + 9)
+    );
 }

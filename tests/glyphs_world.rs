@@ -1,7 +1,11 @@
 //! Glyph renderer ↔ encoder: exact round trips on host pixels and tensors, robustness to noise.
 use imgcot::glyphs::rng::{below, seeded};
-use imgcot::glyphs::world::{self, encode, patches, render, Codes, Glyph, COLOR_RGB, IMAGE_BYTES, NUM_CODES, WHITE};
-use imgcot::models::glyph_vq::{codes_to_tensor, images_to_tensor, tensor_to_codes, tensor_to_images, GlyphTokenizer};
+use imgcot::glyphs::world::{
+    self, encode, patches, render, Codes, Glyph, COLOR_RGB, IMAGE_BYTES, NUM_CODES, WHITE,
+};
+use imgcot::models::glyph_vq::{
+    codes_to_tensor, images_to_tensor, tensor_to_codes, tensor_to_images, GlyphTokenizer,
+};
 use imgcot::models::ImageTokenizer;
 use tch::{Device, Kind, Tensor};
 
@@ -47,8 +51,18 @@ fn render_paints_exactly_the_predicates() {
     for y in 0..128 {
         for x in 0..128 {
             let px = &img[3 * (128 * y + x)..3 * (128 * y + x) + 3];
-            let inside = (112..128).contains(&y) && (32..48).contains(&x) && world::shape_covers(3, x - 32, y - 112);
-            assert_eq!(px, if inside { &COLOR_RGB[1][..] } else { &WHITE[..] }, "({x},{y})");
+            let inside = (112..128).contains(&y)
+                && (32..48).contains(&x)
+                && world::shape_covers(3, x - 32, y - 112);
+            assert_eq!(
+                px,
+                if inside {
+                    &COLOR_RGB[1][..]
+                } else {
+                    &WHITE[..]
+                },
+                "({x},{y})"
+            );
         }
     }
 }
@@ -59,7 +73,11 @@ fn min_patch_distance() -> u64 {
     let mut best = u64::MAX;
     for a in 0..NUM_CODES {
         for b in a + 1..NUM_CODES {
-            let d = p[a].iter().zip(p[b].iter()).map(|(&x, &y)| (x as i64 - y as i64).pow(2) as u64).sum();
+            let d = p[a]
+                .iter()
+                .zip(p[b].iter())
+                .map(|(&x, &y)| (x as i64 - y as i64).pow(2) as u64)
+                .sum();
             best = best.min(d);
         }
     }
@@ -68,7 +86,11 @@ fn min_patch_distance() -> u64 {
 
 fn add_noise(img: &[u8], amp: i64, seed: u64) -> Vec<u8> {
     let mut rng = seeded(seed, 1);
-    img.iter().map(|&v| (v as i64 + below(&mut rng, (2 * amp + 1) as usize) as i64 - amp).clamp(0, 255) as u8).collect()
+    img.iter()
+        .map(|&v| {
+            (v as i64 + below(&mut rng, (2 * amp + 1) as usize) as i64 - amp).clamp(0, 255) as u8
+        })
+        .collect()
 }
 
 #[test]
@@ -80,38 +102,60 @@ fn encode_is_robust_to_noise() {
     // Practical regime: much stronger uniform noise (±40 per channel) on random scenes.
     for (i, codes) in random_codes(2, 100).iter().enumerate() {
         let img = render(codes);
-        assert_eq!(&encode(&add_noise(&img, amp, i as u64)).unwrap(), codes, "amp {amp}");
-        assert_eq!(&encode(&add_noise(&img, 40, 1000 + i as u64)).unwrap(), codes, "amp 40");
+        assert_eq!(
+            &encode(&add_noise(&img, amp, i as u64)).unwrap(),
+            codes,
+            "amp {amp}"
+        );
+        assert_eq!(
+            &encode(&add_noise(&img, 40, 1000 + i as u64)).unwrap(),
+            codes,
+            "amp 40"
+        );
     }
 }
 
 #[test]
 fn encode_ties_go_to_the_lowest_code() {
-    // A patch exactly halfway between white (code 0) and a glyph would tie; construct a cell whose
-    // distance to empty equals its distance to the black square: paint half of the square's pixels.
+    // Paint every other pixel of a yellow triangle: the cell is then exactly as far from the
+    // empty cell (code 0) as from the yellow triangle. Yellow is the color nearest to white and
+    // the triangle the smallest shape, so no other code is as near (checked below).
     let p = patches();
-    let black_square = Glyph { shape: 1, color: 5 }.code() as usize;
-    let painted: Vec<usize> = (0..256).filter(|&i| p[black_square][3 * i..3 * i + 3] != WHITE).collect();
+    let yellow_triangle = Glyph { shape: 2, color: 3 }.code() as usize;
+    let painted: Vec<usize> = (0..256)
+        .filter(|&i| p[yellow_triangle][3 * i..3 * i + 3] != WHITE)
+        .collect();
     assert_eq!(painted.len() % 2, 0);
     let mut img = vec![255u8; IMAGE_BYTES];
     for &i in painted.iter().step_by(2) {
         let (dx, dy) = (i % 16, i / 16);
-        img[3 * (128 * dy + dx)..3 * (128 * dy + dx) + 3].copy_from_slice(&[0, 0, 0]);
+        img[3 * (128 * dy + dx)..3 * (128 * dy + dx) + 3].copy_from_slice(&COLOR_RGB[3]);
     }
-    // Check that it is a genuine tie between 0 and the black square, and that nothing is nearer.
     let dist = |code: usize| -> u64 {
         (0..256)
             .map(|i| {
                 let (dx, dy) = (i % 16, i / 16);
-                (0..3).map(|ch| (img[3 * (128 * dy + dx) + ch] as i64 - p[code][3 * i + ch] as i64).pow(2) as u64).sum::<u64>()
+                (0..3)
+                    .map(|ch| {
+                        (img[3 * (128 * dy + dx) + ch] as i64 - p[code][3 * i + ch] as i64).pow(2)
+                            as u64
+                    })
+                    .sum::<u64>()
             })
             .sum()
     };
-    assert_eq!(dist(0), dist(black_square));
-    let best = (0..NUM_CODES).map(dist).min().unwrap();
-    assert_eq!(best, dist(0), "construction is not a tie at the minimum");
-    let tok = GlyphTokenizer::new();
+    assert_eq!(dist(0), dist(yellow_triangle));
+    let others = (1..NUM_CODES)
+        .filter(|&c| c != yellow_triangle)
+        .map(dist)
+        .min()
+        .unwrap();
+    assert!(
+        others > dist(0),
+        "construction is not a two-way tie at the minimum"
+    );
     assert_eq!(encode(&img).unwrap()[0], 0);
+    let tok = GlyphTokenizer::new();
     let t = images_to_tensor(&[img], Device::Cpu).unwrap();
     assert_eq!(tok.encode(&t).unwrap().int64_value(&[0, 0]), 0);
 }
@@ -119,7 +163,10 @@ fn encode_ties_go_to_the_lowest_code() {
 #[test]
 fn tensor_decode_equals_host_render() {
     let tok = GlyphTokenizer::new();
-    let codes: Vec<Codes> = all_code_images().into_iter().chain(random_codes(3, 27)).collect();
+    let codes: Vec<Codes> = all_code_images()
+        .into_iter()
+        .chain(random_codes(3, 27))
+        .collect();
     let t = codes_to_tensor(&codes, Device::Cpu);
     let images = tok.decode(&t).unwrap();
     assert_eq!(images.size(), vec![64, 3, 128, 128]);
@@ -130,7 +177,10 @@ fn tensor_decode_equals_host_render() {
     assert!(images.equal(&expected));
     assert_eq!(tensor_to_images(&images).unwrap(), host);
     // Round trip through the tensor encoder.
-    assert_eq!(tensor_to_codes(&tok.encode(&images).unwrap()).unwrap(), codes);
+    assert_eq!(
+        tensor_to_codes(&tok.encode(&images).unwrap()).unwrap(),
+        codes
+    );
 }
 
 #[test]
@@ -143,7 +193,11 @@ fn tensor_encode_matches_host_encode_on_noisy_floats() {
     let got = tensor_to_codes(&tok.encode(&noisy).unwrap()).unwrap();
     assert_eq!(got, codes);
     // The host encoder on the same 8-bit pixels agrees code for code.
-    let host: Vec<Codes> = tensor_to_images(&noisy).unwrap().iter().map(|i| encode(i).unwrap()).collect();
+    let host: Vec<Codes> = tensor_to_images(&noisy)
+        .unwrap()
+        .iter()
+        .map(|i| encode(i).unwrap())
+        .collect();
     assert_eq!(host, got);
 }
 
@@ -152,18 +206,34 @@ fn tokenizer_interface_and_errors() {
     let tok = GlyphTokenizer::new();
     assert_eq!(tok.codebook_size(), 37);
     assert_eq!(tok.grid_size(128), 8);
-    assert!(tok.decode(&Tensor::from_slice(&[37i64; 64]).view([1, 64])).is_err());
-    assert!(tok.decode(&Tensor::from_slice(&[-1i64; 64]).view([1, 64])).is_err());
-    assert!(tok.decode(&Tensor::zeros([1, 63], (Kind::Int64, Device::Cpu))).is_err());
-    assert!(tok.encode(&Tensor::zeros([1, 3, 100, 128], (Kind::Float, Device::Cpu))).is_err());
-    assert!(tok.encode(&Tensor::zeros([1, 1, 128, 128], (Kind::Float, Device::Cpu))).is_err());
+    assert!(tok
+        .decode(&Tensor::from_slice(&[37i64; 64]).view([1, 64]))
+        .is_err());
+    assert!(tok
+        .decode(&Tensor::from_slice(&[-1i64; 64]).view([1, 64]))
+        .is_err());
+    assert!(tok
+        .decode(&Tensor::zeros([1, 63], (Kind::Int64, Device::Cpu)))
+        .is_err());
+    assert!(tok
+        .encode(&Tensor::zeros([1, 3, 100, 128], (Kind::Float, Device::Cpu)))
+        .is_err());
+    assert!(tok
+        .encode(&Tensor::zeros([1, 1, 128, 128], (Kind::Float, Device::Cpu)))
+        .is_err());
     // An all-white image is all empty cells; an all-black one is the black square everywhere
     // (the black patch nearest to a black cell has the most painted pixels).
     let white = Tensor::ones([2, 3, 128, 128], (Kind::Float, Device::Cpu));
-    assert_eq!(tok.encode(&white).unwrap(), Tensor::zeros([2, 64], (Kind::Int64, Device::Cpu)));
+    assert_eq!(
+        tok.encode(&white).unwrap(),
+        Tensor::zeros([2, 64], (Kind::Int64, Device::Cpu))
+    );
     let black = -Tensor::ones([1, 3, 128, 128], (Kind::Float, Device::Cpu));
     let sq = Glyph { shape: 1, color: 5 }.code() as i64;
-    assert_eq!(tok.encode(&black).unwrap(), Tensor::full([1, 64], sq, (Kind::Int64, Device::Cpu)));
+    assert_eq!(
+        tok.encode(&black).unwrap(),
+        Tensor::full([1, 64], sq, (Kind::Int64, Device::Cpu))
+    );
     assert!(world::codes_from_i64(&[0; 63]).is_err());
     assert!(world::render_i64(&[40; 64]).is_err());
 }

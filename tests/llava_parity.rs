@@ -22,7 +22,12 @@ fn reference() -> &'static Path {
 
 fn rgb(t: &Tensor) -> RgbImage {
     let (h, w, _) = t.size3().unwrap();
-    RgbImage::from_raw(w as u32, h as u32, Vec::<u8>::try_from(t.flatten(0, -1)).unwrap()).unwrap()
+    RgbImage::from_raw(
+        w as u32,
+        h as u32,
+        Vec::<u8>::try_from(t.flatten(0, -1)).unwrap(),
+    )
+    .unwrap()
 }
 
 fn ids_of(t: &Tensor) -> Vec<i64> {
@@ -61,7 +66,10 @@ fn pad_path_prompts_and_scores_match_hf() {
     assert_eq!(model.language_model().vocab_size(), keep);
     assert!(keep < 320, "the vocabulary must be truncated");
     let (yes, no) = judge.yes_no_ids();
-    assert_eq!((yes, no), (r["yes_id"].int64_value(&[0]), r["no_id"].int64_value(&[0])));
+    assert_eq!(
+        (yes, no),
+        (r["yes_id"].int64_value(&[0]), r["no_id"].int64_value(&[0]))
+    );
 
     let texts = [orm_prompt("a red cat"), parm_potential_prompt("a red cat")];
     let tok = tokenizers::Tokenizer::from_file(dir.join("orig/tokenizer.json")).unwrap();
@@ -69,14 +77,17 @@ fn pad_path_prompts_and_scores_match_hf() {
     let mut seqs = Vec::new();
     for (b, text) in texts.iter().enumerate() {
         // Prompt text and ids exactly as the Python reference builds them.
-        let py_text = String::from_utf8(Vec::<u8>::try_from(&r[&format!("text{b}")]).unwrap()).unwrap();
+        let py_text =
+            String::from_utf8(Vec::<u8>::try_from(&r[&format!("text{b}")]).unwrap()).unwrap();
         assert_eq!(text, &py_text);
         let ids = tokenizer_image_token(&tok, text).unwrap();
         assert_eq!(ids, ids_of(&r[&format!("ids{b}")]));
         // expand2square + Pillow bicubic + SigLIP normalisation.
         let px = preprocess_pad(&rgb(&r[&format!("image{b}")]), 56);
         assert!(max_abs_diff(&px, &r[&format!("pixels{b}")]) <= 1e-6);
-        let vis = tch::no_grad(|| model.encode_pad(&px.unsqueeze(0))).unwrap().remove(0);
+        let vis = tch::no_grad(|| model.encode_pad(&px.unsqueeze(0)))
+            .unwrap()
+            .remove(0);
         let dv = max_abs_diff(&vis, &r[&format!("visual{b}")]);
         assert!(dv <= 1e-4, "visual tokens max |Δ| = {dv}");
         assert_eq!(vis.size(), vec![17, 64]);
@@ -92,17 +103,25 @@ fn pad_path_prompts_and_scores_match_hf() {
     let de = max_abs_diff(&exact, &Tensor::stack(&[&r["exact0"], &r["exact1"]], 0));
     let ds = max_abs_diff(&seed, &Tensor::stack(&[&r["seed0"], &r["seed1"]], 0));
     println!("pad: last logits max|Δ| = {dl:.3e}, exact probs {de:.3e}, seed probs {ds:.3e}");
-    assert!(dl <= 1e-4 && de <= 1e-6 && ds <= 1e-6, "logits {dl}, exact {de}, seed {ds}");
+    assert!(
+        dl <= 1e-4 && de <= 1e-6 && ds <= 1e-6,
+        "logits {dl}, exact {de}, seed {ds}"
+    );
     // The seed distribution is truncated: at most 20 tokens carry mass, and it sums to one.
     let nonzero = seed.gt(0.0).sum_dim_intlist(1, false, Kind::Int64);
-    assert!(Vec::<i64>::try_from(nonzero).unwrap().iter().all(|&n| (1..=20).contains(&n)));
+    assert!(Vec::<i64>::try_from(nonzero)
+        .unwrap()
+        .iter()
+        .all(|&n| (1..=20).contains(&n)));
 
     // The judge API on the same inputs (images given as [-1, 1] floats that map back to the same uint8).
     let mut judge = judge;
     judge.mode = ScoreMode::Exact;
     judge.max_batch = 2;
     for b in 0..2 {
-        let img = r[&format!("image{b}")].to_kind(Kind::Float).permute([2, 0, 1]);
+        let img = r[&format!("image{b}")]
+            .to_kind(Kind::Float)
+            .permute([2, 0, 1]);
         let img = ((img + 0.5) / 255.0 * 2.0 - 1.0).unsqueeze(0);
         let pot = judge.potential(&["a red cat".to_string()], &img).unwrap();
         let orm = judge.outcome(&["a red cat".to_string()], &img).unwrap();
@@ -138,7 +157,11 @@ fn strict_loading_names_missing_and_misshapen_tensors() {
     let src = dir.join("orig");
     let bad = dir.join("orig-bad");
     std::fs::create_dir_all(&bad).unwrap();
-    for f in ["config.json", "model.safetensors.index.json", "tokenizer.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors.index.json",
+        "tokenizer.json",
+    ] {
         std::fs::copy(src.join(f), bad.join(f)).unwrap();
     }
     // Rewrite every shard: drop image_newline, change the projector's first weight, add a stray key.
@@ -147,15 +170,37 @@ fn strict_loading_names_missing_and_misshapen_tensors() {
             .unwrap()
             .into_iter()
             .filter(|(n, _)| n != "model.image_newline")
-            .map(|(n, t)| if n == "model.mm_projector.0.weight" { (n, t.narrow(1, 0, 16)) } else { (n, t) })
+            .map(|(n, t)| {
+                if n == "model.mm_projector.0.weight" {
+                    (n, t.narrow(1, 0, 16).contiguous())
+                } else {
+                    (n, t)
+                }
+            })
             .collect();
         if f.ends_with("model-00001-of-00003.safetensors") {
-            ts.push(("model.vision_resampler.weight".into(), Tensor::zeros([2], (Kind::Float, Device::Cpu))));
+            ts.push((
+                "model.vision_resampler.weight".into(),
+                Tensor::zeros([2], (Kind::Float, Device::Cpu)),
+            ));
         }
         Tensor::write_safetensors(&ts, bad.join(f.file_name().unwrap())).unwrap();
     }
-    let msg = format!("{:#}", LlavaOnevision::load(&bad, Device::Cpu, Kind::Float, None).unwrap_err());
-    assert!(msg.contains("missing tensor 'model.image_newline' (expected shape [64])"), "{msg}");
-    assert!(msg.contains("'model.mm_projector.0.weight'") && msg.contains("expected shape [64, 32], found [64, 16]"), "{msg}");
-    assert!(msg.contains("unexpected tensor 'model.vision_resampler.weight'"), "{msg}");
+    let msg = format!(
+        "{:#}",
+        LlavaOnevision::load(&bad, Device::Cpu, Kind::Float, None).unwrap_err()
+    );
+    assert!(
+        msg.contains("missing tensor 'model.image_newline' (expected shape [64])"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("'model.mm_projector.0.weight'")
+            && msg.contains("expected shape [64, 32], found [64, 16]"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("unexpected tensor 'model.vision_resampler.weight'"),
+        "{msg}"
+    );
 }

@@ -99,7 +99,7 @@ fn encode_then_decode_round_trip_files() {
     assert_eq!(codes_c.size(), vec![1, 256]);
 
     // Decode (16×16 grids, 256², to keep the test fast) to safetensors: fp32 `image` = the model's decode.
-    let both = Tensor::cat(&[&codes_c, &((&codes_c + 1) % 64)], 0);
+    let both = Tensor::cat(&[&codes_c, &(&codes_c + 1).remainder(64)], 0);
     inspect_vq::write_safetensors(&dir.join("both.safetensors"), &[("codes", &both)]).unwrap();
     inspect_vq::inspect_decode(
         ckpt(),

@@ -427,16 +427,41 @@ fn lfq_bit_order_and_input_checks() {
 fn parity_full_size_256_cuda() {
     assert!(tch::Cuda::is_available(), "cuda-tests needs a CUDA device");
     let dir = tmp_dir("full-cuda");
-    run_ref(&dir, &["--config", "full", "--res", "256", "--batch", "2", "--decode-batch", "2"]);
+    run_ref(
+        &dir,
+        &[
+            "--config",
+            "full",
+            "--res",
+            "256",
+            "--batch",
+            "2",
+            "--decode-batch",
+            "2",
+        ],
+    );
     let r = read_map(&dir.join("ref.safetensors"));
     for kind in [Kind::Float, Kind::BFloat16] {
         let model = Magvit2::load_with_kind(&dir, Device::Cuda(0), kind).unwrap();
         let codes = model.encode(&r["images"]).unwrap().to_device(Device::Cpu);
-        let agree = codes.eq_tensor(&r["codes"]).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
-        let dec = model.decode(&r["dec_codes"]).unwrap().to_device(Device::Cpu);
+        let agree = codes
+            .eq_tensor(&r["codes"])
+            .to_kind(Kind::Float)
+            .mean(Kind::Float)
+            .double_value(&[]);
+        let dec = model
+            .decode(&r["dec_codes"])
+            .unwrap()
+            .to_device(Device::Cpu);
         let (x_rel, x_abs) = rel_err(&dec, &r["decoded"]);
-        eprintln!("cuda {kind:?}: codes agree {agree:.4}, decode rel {x_rel:.2e} (max|Δ| {x_abs:.2e})");
-        let (min_agree, max_rel) = if kind == Kind::Float { (0.98, 2e-2) } else { (0.5, 0.2) };
+        eprintln!(
+            "cuda {kind:?}: codes agree {agree:.4}, decode rel {x_rel:.2e} (max|Δ| {x_abs:.2e})"
+        );
+        let (min_agree, max_rel) = if kind == Kind::Float {
+            (0.98, 2e-2)
+        } else {
+            (0.5, 0.2)
+        };
         assert!(agree >= min_agree, "{kind:?}: codes agree {agree}");
         assert!(x_rel <= max_rel, "{kind:?}: decode rel {x_rel}");
     }

@@ -3,12 +3,13 @@
 mod llava_common;
 use imgcot::models::llava_ov::{Qwen2Config, Qwen2ForCausalLM, Weights};
 use llava_common::*;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind};
 
 #[test]
 fn qwen2_logits_match_hf() {
     let dir = run_reference("qwen2_parity.py", "qwen2", &[]);
-    let cfg: Qwen2Config = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let cfg: Qwen2Config =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg.theta(), 1e6);
     let refs = read_tensors(&dir.join("reference.safetensors"));
     let ids = &refs["input_ids"];
@@ -35,20 +36,31 @@ fn qwen2_logits_match_hf() {
     assert_eq!(got.size(), vec![2, 23, 300]);
     let mut w = Weights::from_dir(&dir, Device::Cpu, Kind::Float).unwrap();
     let full = Qwen2ForCausalLM::load(&mut w, &cfg, None).unwrap();
-    let want300 = tch::no_grad(|| full.forward(&ids300)).unwrap().narrow(-1, 0, 300);
+    let want300 = tch::no_grad(|| full.forward(&ids300))
+        .unwrap()
+        .narrow(-1, 0, 300);
     assert!(max_abs_diff(&got, &want300) <= 1e-5);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn qwen2_strict_loading_reports_shapes() {
     let dir = run_reference("qwen2_parity.py", "qwen2-strict", &[]);
-    let mut cfg: Qwen2Config = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let mut cfg: Qwen2Config =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     cfg.intermediate_size = 96;
     cfg.num_hidden_layers = 1;
     let mut w = Weights::from_dir(&dir, Device::Cpu, Kind::Float).unwrap();
     let _ = Qwen2ForCausalLM::load(&mut w, &cfg, None).unwrap();
     let msg = format!("{:#}", w.finish().unwrap_err());
-    assert!(msg.contains("'model.layers.0.mlp.up_proj.weight'") && msg.contains("expected shape [96, 64], found [128, 64]"), "{msg}");
-    assert!(msg.contains("unexpected tensor 'model.layers.1.input_layernorm.weight'"), "{msg}");
-    let _ = Tensor::zeros([1], (Kind::Float, Device::Cpu));
+    assert!(
+        msg.contains("'model.layers.0.mlp.up_proj.weight'")
+            && msg.contains("expected shape [96, 64], found [128, 64]"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("unexpected tensor 'model.layers.1.input_layernorm.weight'"),
+        "{msg}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -8,7 +8,8 @@ use tch::{Device, Kind};
 #[test]
 fn siglip_penultimate_matches_hf() {
     let dir = run_reference("siglip_parity.py", "siglip", &[]);
-    let cfg: SiglipVisionConfig = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let cfg: SiglipVisionConfig =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg.num_hidden_layers, 3);
     let refs = read_tensors(&dir.join("reference.safetensors"));
 
@@ -29,5 +30,8 @@ fn siglip_penultimate_matches_hf() {
     assert!(max_abs_diff(&got, &refs["last_no_post_ln"]) <= 1e-4);
 
     // Wrong input size is an error, not a panic.
-    assert!(tower.forward(&refs["pixel_values"].narrow(2, 0, 56)).is_err());
+    assert!(tower
+        .forward(&refs["pixel_values"].narrow(2, 0, 56))
+        .is_err());
+    let _ = std::fs::remove_dir_all(&dir);
 }

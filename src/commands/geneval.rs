@@ -28,7 +28,9 @@ impl ScoreBackend {
     }
 }
 
-/// Score-only GenEval evaluation of an existing image folder.
+/// Score-only GenEval evaluation of an existing image folder. The rule flags (`--threshold` ...)
+/// apply to `--score detections`; `official` applies upstream's own options and `glyph` the
+/// defaults.
 #[derive(Debug, Clone, Args)]
 pub struct GenevalArgs {
     /// Backend that decides correctness.

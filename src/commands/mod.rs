@@ -1,6 +1,7 @@
 //! One module per `imgcot-train` subcommand family; `main.rs` only parses and dispatches.
 pub mod bench;
 pub mod doctor;
+pub mod dpo;
 pub mod eval;
 pub mod geneval;
 pub mod inspect;

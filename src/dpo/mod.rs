@@ -1,3 +1,4 @@
 //! DPO on masked image tokens: likelihood estimators, losses, trainer.
-
+pub mod logp;
 pub mod loss;
+pub mod trainer;

@@ -63,7 +63,12 @@ mod tests {
     use crate::glyphs::world::Glyph;
 
     fn clause(class: &str, count: usize) -> IncludeClause {
-        IncludeClause { class: class.into(), count, color: None, position: None }
+        IncludeClause {
+            class: class.into(),
+            count,
+            color: None,
+            position: None,
+        }
     }
 
     #[test]
@@ -121,7 +126,10 @@ mod tests {
 
         assert_eq!(glyph_count(&exact), 2);
         assert_eq!(glyph_count(&extra), 3);
-        assert_eq!(glyphs_per_image(&[exact, extra, twice, missing]), (2 + 3 + 3 + 1) as f64 / 4.0);
+        assert_eq!(
+            glyphs_per_image(&[exact, extra, twice, missing]),
+            (2 + 3 + 3 + 1) as f64 / 4.0
+        );
         assert_eq!(glyphs_per_image(&[]), 0.0);
     }
 
@@ -132,7 +140,10 @@ mod tests {
         let blue_circle = Glyph { shape: 0, color: 2 }.code();
         let meta = Metadata {
             tag: "colors".into(),
-            include: vec![IncludeClause { color: Some("red".into()), ..clause("circle", 1) }],
+            include: vec![IncludeClause {
+                color: Some("red".into()),
+                ..clause("circle", 1)
+            }],
             exclude: vec![],
             prompt: "a photo of a red circle".into(),
         };
@@ -146,7 +157,10 @@ mod tests {
             tag: "position".into(),
             include: vec![
                 clause("circle", 1),
-                IncludeClause { position: Some(("left of".into(), 0)), ..clause("square", 1) },
+                IncludeClause {
+                    position: Some(("left of".into(), 0)),
+                    ..clause("square", 1)
+                },
             ],
             exclude: vec![],
             prompt: "a photo of a square left of a circle".into(),

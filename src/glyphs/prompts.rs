@@ -41,11 +41,18 @@ pub const EVAL_COUNTS: [(&str, usize); 6] = [
 
 /// The folder of the committed glyph data files (`<crate>/data/glyphs`).
 pub fn data_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("data").join("glyphs")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data")
+        .join("glyphs")
 }
 
 fn include(class: &str, count: usize) -> IncludeClause {
-    IncludeClause { class: class.to_string(), count, color: None, position: None }
+    IncludeClause {
+        class: class.to_string(),
+        count,
+        color: None,
+        position: None,
+    }
 }
 
 /// "a photo of a {shape}".
@@ -74,7 +81,10 @@ pub fn counting(number: usize, shape: usize) -> Metadata {
     Metadata {
         tag: "counting".into(),
         include: vec![include(SHAPES[shape], n)],
-        exclude: vec![ExcludeClause { class: SHAPES[shape].to_string(), count: n + 1 }],
+        exclude: vec![ExcludeClause {
+            class: SHAPES[shape].to_string(),
+            count: n + 1,
+        }],
         prompt: format!("a photo of {word} {}", SHAPE_PLURALS[shape]),
     }
 }
@@ -83,7 +93,10 @@ pub fn counting(number: usize, shape: usize) -> Metadata {
 pub fn colors(color: usize, shape: usize) -> Metadata {
     Metadata {
         tag: "colors".into(),
-        include: vec![IncludeClause { color: Some(COLORS[color].into()), ..include(SHAPES[shape], 1) }],
+        include: vec![IncludeClause {
+            color: Some(COLORS[color].into()),
+            ..include(SHAPES[shape], 1)
+        }],
         exclude: vec![],
         prompt: format!("a photo of a {} {}", COLORS[color], SHAPES[shape]),
     }
@@ -97,7 +110,10 @@ pub fn position(shape2: usize, relation: usize, shape1: usize) -> Metadata {
         tag: "position".into(),
         include: vec![
             include(SHAPES[shape1], 1),
-            IncludeClause { position: Some((rel.to_string(), 0)), ..include(SHAPES[shape2], 1) },
+            IncludeClause {
+                position: Some((rel.to_string(), 0)),
+                ..include(SHAPES[shape2], 1)
+            },
         ],
         exclude: vec![],
         prompt: format!("a photo of a {} {rel} a {}", SHAPES[shape2], SHAPES[shape1]),
@@ -109,8 +125,14 @@ pub fn color_attr(color1: usize, shape1: usize, color2: usize, shape2: usize) ->
     Metadata {
         tag: "color_attr".into(),
         include: vec![
-            IncludeClause { color: Some(COLORS[color1].into()), ..include(SHAPES[shape1], 1) },
-            IncludeClause { color: Some(COLORS[color2].into()), ..include(SHAPES[shape2], 1) },
+            IncludeClause {
+                color: Some(COLORS[color1].into()),
+                ..include(SHAPES[shape1], 1)
+            },
+            IncludeClause {
+                color: Some(COLORS[color2].into()),
+                ..include(SHAPES[shape2], 1)
+            },
         ],
         exclude: vec![],
         prompt: format!(
@@ -129,14 +151,21 @@ pub fn enumerate(tag: &str) -> Result<Vec<Metadata>> {
     Ok(match tag {
         "single_object" => (0..n).map(single_object).collect(),
         "two_object" => pairs().map(|(a, b)| two_object(a, b)).collect(),
-        "counting" => (0..NUMBERS.len()).flat_map(|k| (0..n).map(move |s| counting(k, s))).collect(),
-        "colors" => (0..COLORS.len()).flat_map(|c| (0..n).map(move |s| colors(c, s))).collect(),
+        "counting" => (0..NUMBERS.len())
+            .flat_map(|k| (0..n).map(move |s| counting(k, s)))
+            .collect(),
+        "colors" => (0..COLORS.len())
+            .flat_map(|c| (0..n).map(move |s| colors(c, s)))
+            .collect(),
         "position" => pairs()
-            .flat_map(|(target, other)| (0..RELATIONS.len()).map(move |r| position(other, r, target)))
+            .flat_map(|(target, other)| {
+                (0..RELATIONS.len()).map(move |r| position(other, r, target))
+            })
             .collect(),
         "color_attr" => pairs()
             .flat_map(|(a, b)| {
-                (0..COLORS.len()).flat_map(move |ca| (0..COLORS.len()).map(move |cb| color_attr(ca, a, cb, b)))
+                (0..COLORS.len())
+                    .flat_map(move |ca| (0..COLORS.len()).map(move |cb| color_attr(ca, a, cb, b)))
             })
             .collect(),
         _ => bail!("unknown GenEval tag '{tag}' (expected one of {TAGS:?})"),
@@ -145,7 +174,9 @@ pub fn enumerate(tag: &str) -> Result<Vec<Metadata>> {
 
 /// The whole prompt space, tags in [`TAGS`] order.
 pub fn prompt_space() -> Vec<Metadata> {
-    TAGS.iter().flat_map(|t| enumerate(t).expect("known tag")).collect()
+    TAGS.iter()
+        .flat_map(|t| enumerate(t).expect("known tag"))
+        .collect()
 }
 
 /// The stratum of a prompt for the stratified eval draw: the number word for counting, the color
@@ -154,7 +185,11 @@ fn stratum(meta: &Metadata) -> String {
     match meta.tag.as_str() {
         "counting" => meta.include[0].count.to_string(),
         "colors" => meta.include[0].color.clone().unwrap_or_default(),
-        "position" => meta.include[1].position.as_ref().map(|p| p.0.clone()).unwrap_or_default(),
+        "position" => meta.include[1]
+            .position
+            .as_ref()
+            .map(|p| p.0.clone())
+            .unwrap_or_default(),
         _ => String::new(),
     }
 }
@@ -173,7 +208,10 @@ pub struct PromptSplit {
 /// color, relation) where the tag has strata; the training set is the complement, except that
 /// single_object is in both.
 pub fn split(seed: u64) -> PromptSplit {
-    let mut out = PromptSplit { eval: vec![], train: vec![] };
+    let mut out = PromptSplit {
+        eval: vec![],
+        train: vec![],
+    };
     for (stream, &(tag, k)) in EVAL_COUNTS.iter().enumerate() {
         let all = enumerate(tag).expect("known tag");
         if tag == "single_object" {
@@ -189,7 +227,12 @@ pub fn split(seed: u64) -> PromptSplit {
                 strata.push(s);
             }
         }
-        assert_eq!(k % strata.len(), 0, "{tag}: {k} eval prompts do not divide into {} strata", strata.len());
+        assert_eq!(
+            k % strata.len(),
+            0,
+            "{tag}: {k} eval prompts do not divide into {} strata",
+            strata.len()
+        );
         let mut chosen = vec![false; all.len()];
         for s in &strata {
             let mut idx: Vec<usize> = (0..all.len()).filter(|&i| &stratum(&all[i]) == s).collect();
@@ -231,14 +274,22 @@ pub fn to_json_line(meta: &Metadata) -> String {
 struct PyFormatter;
 
 impl serde_json::ser::Formatter for PyFormatter {
-    fn begin_array_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
         if first {
             Ok(())
         } else {
             w.write_all(b", ")
         }
     }
-    fn begin_object_key<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
         if first {
             Ok(())
         } else {
@@ -255,13 +306,17 @@ pub fn parse_jsonl(text: &str, source: &str) -> Result<Vec<Metadata>> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{source}:{}: bad metadata line", i + 1)))
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{source}:{}: bad metadata line", i + 1))
+        })
         .collect()
 }
 
 /// Reads a metadata JSONL file.
 pub fn load_jsonl(path: &Path) -> Result<Vec<Metadata>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     parse_jsonl(&text, &path.display().to_string())
 }
 
@@ -310,8 +365,10 @@ pub fn parse_prompt(prompt: &str) -> Result<Metadata> {
             ((Some(c1), s1), (Some(c2), s2)) if s1 != s2 => color_attr(c1, s1, c2, s2),
             _ => return Err(bad()),
         }
-    } else if let Some((r, (a, b))) =
-        RELATIONS.iter().enumerate().find_map(|(r, rel)| rest.split_once(&format!(" {rel} ")).map(|p| (r, p)))
+    } else if let Some((r, (a, b))) = RELATIONS
+        .iter()
+        .enumerate()
+        .find_map(|(r, rel)| rest.split_once(&format!(" {rel} ")).map(|p| (r, p)))
     {
         match (object(a).ok_or_else(bad)?, object(b).ok_or_else(bad)?) {
             ((None, s2), (None, s1)) if s1 != s2 => position(s2, r, s1),
@@ -322,7 +379,10 @@ pub fn parse_prompt(prompt: &str) -> Result<Metadata> {
         .enumerate()
         .find_map(|(k, (w, _))| rest.strip_prefix(&format!("{w} ")).map(|p| (k, p)))
     {
-        let s = SHAPE_PLURALS.iter().position(|&p| p == plural).ok_or_else(bad)?;
+        let s = SHAPE_PLURALS
+            .iter()
+            .position(|&p| p == plural)
+            .ok_or_else(bad)?;
         counting(k, s)
     } else {
         match object(rest).ok_or_else(bad)? {
@@ -374,7 +434,12 @@ mod tests {
         for m in prompt_space() {
             assert_eq!(parse_prompt(&m.prompt).unwrap(), m);
         }
-        for bad in ["a photo of an circle", "a photo of a circle and a circle", "a photo of five rings", "a circle"] {
+        for bad in [
+            "a photo of an circle",
+            "a photo of a circle and a circle",
+            "a photo of five rings",
+            "a circle",
+        ] {
             assert!(parse_prompt(bad).is_err(), "{bad}");
         }
     }
@@ -394,13 +459,21 @@ mod tests {
         for (tag, k) in EVAL_COUNTS {
             assert_eq!(ev[tag], k, "{tag}");
             let space = enumerate(tag).unwrap().len();
-            let want_train = if tag == "single_object" { space } else { space - k };
+            let want_train = if tag == "single_object" {
+                space
+            } else {
+                space - k
+            };
             assert_eq!(tr[tag], want_train, "{tag}");
         }
         assert_eq!(s.eval.len(), 150);
         let eval_texts: HashSet<&str> = s.eval.iter().map(|m| m.prompt.as_str()).collect();
         for m in &s.train {
-            assert!(m.tag == "single_object" || !eval_texts.contains(m.prompt.as_str()), "{}", m.prompt);
+            assert!(
+                m.tag == "single_object" || !eval_texts.contains(m.prompt.as_str()),
+                "{}",
+                m.prompt
+            );
         }
         // Strata balanced.
         for (tag, n_strata) in [("counting", 3), ("colors", 6), ("position", 4)] {

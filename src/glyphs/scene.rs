@@ -23,7 +23,10 @@ fn plan(meta: &Metadata) -> Result<Vec<(usize, Option<usize>, usize)>> {
             .position(|&s| s == c.class)
             .with_context(|| format!("include[{i}]: '{}' is not a glyph shape", c.class))?;
         let color = match &c.color {
-            Some(name) => Some(color_index(name).with_context(|| format!("include[{i}]: '{name}' is not a glyph color"))?),
+            Some(name) => Some(
+                color_index(name)
+                    .with_context(|| format!("include[{i}]: '{name}' is not a glyph color"))?,
+            ),
             None => None,
         };
         ensure!(
@@ -34,7 +37,10 @@ fn plan(meta: &Metadata) -> Result<Vec<(usize, Option<usize>, usize)>> {
         out.push((shape, color, c.count));
     }
     let total: usize = out.iter().map(|p| p.2).sum();
-    ensure!(total <= NUM_CELLS, "{total} glyphs do not fit in {NUM_CELLS} cells");
+    ensure!(
+        total <= NUM_CELLS,
+        "{total} glyphs do not fit in {NUM_CELLS} cells"
+    );
     Ok(out)
 }
 
@@ -44,7 +50,11 @@ pub fn sample_scene<R: Rng + ?Sized>(meta: &Metadata, rng: &mut R) -> Result<Cod
 }
 
 /// [`sample_scene`] under explicit rule options.
-pub fn sample_scene_with<R: Rng + ?Sized>(meta: &Metadata, opts: &RuleOptions, rng: &mut R) -> Result<Codes> {
+pub fn sample_scene_with<R: Rng + ?Sized>(
+    meta: &Metadata,
+    opts: &RuleOptions,
+    rng: &mut R,
+) -> Result<Codes> {
     let plan = plan(meta).with_context(|| format!("prompt '{}'", meta.prompt))?;
     let total: usize = plan.iter().map(|p| p.2).sum();
     for _ in 0..MAX_TRIES {
@@ -61,7 +71,10 @@ pub fn sample_scene_with<R: Rng + ?Sized>(meta: &Metadata, opts: &RuleOptions, r
             return Ok(codes);
         }
     }
-    bail!("prompt '{}': no correct scene in {MAX_TRIES} random layouts (unsatisfiable?)", meta.prompt)
+    bail!(
+        "prompt '{}': no correct scene in {MAX_TRIES} random layouts (unsatisfiable?)",
+        meta.prompt
+    )
 }
 
 #[cfg(test)]
@@ -83,9 +96,15 @@ mod tests {
         }
         let m = prompts::color_attr(1, 0, 1, 4); // green circle and green cross
         for _ in 0..50 {
-            let mut g: Vec<Glyph> = glyphs(&sample_scene(&m, &mut rng).unwrap()).into_iter().map(|x| x.2).collect();
+            let mut g: Vec<Glyph> = glyphs(&sample_scene(&m, &mut rng).unwrap())
+                .into_iter()
+                .map(|x| x.2)
+                .collect();
             g.sort();
-            assert_eq!(g, vec![Glyph { shape: 0, color: 1 }, Glyph { shape: 4, color: 1 }]);
+            assert_eq!(
+                g,
+                vec![Glyph { shape: 0, color: 1 }, Glyph { shape: 4, color: 1 }]
+            );
         }
     }
 
@@ -115,7 +134,10 @@ mod tests {
             let g = glyphs(&codes);
             let circle = g.iter().find(|x| x.2.shape == 0).unwrap();
             let square = g.iter().find(|x| x.2.shape == 1).unwrap();
-            assert!(square.1 < circle.1, "square must be in a column left of the circle");
+            assert!(
+                square.1 < circle.1,
+                "square must be in a column left of the circle"
+            );
             *per_target.entry(8 * circle.0 + circle.1).or_default() += 1;
         }
         // A circle in column 0 leaves nothing to its left.

@@ -16,7 +16,9 @@ use std::path::Path;
 use tokenizers::models::wordlevel::WordLevel;
 use tokenizers::normalizers::Lowercase;
 use tokenizers::pre_tokenizers::whitespace::Whitespace;
-use tokenizers::{AddedToken, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer, Tokenizer};
+use tokenizers::{
+    AddedToken, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer, Tokenizer,
+};
 
 /// File name under [`data_dir`].
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -27,8 +29,10 @@ pub const ENDOFTEXT: &str = "<|endoftext|>";
 /// Padding token, the first id after the base vocabulary.
 pub const PAD: &str = "[PAD]";
 /// Show-o's nine added tokens, in Show-o's order, after [`PAD`].
-pub const SHOWO_SPECIALS: [&str; 9] =
-    ["<|soi|>", "<|eoi|>", "<|sov|>", "<|eov|>", "<|t2i|>", "<|mmu|>", "<|t2v|>", "<|v2v|>", "<|lvg|>"];
+pub const SHOWO_SPECIALS: [&str; 9] = [
+    "<|soi|>", "<|eoi|>", "<|sov|>", "<|eov|>", "<|t2i|>", "<|mmu|>", "<|t2v|>", "<|v2v|>",
+    "<|lvg|>",
+];
 
 /// A generation prompt used to instantiate the `{P}` slots of [`TEXTS`] (its words are grammar words).
 const SAMPLE_PROMPT: &str = "a photo of a circle";
@@ -59,7 +63,9 @@ pub fn source_texts() -> Vec<String> {
 /// The lowercased pre-tokenized pieces of `text` (what the WordLevel model looks up).
 fn pieces(text: &str) -> Result<Vec<String>> {
     let mut pts = PreTokenizedString::from(text.to_lowercase());
-    Whitespace.pre_tokenize(&mut pts).map_err(|e| anyhow!("pre-tokenizing '{text}': {e}"))?;
+    Whitespace
+        .pre_tokenize(&mut pts)
+        .map_err(|e| anyhow!("pre-tokenizing '{text}': {e}"))?;
     Ok(pts
         .get_splits(OffsetReferential::Original, OffsetType::Byte)
         .into_iter()
@@ -93,20 +99,33 @@ pub fn build() -> Result<Tokenizer> {
     let llm_vocab_size = words.len() + 2;
     vocab.insert(ENDOFTEXT.into(), (llm_vocab_size - 1).into());
     // Built through its JSON form: the builder wants an `AHashMap` that tokenizers does not re-export.
-    let json = serde_json::json!({"type": "WordLevel", "vocab": vocab, "unk_token": UNK}).to_string();
+    let json =
+        serde_json::json!({"type": "WordLevel", "vocab": vocab, "unk_token": UNK}).to_string();
     let model: WordLevel = serde_json::from_str(&json).context("building the WordLevel model")?;
     let mut tok = Tokenizer::new(model);
     tok.with_normalizer(Some(Lowercase));
     tok.with_pre_tokenizer(Some(Whitespace));
     // [UNK] and <|endoftext|> keep their vocabulary ids; [PAD] and the Show-o tokens are new and
     // are numbered from llm_vocab_size in the order given.
-    tok.add_special_tokens(&[AddedToken::from(UNK, true), AddedToken::from(ENDOFTEXT, true)]);
+    tok.add_special_tokens(&[
+        AddedToken::from(UNK, true),
+        AddedToken::from(ENDOFTEXT, true),
+    ]);
     let mut added = vec![AddedToken::from(PAD, true)];
     added.extend(SHOWO_SPECIALS.iter().map(|s| AddedToken::from(*s, true)));
     tok.add_special_tokens(&added);
-    for (i, s) in std::iter::once(&PAD).chain(SHOWO_SPECIALS.iter()).enumerate() {
-        let id = tok.token_to_id(s).with_context(|| format!("{s} missing after adding it"))?;
-        ensure!(id as usize == llm_vocab_size + i, "{s} got id {id}, expected {}", llm_vocab_size + i);
+    for (i, s) in std::iter::once(&PAD)
+        .chain(SHOWO_SPECIALS.iter())
+        .enumerate()
+    {
+        let id = tok
+            .token_to_id(s)
+            .with_context(|| format!("{s} missing after adding it"))?;
+        ensure!(
+            id as usize == llm_vocab_size + i,
+            "{s} got id {id}, expected {}",
+            llm_vocab_size + i
+        );
     }
     Ok(tok)
 }
@@ -114,7 +133,9 @@ pub fn build() -> Result<Tokenizer> {
 /// The exact bytes of `tokenizer.json` (pretty JSON, newline-terminated).
 pub fn tokenizer_json() -> Result<String> {
     let tok = build()?;
-    let mut s = tok.to_string(true).map_err(|e| anyhow!("serializing tokenizer: {e}"))?;
+    let mut s = tok
+        .to_string(true)
+        .map_err(|e| anyhow!("serializing tokenizer: {e}"))?;
     s.push('\n');
     Ok(s)
 }
@@ -152,8 +173,13 @@ mod tests {
     #[test]
     fn encodes_words_specials_and_unknowns() {
         let tok = build().unwrap();
-        let enc = tok.encode("A Photo of a circle<|endoftext|>", false).unwrap();
-        assert_eq!(enc.get_tokens(), ["a", "photo", "of", "a", "circle", ENDOFTEXT]);
+        let enc = tok
+            .encode("A Photo of a circle<|endoftext|>", false)
+            .unwrap();
+        assert_eq!(
+            enc.get_tokens(),
+            ["a", "photo", "of", "a", "circle", ENDOFTEXT]
+        );
         let enc = tok.encode("<|t2i|> zebra ?", false).unwrap();
         assert_eq!(enc.get_tokens(), ["<|t2i|>", UNK, "?"]);
         assert_eq!(enc.get_ids()[1], 0);

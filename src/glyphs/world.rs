@@ -23,7 +23,14 @@ pub const WHITE: [u8; 3] = [255, 255, 255];
 /// Shape names; the index is part of the code.
 pub const SHAPES: [&str; 6] = ["circle", "square", "triangle", "diamond", "cross", "ring"];
 /// Plural shape names, same order.
-pub const SHAPE_PLURALS: [&str; 6] = ["circles", "squares", "triangles", "diamonds", "crosses", "rings"];
+pub const SHAPE_PLURALS: [&str; 6] = [
+    "circles",
+    "squares",
+    "triangles",
+    "diamonds",
+    "crosses",
+    "rings",
+];
 /// Color names; the index is part of the code.
 pub const COLORS: [&str; 6] = ["red", "green", "blue", "yellow", "purple", "black"];
 /// Exact RGB of each color.
@@ -59,7 +66,10 @@ impl Glyph {
         if code == 0 || code >= NUM_CODES {
             return None;
         }
-        Some(Glyph { shape: (code - 1) / COLORS.len(), color: (code - 1) % COLORS.len() })
+        Some(Glyph {
+            shape: (code - 1) / COLORS.len(),
+            color: (code - 1) % COLORS.len(),
+        })
     }
 
     pub fn shape_name(self) -> &'static str {
@@ -73,7 +83,10 @@ impl Glyph {
 
 /// Index of a shape name (singular or plural).
 pub fn shape_index(name: &str) -> Option<usize> {
-    SHAPES.iter().position(|&s| s == name).or_else(|| SHAPE_PLURALS.iter().position(|&s| s == name))
+    SHAPES
+        .iter()
+        .position(|&s| s == name)
+        .or_else(|| SHAPE_PLURALS.iter().position(|&s| s == name))
 }
 
 /// Index of a color name.
@@ -89,12 +102,12 @@ pub fn shape_covers(shape: usize, dx: usize, dy: usize) -> bool {
     let v = 2 * dy as i32 - 15;
     let (au, av, r2) = (u.abs(), v.abs(), u * u + v * v);
     match shape {
-        0 => r2 <= 144,                                     // u² + v² ≤ 36
-        1 => au <= 11 && av <= 11,                          // |u|, |v| ≤ 5.5
-        2 => (-11..=11).contains(&v) && 2 * au <= v + 12,   // |u| ≤ (v + 6) / 2
-        3 => au + av <= 13,                                 // |u| + |v| ≤ 6.5
+        0 => r2 <= 144,                                      // u² + v² ≤ 36
+        1 => au <= 11 && av <= 11,                           // |u|, |v| ≤ 5.5
+        2 => (-11..=11).contains(&v) && 2 * au <= v + 12,    // |u| ≤ (v + 6) / 2
+        3 => au + av <= 13,                                  // |u| + |v| ≤ 6.5
         4 => (au <= 3 && av <= 11) || (av <= 3 && au <= 11), // two bars of half-width 1.5
-        5 => (49..=169).contains(&r2),                      // 12.25 ≤ u² + v² ≤ 42.25
+        5 => (49..=169).contains(&r2),                       // 12.25 ≤ u² + v² ≤ 42.25
         _ => false,
     }
 }
@@ -121,7 +134,11 @@ pub fn patches() -> &'static [[u8; CELL * CELL * 3]; NUM_CODES] {
 
 /// Checks and converts int64 codes (as a model emits them) to [`Codes`].
 pub fn codes_from_i64(codes: &[i64]) -> Result<Codes> {
-    ensure!(codes.len() == NUM_CELLS, "expected {NUM_CELLS} glyph codes, found {}", codes.len());
+    ensure!(
+        codes.len() == NUM_CELLS,
+        "expected {NUM_CELLS} glyph codes, found {}",
+        codes.len()
+    );
     let mut out = [0u8; NUM_CELLS];
     for (i, (&c, o)) in codes.iter().zip(out.iter_mut()).enumerate() {
         if !(0..NUM_CODES as i64).contains(&c) {
@@ -176,7 +193,11 @@ pub fn encode(image: &[u8]) -> Result<Codes> {
                 let start = 3 * (IMAGE_SIZE * (CELL * r + dy) + CELL * c);
                 let row = &image[start..start + 3 * CELL];
                 let prow = &patch[3 * CELL * dy..3 * CELL * (dy + 1)];
-                d += row.iter().zip(prow).map(|(&a, &b)| (a as i64 - b as i64).pow(2) as u64).sum::<u64>();
+                d += row
+                    .iter()
+                    .zip(prow)
+                    .map(|(&a, &b)| (a as i64 - b as i64).pow(2) as u64)
+                    .sum::<u64>();
             }
             // Strict `<` keeps the lowest code on ties.
             if d < best.0 {
@@ -238,8 +259,13 @@ mod tests {
     #[test]
     fn shape_pixel_counts() {
         // Painted-pixel counts: a fingerprint of the predicates (all distinct, none empty).
-        let counts: Vec<usize> =
-            (0..6).map(|s| (0..256).filter(|&p| shape_covers(s, p % 16, p / 16)).count()).collect();
+        let counts: Vec<usize> = (0..6)
+            .map(|s| {
+                (0..256)
+                    .filter(|&p| shape_covers(s, p % 16, p / 16))
+                    .count()
+            })
+            .collect();
         assert_eq!(counts, vec![112, 144, 72, 84, 80, 92]);
     }
 
@@ -248,12 +274,20 @@ mod tests {
         let mut codes = [0u8; NUM_CELLS];
         codes[8 * 2 + 5] = Glyph { shape: 1, color: 2 }.code(); // blue square at r2 c5
         let img = render(&codes);
-        let px = |x: usize, y: usize| [img[3 * (128 * y + x)], img[3 * (128 * y + x) + 1], img[3 * (128 * y + x) + 2]];
+        let px = |x: usize, y: usize| {
+            [
+                img[3 * (128 * y + x)],
+                img[3 * (128 * y + x) + 1],
+                img[3 * (128 * y + x) + 2],
+            ]
+        };
         assert_eq!(px(16 * 5 + 8, 16 * 2 + 8), COLOR_RGB[2]);
         assert_eq!(px(16 * 5 + 2, 16 * 2 + 2), COLOR_RGB[2]); // u = v = -5.5: on the edge
         assert_eq!(px(16 * 5 + 1, 16 * 2 + 8), WHITE); // u = -6.5: outside
         assert_eq!(px(0, 0), WHITE);
-        let painted = (0..128 * 128).filter(|&p| img[3 * p..3 * p + 3] != WHITE).count();
+        let painted = (0..128 * 128)
+            .filter(|&p| img[3 * p..3 * p + 3] != WHITE)
+            .count();
         assert_eq!(painted, 144);
     }
 }

@@ -309,7 +309,7 @@ impl CodeCache {
                 self.insert(key.clone(), row)?;
             }
             stats.encoded += chunk.len();
-            if stats.batches % SAVE_EVERY_BATCHES == 0 {
+            if stats.batches.is_multiple_of(SAVE_EVERY_BATCHES) {
                 self.save()?;
             }
         }

@@ -11,7 +11,9 @@ pub fn run_reference(script: &str, tag: &str, args: &[&str]) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("imgcot-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let script_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join(script);
+    let script_path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(script);
     let out = std::process::Command::new(&py)
         .arg(&script_path)
         .arg(&dir)
@@ -39,5 +41,8 @@ pub fn read_tensors(path: &Path) -> std::collections::HashMap<String, Tensor> {
 /// max |a − b| in f64; panics on shape mismatch.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size(), "shape mismatch");
-    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[])
+    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
 }

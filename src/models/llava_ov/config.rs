@@ -62,15 +62,22 @@ pub struct Qwen2Config {
 
 impl Qwen2Config {
     pub fn head_dim(&self) -> i64 {
-        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
     }
     /// θ of the rotary embedding, from `rope_parameters` (v5) or `rope_theta` (v4 / LLaVA).
     pub fn theta(&self) -> f64 {
-        self.rope_parameters.as_ref().map(|r| r.rope_theta).unwrap_or(self.rope_theta)
+        self.rope_parameters
+            .as_ref()
+            .map(|r| r.rope_theta)
+            .unwrap_or(self.rope_theta)
     }
     pub fn validate(&self) -> Result<()> {
         if self.hidden_act != "silu" {
-            bail!("qwen2: hidden_act '{}' is not supported (expected silu)", self.hidden_act);
+            bail!(
+                "qwen2: hidden_act '{}' is not supported (expected silu)",
+                self.hidden_act
+            );
         }
         if self.num_attention_heads % self.num_key_value_heads != 0 {
             bail!(
@@ -166,10 +173,17 @@ impl SiglipVisionConfig {
     }
     pub fn validate(&self) -> Result<()> {
         if self.hidden_act != "gelu_pytorch_tanh" {
-            bail!("siglip: hidden_act '{}' is not supported (expected gelu_pytorch_tanh)", self.hidden_act);
+            bail!(
+                "siglip: hidden_act '{}' is not supported (expected gelu_pytorch_tanh)",
+                self.hidden_act
+            );
         }
         if self.hidden_size % self.num_attention_heads != 0 {
-            bail!("siglip: hidden_size {} not divisible by heads {}", self.hidden_size, self.num_attention_heads);
+            bail!(
+                "siglip: hidden_size {} not divisible by heads {}",
+                self.hidden_size,
+                self.num_attention_heads
+            );
         }
         Ok(())
     }
@@ -190,7 +204,9 @@ impl AspectMode {
             return Ok(Self::Pad);
         }
         if let Some(n) = s.strip_prefix("anyres_max_") {
-            let n: i64 = n.parse().with_context(|| format!("bad image_aspect_ratio '{s}'"))?;
+            let n: i64 = n
+                .parse()
+                .with_context(|| format!("bad image_aspect_ratio '{s}'"))?;
             return Ok(Self::AnyresMax(n));
         }
         bail!("image_aspect_ratio '{s}' is not supported (expected pad or anyres_max_N)")
@@ -256,7 +272,9 @@ struct HfFields {
 
 fn parse_pinpoints(v: &Option<serde_json::Value>, patch: i64) -> Result<Vec<(i64, i64)>> {
     let Some(v) = v else {
-        return Ok((1..=6).flat_map(|i| (1..=6).map(move |j| (patch * i, patch * j))).collect());
+        return Ok((1..=6)
+            .flat_map(|i| (1..=6).map(move |j| (patch * i, patch * j)))
+            .collect());
     };
     if let Some(s) = v.as_str() {
         // "(1x1),...,(6x6)" → all (patch·i, patch·j) in the range (train.py:1582-1597).
@@ -269,7 +287,9 @@ fn parse_pinpoints(v: &Option<serde_json::Value>, patch: i64) -> Result<Vec<(i64
             bail!("image_grid_pinpoints '{s}': expected the form (AxB),...,(CxD)");
         }
         let (r0, c0, r1, c1) = (nums[0], nums[1], nums[2], nums[3]);
-        return Ok((r0..=r1).flat_map(|i| (c0..=c1).map(move |j| (patch * i, patch * j))).collect());
+        return Ok((r0..=r1)
+            .flat_map(|i| (c0..=c1).map(move |j| (patch * i, patch * j)))
+            .collect());
     }
     let list: Vec<[i64; 2]> = serde_json::from_value(v.clone()).context("image_grid_pinpoints")?;
     Ok(list.into_iter().map(|[a, b]| (a, b)).collect())
@@ -277,7 +297,8 @@ fn parse_pinpoints(v: &Option<serde_json::Value>, patch: i64) -> Result<Vec<(i64
 
 impl LlavaOvConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         Self::from_json_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
@@ -305,7 +326,10 @@ impl LlavaOvConfig {
         let vision = o.vision_config.unwrap_or_default();
         if let Some(h) = o.mm_hidden_size {
             if h != vision.hidden_size {
-                bail!("mm_hidden_size {h} != vision hidden_size {}", vision.hidden_size);
+                bail!(
+                    "mm_hidden_size {h} != vision hidden_size {}",
+                    vision.hidden_size
+                );
             }
         }
         if let Some(p) = &o.mm_projector_type {
@@ -324,12 +348,16 @@ impl LlavaOvConfig {
         if select != -2 {
             bail!("mm_vision_select_layer {select}: the SigLIP tower of LLaVA-NeXT always drops exactly one layer (-2)");
         }
-        let merge = o.mm_patch_merge_type.unwrap_or_else(|| "spatial_unpad".into());
+        let merge = o
+            .mm_patch_merge_type
+            .unwrap_or_else(|| "spatial_unpad".into());
         Ok(Self {
             vision_layers_used: vision.num_hidden_layers - 1,
             drop_first_vision_token: false,
             image_grid_pinpoints: parse_pinpoints(&o.image_grid_pinpoints, vision.image_size)?,
-            image_aspect_ratio: AspectMode::parse(o.image_aspect_ratio.as_deref().unwrap_or("anyres_max_9"))?,
+            image_aspect_ratio: AspectMode::parse(
+                o.image_aspect_ratio.as_deref().unwrap_or("anyres_max_9"),
+            )?,
             has_image_newline: merge.contains("unpad"),
             text,
             vision,
@@ -339,11 +367,17 @@ impl LlavaOvConfig {
     fn from_hf(h: HfFields) -> Result<Self> {
         let layer = match &h.vision_feature_layer {
             None => -1,
-            Some(v) => v.as_i64().with_context(|| format!("vision_feature_layer {v}: only a single int is supported"))?,
+            Some(v) => v.as_i64().with_context(|| {
+                format!("vision_feature_layer {v}: only a single int is supported")
+            })?,
         };
         let n = h.vision_config.num_hidden_layers;
         let used = if layer < 0 { n + 1 + layer } else { layer };
-        let drop_first = match h.vision_feature_select_strategy.as_deref().unwrap_or("full") {
+        let drop_first = match h
+            .vision_feature_select_strategy
+            .as_deref()
+            .unwrap_or("full")
+        {
             "full" => false,
             "default" => true,
             s => bail!("vision_feature_select_strategy '{s}' is not supported"),
@@ -359,8 +393,13 @@ impl LlavaOvConfig {
         Ok(Self {
             vision_layers_used: used,
             drop_first_vision_token: drop_first,
-            image_grid_pinpoints: parse_pinpoints(&h.image_grid_pinpoints, h.vision_config.image_size)?,
-            image_aspect_ratio: AspectMode::parse(h.vision_aspect_ratio.as_deref().unwrap_or("anyres_max_9"))?,
+            image_grid_pinpoints: parse_pinpoints(
+                &h.image_grid_pinpoints,
+                h.vision_config.image_size,
+            )?,
+            image_aspect_ratio: AspectMode::parse(
+                h.vision_aspect_ratio.as_deref().unwrap_or("anyres_max_9"),
+            )?,
             has_image_newline: true,
             text: h.text_config,
             vision: h.vision_config,

@@ -3,7 +3,10 @@
 use super::config::AspectMode;
 use super::image_processing::{image_from_unit_tensor, preprocess_anyres, preprocess_pad};
 use super::model::LlavaOnevision;
-use super::prompt::{dpo_reward_prompt, orm_prompt, parm_clarity_prompt, parm_potential_prompt, tokenizer_image_token};
+use super::prompt::{
+    dpo_reward_prompt, orm_prompt, parm_clarity_prompt, parm_potential_prompt,
+    tokenizer_image_token,
+};
 use super::scoring::{answer_distribution, ScoreMode};
 use anyhow::{anyhow, ensure, Context, Result};
 use std::path::Path;
@@ -37,20 +40,38 @@ impl LlavaJudge {
     /// Loads `dir` (config.json, safetensors, tokenizer.json). The vocabulary is cut to the
     /// tokenizer's length including added tokens (the seed's `resize_token_embeddings`, 151646).
     pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
+        Self::load_with_vocab(dir, device, kind, None)
+    }
+
+    /// Like [`LlavaJudge::load`] with an explicit vocabulary cut (e.g. 151646 for an HF-converted
+    /// checkpoint, whose tokenizer also counts `<image>`/`<video>`); `None` = tokenizer length.
+    pub fn load_with_vocab(
+        dir: &Path,
+        device: Device,
+        kind: Kind,
+        vocab_keep: Option<i64>,
+    ) -> Result<Self> {
         let tok_path = dir.join("tokenizer.json");
-        let tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| anyhow!("loading {}: {e}", tok_path.display()))?;
-        let keep = tokenizer.get_vocab_size(true) as i64;
+        let tokenizer = Tokenizer::from_file(&tok_path)
+            .map_err(|e| anyhow!("loading {}: {e}", tok_path.display()))?;
+        let keep = vocab_keep.unwrap_or(tokenizer.get_vocab_size(true) as i64);
         let model = LlavaOnevision::load(dir, device, kind, Some(keep))?;
         Self::new(model, tokenizer)
     }
 
     pub fn new(model: LlavaOnevision, tokenizer: Tokenizer) -> Result<Self> {
         let id = |t: &str| {
-            tokenizer.token_to_id(t).map(|i| i as i64).with_context(|| format!("tokenizer has no token '{t}'"))
+            tokenizer
+                .token_to_id(t)
+                .map(|i| i as i64)
+                .with_context(|| format!("tokenizer has no token '{t}'"))
         };
         let (yes_id, no_id) = (id("yes")?, id("no")?);
         let v = model.language_model().vocab_size();
-        ensure!(yes_id < v && no_id < v, "yes/no ids {yes_id}/{no_id} outside the model vocabulary {v}");
+        ensure!(
+            yes_id < v && no_id < v,
+            "yes/no ids {yes_id}/{no_id} outside the model vocabulary {v}"
+        );
         Ok(Self {
             model,
             tokenizer,
@@ -74,14 +95,25 @@ impl LlavaJudge {
     /// Show-o saves PNGs, then preprocessed as the seed does).
     pub fn visual_tokens(&self, images: &Tensor) -> Result<Vec<Tensor>> {
         let s = images.size();
-        ensure!(s.len() == 4 && s[1] == 3, "expected images [B, 3, H, W], got {s:?}");
+        ensure!(
+            s.len() == 4 && s[1] == 3,
+            "expected images [B, 3, H, W], got {s:?}"
+        );
         let size = self.model.config().vision.image_size as u32;
-        let rgb: Vec<_> = (0..s[0]).map(|i| image_from_unit_tensor(&images.get(i))).collect::<Result<_>>()?;
+        let rgb: Vec<_> = (0..s[0])
+            .map(|i| image_from_unit_tensor(&images.get(i)))
+            .collect::<Result<_>>()?;
         match self.aspect {
             AspectMode::Pad => {
                 let mut out = Vec::with_capacity(rgb.len());
                 for chunk in rgb.chunks(self.max_batch.max(1)) {
-                    let px = Tensor::stack(&chunk.iter().map(|im| preprocess_pad(im, size)).collect::<Vec<_>>(), 0);
+                    let px = Tensor::stack(
+                        &chunk
+                            .iter()
+                            .map(|im| preprocess_pad(im, size))
+                            .collect::<Vec<_>>(),
+                        0,
+                    );
                     out.extend(self.model.encode_pad(&px.to_device(self.model.device()))?);
                 }
                 Ok(out)
@@ -89,8 +121,13 @@ impl LlavaJudge {
             AspectMode::AnyresMax(n) => rgb
                 .iter()
                 .map(|im| {
-                    let (crops, _) = preprocess_anyres(im, &self.model.config().image_grid_pinpoints, size)?;
-                    self.model.encode_anyres(&crops.to_device(self.model.device()), (im.width() as i64, im.height() as i64), n)
+                    let (crops, _) =
+                        preprocess_anyres(im, &self.model.config().image_grid_pinpoints, size)?;
+                    self.model.encode_anyres(
+                        &crops.to_device(self.model.device()),
+                        (im.width() as i64, im.height() as i64),
+                        n,
+                    )
                 })
                 .collect(),
         }
@@ -99,14 +136,27 @@ impl LlavaJudge {
     /// First-answer-token distributions [B, V] for prompt texts (each with one `<image>`) and their
     /// visual tokens, batched `max_batch` at a time.
     pub fn answer_distributions(&self, texts: &[String], visual: &[Tensor]) -> Result<Tensor> {
-        ensure!(texts.len() == visual.len(), "{} prompts but {} images", texts.len(), visual.len());
+        ensure!(
+            texts.len() == visual.len(),
+            "{} prompts but {} images",
+            texts.len(),
+            visual.len()
+        );
         ensure!(!texts.is_empty(), "no prompts");
         let mut outs = Vec::new();
-        for (tc, vc) in texts.chunks(self.max_batch.max(1)).zip(visual.chunks(self.max_batch.max(1))) {
+        for (tc, vc) in texts
+            .chunks(self.max_batch.max(1))
+            .zip(visual.chunks(self.max_batch.max(1)))
+        {
             let seqs = tc
                 .iter()
                 .zip(vc)
-                .map(|(t, v)| self.model.splice(&tokenizer_image_token(&self.tokenizer, t)?, std::slice::from_ref(v)))
+                .map(|(t, v)| {
+                    self.model.splice(
+                        &tokenizer_image_token(&self.tokenizer, t)?,
+                        std::slice::from_ref(v),
+                    )
+                })
                 .collect::<Result<Vec<_>>>()?;
             let logits = tch::no_grad(|| self.model.last_logits(&seqs))?;
             outs.push(answer_distribution(&logits, self.mode));
@@ -117,7 +167,10 @@ impl LlavaJudge {
     /// (P(yes), P(no)) per (prompt text, image).
     pub fn yes_no(&self, texts: &[String], images: &Tensor) -> Result<Vec<(f64, f64)>> {
         let visual = tch::no_grad(|| self.visual_tokens(images))?;
-        let d = self.answer_distributions(texts, &visual)?.to_device(Device::Cpu).to_kind(Kind::Double);
+        let d = self
+            .answer_distributions(texts, &visual)?
+            .to_device(Device::Cpu)
+            .to_kind(Kind::Double);
         let yes: Vec<f64> = Vec::try_from(d.select(1, self.yes_id))?;
         let no: Vec<f64> = Vec::try_from(d.select(1, self.no_id))?;
         Ok(yes.into_iter().zip(no).collect())
@@ -130,14 +183,22 @@ impl LlavaJudge {
             OutcomeQuestion::DpoReward => dpo_reward_prompt(p),
         };
         let texts: Vec<String> = prompts.iter().map(q).collect();
-        Ok(self.yes_no(&texts, images)?.into_iter().map(|(y, _)| y).collect())
+        Ok(self
+            .yes_no(&texts, images)?
+            .into_iter()
+            .map(|(y, _)| y)
+            .collect())
     }
 
     /// PARM clarity: probability that the answer is not "no" (the seed treats any other first token
     /// as "clear", selector.py:93-111).
     pub fn clarity(&self, prompts: &[String], images: &Tensor) -> Result<Vec<f64>> {
         let texts: Vec<String> = prompts.iter().map(|p| parm_clarity_prompt(p)).collect();
-        Ok(self.yes_no(&texts, images)?.into_iter().map(|(_, n)| 1.0 - n).collect())
+        Ok(self
+            .yes_no(&texts, images)?
+            .into_iter()
+            .map(|(_, n)| 1.0 - n)
+            .collect())
     }
 
     /// PARM potential: (P(yes), P(no)) of the second-turn question.

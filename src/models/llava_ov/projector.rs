@@ -22,6 +22,7 @@ impl Projector {
     /// [..., vision_hidden] → [..., text_hidden].
     pub fn forward(&self, x: &Tensor) -> Tensor {
         // nn.GELU() default = exact erf form (not the tanh approximation SigLIP uses).
-        self.linear_2.forward(&self.linear_0.forward(x).gelu("none"))
+        self.linear_2
+            .forward(&self.linear_0.forward(x).gelu("none"))
     }
 }

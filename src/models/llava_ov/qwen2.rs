@@ -16,7 +16,10 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     pub fn load(w: &mut Weights, name: &str, dim: i64, eps: f64) -> Self {
-        Self { weight: w.get(name, &[dim]), eps }
+        Self {
+            weight: w.get(name, &[dim]),
+            eps,
+        }
     }
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
@@ -28,8 +31,16 @@ impl RmsNorm {
 }
 
 /// cos/sin tables [L, head_dim] for positions 0..L, computed in fp32 as HF does, then cast to `kind`.
-pub fn rotary_tables(theta: f64, head_dim: i64, len: i64, device: Device, kind: Kind) -> (Tensor, Tensor) {
-    let exponent = Tensor::arange_start_step(0, head_dim, 2, (Kind::Int64, device)).to_kind(Kind::Float) / head_dim as f64;
+pub fn rotary_tables(
+    theta: f64,
+    head_dim: i64,
+    len: i64,
+    device: Device,
+    kind: Kind,
+) -> (Tensor, Tensor) {
+    let exponent = Tensor::arange_start_step(0, head_dim, 2, (Kind::Int64, device))
+        .to_kind(Kind::Float)
+        / head_dim as f64;
     let inv_freq = Tensor::pow_scalar(theta, &exponent).reciprocal();
     let pos = Tensor::arange(len, (Kind::Int64, device)).to_kind(Kind::Float);
     let freqs = pos.unsqueeze(1) * inv_freq.unsqueeze(0);
@@ -63,15 +74,37 @@ impl Attention {
     fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
         let (b, l, _) = x.size3().expect("qwen2 attention input is [B, L, C]");
         let d = self.head_dim;
-        let q = self.q_proj.forward(x).view([b, l, self.heads, d]).transpose(1, 2);
-        let k = self.k_proj.forward(x).view([b, l, self.kv_heads, d]).transpose(1, 2);
-        let v = self.v_proj.forward(x).view([b, l, self.kv_heads, d]).transpose(1, 2);
+        let q = self
+            .q_proj
+            .forward(x)
+            .view([b, l, self.heads, d])
+            .transpose(1, 2);
+        let k = self
+            .k_proj
+            .forward(x)
+            .view([b, l, self.kv_heads, d])
+            .transpose(1, 2);
+        let v = self
+            .v_proj
+            .forward(x)
+            .view([b, l, self.kv_heads, d])
+            .transpose(1, 2);
         let q = apply_rotary(&q, cos, sin);
         let k = apply_rotary(&k, cos, sin);
         // Causal mask only: sequences are right-padded, so real tokens never see padding.
         // enable_gqa: kv head g serves q heads g·r .. g·r+r-1, as HF repeat_kv does.
-        let o = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, true, None, self.heads != self.kv_heads);
-        self.o_proj.forward(&o.transpose(1, 2).reshape([b, l, self.heads * d]))
+        let o = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            None::<Tensor>,
+            0.0,
+            true,
+            None,
+            self.heads != self.kv_heads,
+        );
+        self.o_proj
+            .forward(&o.transpose(1, 2).reshape([b, l, self.heads * d]))
     }
 }
 
@@ -93,9 +126,15 @@ struct DecoderLayer {
 impl DecoderLayer {
     fn load(w: &mut Weights, p: &str, c: &Qwen2Config) -> Self {
         let (h, d) = (c.hidden_size, c.head_dim());
-        let lin = |w: &mut Weights, n: &str, i, o, bias| Linear::load(w, &format!("{p}.{n}"), i, o, bias);
+        let lin =
+            |w: &mut Weights, n: &str, i, o, bias| Linear::load(w, &format!("{p}.{n}"), i, o, bias);
         Self {
-            input_layernorm: RmsNorm::load(w, &format!("{p}.input_layernorm.weight"), h, c.rms_norm_eps),
+            input_layernorm: RmsNorm::load(
+                w,
+                &format!("{p}.input_layernorm.weight"),
+                h,
+                c.rms_norm_eps,
+            ),
             self_attn: Attention {
                 q_proj: lin(w, "self_attn.q_proj", h, c.num_attention_heads * d, true),
                 k_proj: lin(w, "self_attn.k_proj", h, c.num_key_value_heads * d, true),
@@ -105,7 +144,12 @@ impl DecoderLayer {
                 kv_heads: c.num_key_value_heads,
                 head_dim: d,
             },
-            post_attention_layernorm: RmsNorm::load(w, &format!("{p}.post_attention_layernorm.weight"), h, c.rms_norm_eps),
+            post_attention_layernorm: RmsNorm::load(
+                w,
+                &format!("{p}.post_attention_layernorm.weight"),
+                h,
+                c.rms_norm_eps,
+            ),
             mlp: Mlp {
                 gate_proj: lin(w, "mlp.gate_proj", h, c.intermediate_size, false),
                 up_proj: lin(w, "mlp.up_proj", h, c.intermediate_size, false),
@@ -115,10 +159,14 @@ impl DecoderLayer {
     }
 
     fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
-        let x = x + self.self_attn.forward(&self.input_layernorm.forward(x), cos, sin);
+        let x = x + self
+            .self_attn
+            .forward(&self.input_layernorm.forward(x), cos, sin);
         let h = self.post_attention_layernorm.forward(&x);
         let m = &self.mlp;
-        &x + m.down_proj.forward(&(m.gate_proj.forward(&h).silu() * m.up_proj.forward(&h)))
+        &x + m
+            .down_proj
+            .forward(&(m.gate_proj.forward(&h).silu() * m.up_proj.forward(&h)))
     }
 }
 
@@ -140,7 +188,10 @@ impl Qwen2ForCausalLM {
         cfg.validate()?;
         let (v, h) = (cfg.vocab_size, cfg.hidden_size);
         if let Some(k) = vocab_keep {
-            ensure!(k >= 1 && k <= v, "vocab_keep {k} is outside 1..={v} (config vocab_size)");
+            ensure!(
+                k >= 1 && k <= v,
+                "vocab_keep {k} is outside 1..={v} (config vocab_size)"
+            );
         }
         let embed_tokens = w.get_rows("model.embed_tokens.weight", &[v, h], vocab_keep);
         let layers = (0..cfg.num_hidden_layers)
@@ -152,7 +203,14 @@ impl Qwen2ForCausalLM {
         } else {
             w.get_rows("lm_head.weight", &[v, h], vocab_keep)
         };
-        Ok(Self { embed_tokens, layers, norm, lm_head, cfg: cfg.clone(), vocab_kept: vocab_keep.unwrap_or(v) })
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            cfg: cfg.clone(),
+            vocab_kept: vocab_keep.unwrap_or(v),
+        })
     }
 
     pub fn config(&self) -> &Qwen2Config {
@@ -171,14 +229,30 @@ impl Qwen2ForCausalLM {
 
     /// Token ids (any int shape, all in 0..vocab) → embeddings [..., hidden].
     pub fn embed(&self, ids: &Tensor) -> Tensor {
-        Tensor::embedding(&self.embed_tokens, &ids.to_device(self.device()), -1, false, false)
+        Tensor::embedding(
+            &self.embed_tokens,
+            &ids.to_device(self.device()),
+            -1,
+            false,
+            false,
+        )
     }
 
     /// Embeddings [B, L, hidden] (positions 0..L-1, causal) → final-normed hidden states [B, L, hidden].
     pub fn forward_hidden(&self, embeds: &Tensor) -> Result<Tensor> {
         let s = embeds.size();
-        ensure!(s.len() == 3 && s[2] == self.cfg.hidden_size, "qwen2: expected embeds [B, L, {}], got {s:?}", self.cfg.hidden_size);
-        let (cos, sin) = rotary_tables(self.cfg.theta(), self.cfg.head_dim(), s[1], self.device(), self.kind());
+        ensure!(
+            s.len() == 3 && s[2] == self.cfg.hidden_size,
+            "qwen2: expected embeds [B, L, {}], got {s:?}",
+            self.cfg.hidden_size
+        );
+        let (cos, sin) = rotary_tables(
+            self.cfg.theta(),
+            self.cfg.head_dim(),
+            s[1],
+            self.device(),
+            self.kind(),
+        );
         let mut h = embeds.to_device(self.device()).to_kind(self.kind());
         for layer in &self.layers {
             h = layer.forward(&h, &cos, &sin);
@@ -188,7 +262,10 @@ impl Qwen2ForCausalLM {
 
     /// Hidden states [..., hidden] → fp32 logits [..., vocab] (HF upcasts logits to fp32).
     pub fn lm_logits(&self, hidden: &Tensor) -> Tensor {
-        hidden.to_kind(self.kind()).linear(&self.lm_head, None::<Tensor>).to_kind(Kind::Float)
+        hidden
+            .to_kind(self.kind())
+            .linear(&self.lm_head, None::<Tensor>)
+            .to_kind(Kind::Float)
     }
 
     /// Token ids [B, L] → fp32 logits [B, L, vocab].

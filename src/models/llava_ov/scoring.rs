@@ -16,7 +16,10 @@ pub enum ScoreMode {
 impl ScoreMode {
     /// The paper's setting (top_k=20, top_p=0.8).
     pub fn paper() -> Self {
-        Self::Seed { top_k: 20, top_p: 0.8 }
+        Self::Seed {
+            top_k: 20,
+            top_p: 0.8,
+        }
     }
 }
 
@@ -47,7 +50,11 @@ pub fn answer_distribution(logits: &Tensor, mode: ScoreMode) -> Tensor {
     match mode {
         ScoreMode::Exact => l.softmax(-1, Kind::Float),
         ScoreMode::Seed { top_k, top_p } => {
-            let mut z = if top_k > 0 { top_k_filter(&l, top_k) } else { l };
+            let mut z = if top_k > 0 {
+                top_k_filter(&l, top_k)
+            } else {
+                l
+            };
             if top_p < 1.0 {
                 z = top_p_filter(&z, top_p);
             }
@@ -66,12 +73,22 @@ mod tests {
         // (cumsum of the ascending kept mass 0.15/0.95 ≤ 0.2 is removed).
         let p = Tensor::from_slice(&[0.5f32, 0.3, 0.15, 0.05]).view([1, 4]);
         let l = p.log();
-        let d = answer_distribution(&l, ScoreMode::Seed { top_k: 3, top_p: 0.8 });
+        let d = answer_distribution(
+            &l,
+            ScoreMode::Seed {
+                top_k: 3,
+                top_p: 0.8,
+            },
+        );
         let got: Vec<f32> = Vec::try_from(d.view([-1])).unwrap();
-        assert!((got[0] - 0.625).abs() < 1e-6 && (got[1] - 0.375).abs() < 1e-6, "{got:?}");
+        assert!(
+            (got[0] - 0.625).abs() < 1e-6 && (got[1] - 0.375).abs() < 1e-6,
+            "{got:?}"
+        );
         assert_eq!(got[2], 0.0);
         assert_eq!(got[3], 0.0);
-        let e: Vec<f32> = Vec::try_from(answer_distribution(&l, ScoreMode::Exact).view([-1])).unwrap();
+        let e: Vec<f32> =
+            Vec::try_from(answer_distribution(&l, ScoreMode::Exact).view([-1])).unwrap();
         assert!((e[2] - 0.15).abs() < 1e-6);
     }
 

@@ -35,7 +35,11 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     pub fn load(w: &mut Weights, prefix: &str, dim: i64, eps: f64) -> Self {
-        Self { weight: w.get(&format!("{prefix}.weight"), &[dim]), bias: w.get(&format!("{prefix}.bias"), &[dim]), eps }
+        Self {
+            weight: w.get(&format!("{prefix}.weight"), &[dim]),
+            bias: w.get(&format!("{prefix}.bias"), &[dim]),
+            eps,
+        }
     }
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let d = *self.weight.size().last().unwrap_or(&0);
@@ -60,7 +64,16 @@ impl Attention {
         let k = split(self.k_proj.forward(x));
         let v = split(self.v_proj.forward(x));
         // Default SDPA scale = head_dim^-0.5, the SigLIP scale; no mask (all patches see all).
-        let o = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, false, None, false);
+        let o = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            None::<Tensor>,
+            0.0,
+            false,
+            None,
+            false,
+        );
         self.out_proj.forward(&o.transpose(1, 2).reshape([b, l, c]))
     }
 }
@@ -117,9 +130,15 @@ impl SiglipVisionTower {
     pub fn load(w: &mut Weights, prefix: &str, cfg: &SiglipVisionConfig, num_layers: i64) -> Self {
         let h = cfg.hidden_size;
         let p = cfg.patch_size;
-        let patch_weight = w.get(&format!("{prefix}embeddings.patch_embedding.weight"), &[h, cfg.num_channels, p, p]);
+        let patch_weight = w.get(
+            &format!("{prefix}embeddings.patch_embedding.weight"),
+            &[h, cfg.num_channels, p, p],
+        );
         let patch_bias = w.get(&format!("{prefix}embeddings.patch_embedding.bias"), &[h]);
-        let position_embedding = w.get(&format!("{prefix}embeddings.position_embedding.weight"), &[cfg.num_patches(), h]);
+        let position_embedding = w.get(
+            &format!("{prefix}embeddings.position_embedding.weight"),
+            &[cfg.num_patches(), h],
+        );
         let layers = (0..num_layers)
             .map(|i| EncoderLayer::load(w, &format!("{prefix}encoder.layers.{i}"), cfg))
             .collect();
@@ -128,7 +147,13 @@ impl SiglipVisionTower {
         }
         w.ignore_prefix(&format!("{prefix}post_layernorm."));
         w.ignore_prefix(&format!("{prefix}head."));
-        Self { patch_weight, patch_bias, position_embedding, layers, cfg: cfg.clone() }
+        Self {
+            patch_weight,
+            patch_bias,
+            position_embedding,
+            layers,
+            cfg: cfg.clone(),
+        }
     }
 
     pub fn config(&self) -> &SiglipVisionConfig {
@@ -140,16 +165,28 @@ impl SiglipVisionTower {
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
         let s = pixels.size();
         ensure!(
-            s.len() == 4 && s[1] == self.cfg.num_channels && s[2] == self.cfg.image_size && s[3] == self.cfg.image_size,
+            s.len() == 4
+                && s[1] == self.cfg.num_channels
+                && s[2] == self.cfg.image_size
+                && s[3] == self.cfg.image_size,
             "siglip: expected pixels [N, {}, {}, {}], got {s:?}",
             self.cfg.num_channels,
             self.cfg.image_size,
             self.cfg.image_size
         );
-        let x = pixels.to_kind(self.patch_weight.kind()).to_device(self.patch_weight.device());
+        let x = pixels
+            .to_kind(self.patch_weight.kind())
+            .to_device(self.patch_weight.device());
         let p = self.cfg.patch_size;
         // Valid convolution: 384/14 → 27 patches, the last 6 pixel rows/cols are ignored.
-        let e = x.conv2d(&self.patch_weight, Some(&self.patch_bias), [p, p], [0, 0], [1, 1], 1);
+        let e = x.conv2d(
+            &self.patch_weight,
+            Some(&self.patch_bias),
+            [p, p],
+            [0, 0],
+            [1, 1],
+            1,
+        );
         let mut h = e.flatten(2, 3).transpose(1, 2) + &self.position_embedding;
         for layer in &self.layers {
             h = layer.forward(&h);

@@ -30,8 +30,14 @@ pub fn canonical_name(name: &str) -> String {
         ("language_model.model.", "model."),
         ("model.language_model.", "model."),
         ("language_model.lm_head.", "lm_head."),
-        ("model.multi_modal_projector.linear_1.", "model.mm_projector.0."),
-        ("model.multi_modal_projector.linear_2.", "model.mm_projector.2."),
+        (
+            "model.multi_modal_projector.linear_1.",
+            "model.mm_projector.0.",
+        ),
+        (
+            "model.multi_modal_projector.linear_2.",
+            "model.mm_projector.2.",
+        ),
         ("multi_modal_projector.linear_1.", "model.mm_projector.0."),
         ("multi_modal_projector.linear_2.", "model.mm_projector.2."),
     ] {
@@ -50,7 +56,8 @@ pub fn canonical_name(name: &str) -> String {
 pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
-        let text = std::fs::read_to_string(&index).with_context(|| format!("reading {}", index.display()))?;
+        let text = std::fs::read_to_string(&index)
+            .with_context(|| format!("reading {}", index.display()))?;
         let v: serde_json::Value =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", index.display()))?;
         let map = v
@@ -59,7 +66,11 @@ pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
             .with_context(|| format!("{}: no weight_map object", index.display()))?;
         let mut files: Vec<String> = map
             .values()
-            .map(|f| f.as_str().map(str::to_string).with_context(|| format!("{}: non-string shard", index.display())))
+            .map(|f| {
+                f.as_str()
+                    .map(str::to_string)
+                    .with_context(|| format!("{}: non-string shard", index.display()))
+            })
             .collect::<Result<_>>()?;
         files.sort();
         files.dedup();
@@ -69,7 +80,10 @@ pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if single.exists() {
         return Ok(vec![single]);
     }
-    bail!("{}: neither model.safetensors.index.json nor model.safetensors", dir.display())
+    bail!(
+        "{}: neither model.safetensors.index.json nor model.safetensors",
+        dir.display()
+    )
 }
 
 struct Entry {
@@ -94,16 +108,33 @@ impl Weights {
     pub fn from_files(files: &[PathBuf], device: Device, kind: Kind) -> Result<Self> {
         let mut tensors = HashMap::new();
         for f in files {
-            let list = Tensor::read_safetensors(f).with_context(|| format!("reading safetensors {}", f.display()))?;
+            let list = Tensor::read_safetensors(f)
+                .with_context(|| format!("reading safetensors {}", f.display()))?;
             for (name, t) in list {
                 let canon = canonical_name(&name);
                 let origin = format!("{}:{name}", f.display());
-                if let Some(prev) = tensors.insert(canon.clone(), Entry { tensor: t, origin: origin.clone() }) {
-                    bail!("tensor '{canon}' appears twice: {} and {origin}", prev.origin);
+                if let Some(prev) = tensors.insert(
+                    canon.clone(),
+                    Entry {
+                        tensor: t,
+                        origin: origin.clone(),
+                    },
+                ) {
+                    bail!(
+                        "tensor '{canon}' appears twice: {} and {origin}",
+                        prev.origin
+                    );
                 }
             }
         }
-        Ok(Self { tensors, used: HashSet::new(), ignored_prefixes: vec![], errors: vec![], device, kind })
+        Ok(Self {
+            tensors,
+            used: HashSet::new(),
+            ignored_prefixes: vec![],
+            errors: vec![],
+            device,
+            kind,
+        })
     }
 
     /// Loads a checkpoint folder (see [`checkpoint_files`]).
@@ -115,9 +146,24 @@ impl Weights {
     pub fn from_tensors(list: Vec<(String, Tensor)>, device: Device, kind: Kind) -> Self {
         let tensors = list
             .into_iter()
-            .map(|(n, t)| (n.clone(), Entry { tensor: t, origin: n }))
+            .map(|(n, t)| {
+                (
+                    n.clone(),
+                    Entry {
+                        tensor: t,
+                        origin: n,
+                    },
+                )
+            })
             .collect();
-        Self { tensors, used: HashSet::new(), ignored_prefixes: vec![], errors: vec![], device, kind }
+        Self {
+            tensors,
+            used: HashSet::new(),
+            ignored_prefixes: vec![],
+            errors: vec![],
+            device,
+            kind,
+        }
     }
 
     pub fn device(&self) -> Device {
@@ -149,24 +195,36 @@ impl Weights {
     pub fn get_rows(&mut self, name: &str, shape: &[i64], keep_rows: Option<i64>) -> Tensor {
         let placeholder = || Tensor::empty([0], (Kind::Float, Device::Cpu));
         let Some(e) = self.tensors.get(name) else {
-            self.errors.push(format!("missing tensor '{name}' (expected shape {shape:?})"));
+            self.errors.push(format!(
+                "missing tensor '{name}' (expected shape {shape:?})"
+            ));
             return placeholder();
         };
         self.used.insert(name.to_string());
         let found = e.tensor.size();
         if found != shape {
-            self.errors.push(format!("tensor '{name}' ({}): expected shape {shape:?}, found {found:?}", e.origin));
+            self.errors.push(format!(
+                "tensor '{name}' ({}): expected shape {shape:?}, found {found:?}",
+                e.origin
+            ));
             return placeholder();
         }
         let t = match keep_rows {
             Some(k) if k < shape[0] => e.tensor.narrow(0, 0, k),
             Some(k) if k > shape[0] => {
-                self.errors.push(format!("tensor '{name}': cannot keep {k} rows of {}", shape[0]));
+                self.errors.push(format!(
+                    "tensor '{name}': cannot keep {k} rows of {}",
+                    shape[0]
+                ));
                 return placeholder();
             }
             _ => e.tensor.shallow_clone(),
         };
-        let kind = if t.is_floating_point() { self.kind } else { t.kind() };
+        let kind = if t.is_floating_point() {
+            self.kind
+        } else {
+            t.kind()
+        };
         t.to_device(self.device).to_kind(kind).contiguous().detach()
     }
 
@@ -176,20 +234,34 @@ impl Weights {
         let unexpected: BTreeMap<&String, &Entry> = self
             .tensors
             .iter()
-            .filter(|(n, _)| !self.used.contains(*n) && !self.ignored_prefixes.iter().any(|p| n.starts_with(p)))
+            .filter(|(n, _)| {
+                !self.used.contains(*n) && !self.ignored_prefixes.iter().any(|p| n.starts_with(p))
+            })
             .collect();
         for (n, e) in unexpected {
-            errors.push(format!("unexpected tensor '{n}' ({}, shape {:?})", e.origin, e.tensor.size()));
+            errors.push(format!(
+                "unexpected tensor '{n}' ({}, shape {:?})",
+                e.origin,
+                e.tensor.size()
+            ));
         }
         if errors.is_empty() {
             return Ok(());
         }
         let shown: Vec<&String> = errors.iter().take(40).collect();
-        let more = if errors.len() > 40 { format!("\n  … and {} more", errors.len() - 40) } else { String::new() };
+        let more = if errors.len() > 40 {
+            format!("\n  … and {} more", errors.len() - 40)
+        } else {
+            String::new()
+        };
         bail!(
             "checkpoint does not match the model ({} problems):\n  {}{more}",
             errors.len(),
-            shown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n  ")
+            shown
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("\n  ")
         )
     }
 }
@@ -202,19 +274,46 @@ mod tests {
     fn hf_layouts_map_to_original_names() {
         let v = VISION_PREFIX;
         for (hf, orig) in [
-            ("language_model.model.layers.3.mlp.up_proj.weight", "model.layers.3.mlp.up_proj.weight".to_string()),
-            ("model.language_model.norm.weight", "model.norm.weight".into()),
+            (
+                "language_model.model.layers.3.mlp.up_proj.weight",
+                "model.layers.3.mlp.up_proj.weight".to_string(),
+            ),
+            (
+                "model.language_model.norm.weight",
+                "model.norm.weight".into(),
+            ),
             ("language_model.lm_head.weight", "lm_head.weight".into()),
             ("lm_head.weight", "lm_head.weight".into()),
-            ("multi_modal_projector.linear_1.bias", "model.mm_projector.0.bias".into()),
-            ("model.multi_modal_projector.linear_2.weight", "model.mm_projector.2.weight".into()),
+            (
+                "multi_modal_projector.linear_1.bias",
+                "model.mm_projector.0.bias".into(),
+            ),
+            (
+                "model.multi_modal_projector.linear_2.weight",
+                "model.mm_projector.2.weight".into(),
+            ),
             ("image_newline", "model.image_newline".into()),
             ("model.image_newline", "model.image_newline".into()),
-            ("vision_tower.vision_model.post_layernorm.bias", format!("{v}post_layernorm.bias")),
-            ("vision_tower.encoder.layers.0.mlp.fc1.weight", format!("{v}encoder.layers.0.mlp.fc1.weight")),
-            ("model.vision_tower.embeddings.patch_embedding.bias", format!("{v}embeddings.patch_embedding.bias")),
-            (&format!("{v}embeddings.position_embedding.weight"), format!("{v}embeddings.position_embedding.weight")),
-            ("model.mm_projector.0.weight", "model.mm_projector.0.weight".into()),
+            (
+                "vision_tower.vision_model.post_layernorm.bias",
+                format!("{v}post_layernorm.bias"),
+            ),
+            (
+                "vision_tower.encoder.layers.0.mlp.fc1.weight",
+                format!("{v}encoder.layers.0.mlp.fc1.weight"),
+            ),
+            (
+                "model.vision_tower.embeddings.patch_embedding.bias",
+                format!("{v}embeddings.patch_embedding.bias"),
+            ),
+            (
+                &format!("{v}embeddings.position_embedding.weight"),
+                format!("{v}embeddings.position_embedding.weight"),
+            ),
+            (
+                "model.mm_projector.0.weight",
+                "model.mm_projector.0.weight".into(),
+            ),
         ] {
             assert_eq!(canonical_name(hf), orig, "{hf}");
         }
@@ -224,10 +323,19 @@ mod tests {
     fn strict_errors_name_tensors_and_shapes() {
         let mut w = Weights::from_tensors(
             vec![
-                ("a".into(), Tensor::zeros([2, 3], (Kind::Float, Device::Cpu))),
+                (
+                    "a".into(),
+                    Tensor::zeros([2, 3], (Kind::Float, Device::Cpu)),
+                ),
                 ("b".into(), Tensor::zeros([4], (Kind::Float, Device::Cpu))),
-                ("extra".into(), Tensor::zeros([1], (Kind::Float, Device::Cpu))),
-                ("skip.me".into(), Tensor::zeros([1], (Kind::Float, Device::Cpu))),
+                (
+                    "extra".into(),
+                    Tensor::zeros([1], (Kind::Float, Device::Cpu)),
+                ),
+                (
+                    "skip.me".into(),
+                    Tensor::zeros([1], (Kind::Float, Device::Cpu)),
+                ),
             ],
             Device::Cpu,
             Kind::Float,
@@ -238,8 +346,14 @@ mod tests {
         let _ = w.get("c", &[7]);
         let msg = format!("{:#}", w.finish().unwrap_err());
         assert!(msg.contains("3 problems"), "{msg}");
-        assert!(msg.contains("'b'") && msg.contains("expected shape [5], found [4]"), "{msg}");
-        assert!(msg.contains("missing tensor 'c' (expected shape [7])"), "{msg}");
+        assert!(
+            msg.contains("'b'") && msg.contains("expected shape [5], found [4]"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("missing tensor 'c' (expected shape [7])"),
+            "{msg}"
+        );
         assert!(msg.contains("unexpected tensor 'extra'"), "{msg}");
         assert!(!msg.contains("skip.me"), "{msg}");
     }

@@ -1,0 +1,415 @@
+//! One round of DPO on given preference pairs (the paper's "initial DPO"; `dpo --iter` repeats it).
+//!
+//! Every pairs line is validated before anything is written; image codes are encoded once and
+//! cached; the reference is a frozen copy (fp32 or bf16) or log-probs precomputed for every
+//! (epoch, pair, draw) and cached on disk with the mask seed that makes them valid; AdamW with
+//! saveable state, warmup + cosine LR, gradient accumulation, grad-norm clipping; full-state
+//! checkpoints `ckpts/<run>/step-N/` (model in Show-o's layout) and exact `--resume`.
+use super::logp::{pair_draws, LogpConfig, PairBatch};
+use super::loss::{dpo_loss, LossConfig, PairLogps};
+use crate::models::showo::{Layout, Showo, TextTokenizer};
+use crate::preference::{cache, pairs};
+use crate::recipe::Recipe;
+use crate::train::{ckpt, grad, logging, optim, rng, schedule::LrSchedule};
+use anyhow::{bail, ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReferenceMode {
+    /// A frozen copy of the initial policy, run at every step.
+    Frozen,
+    /// Reference log-probs computed once for every draw the run will use, cached on disk.
+    Precomputed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpoConfig {
+    #[serde(default)]
+    pub loss: LossConfig,
+    #[serde(default)]
+    pub logp: LogpConfig,
+    #[serde(default = "d_ref")]
+    pub reference: ReferenceMode,
+    /// dtype of a frozen reference (`fp32` or `bf16`).
+    #[serde(default = "d_fp32")]
+    pub reference_dtype: String,
+    /// dtype of the policy's parameters; bf16 keeps fp32 master weights in the optimizer.
+    #[serde(default = "d_fp32")]
+    pub train_dtype: String,
+    pub lr: f64,
+    /// Optimizer steps per round.
+    pub steps: u64,
+    /// Pairs per micro-batch.
+    pub batch_size: usize,
+    #[serde(default = "d_one")]
+    pub grad_accum: usize,
+    #[serde(default)]
+    pub warmup_steps: u64,
+    #[serde(default = "d_min_lr")]
+    pub min_lr_ratio: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+    #[serde(default = "d_clip")]
+    pub max_grad_norm: f64,
+    #[serde(default)]
+    pub seed: u64,
+    /// Share of prompts held out for the implicit-reward accuracy.
+    #[serde(default = "d_eval_frac")]
+    pub eval_fraction: f64,
+    #[serde(default = "d_eval_every")]
+    pub eval_every: u64,
+    #[serde(default = "d_ckpt_every")]
+    pub ckpt_every: u64,
+}
+
+fn d_ref() -> ReferenceMode {
+    ReferenceMode::Frozen
+}
+fn d_fp32() -> String {
+    "fp32".into()
+}
+fn d_one() -> usize {
+    1
+}
+fn d_min_lr() -> f64 {
+    0.1
+}
+fn d_clip() -> f64 {
+    1.0
+}
+fn d_eval_frac() -> f64 {
+    0.1
+}
+fn d_eval_every() -> u64 {
+    50
+}
+fn d_ckpt_every() -> u64 {
+    100
+}
+
+/// Where a round reads from and writes to.
+pub struct RoundSpec<'a> {
+    pub pairs: &'a Path,
+    pub init: &'a Path,
+    /// Reference checkpoint (default: `init`).
+    pub reference: Option<&'a Path>,
+    /// `ckpts/<run>` (step checkpoints, reference cache, `final/`).
+    pub ckpt_dir: PathBuf,
+    /// `runs/<run>` (TensorBoard, log).
+    pub run_dir: PathBuf,
+    pub resume: bool,
+    pub max_steps: Option<u64>,
+    pub skip_bad_rows: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoundResult {
+    pub final_dir: PathBuf,
+    pub steps: u64,
+    pub train_pairs: usize,
+    pub eval_pairs: usize,
+    /// Held-out implicit-reward accuracy before and after training.
+    pub eval_accuracy_start: Option<f64>,
+    pub eval_accuracy_end: Option<f64>,
+}
+
+struct Data {
+    text: Tensor,
+    chosen: Tensor,
+    rejected: Tensor,
+}
+
+impl Data {
+    fn select(&self, idx: &[usize], dev: Device) -> (Tensor, Tensor, Tensor) {
+        let i = Tensor::from_slice(&idx.iter().map(|&x| x as i64).collect::<Vec<_>>());
+        (
+            self.text.index_select(0, &i).to_device(dev),
+            self.chosen.index_select(0, &i).to_device(dev),
+            self.rejected.index_select(0, &i).to_device(dev),
+        )
+    }
+}
+
+/// Deterministic prompt-level split: a prompt is held out when its hash falls below the fraction.
+fn held_out(prompt: &str, seed: u64, fraction: f64) -> bool {
+    let h = crate::preference::hash::sha256(format!("{seed}:{prompt}").as_bytes());
+    let x = u64::from_le_bytes(h[..8].try_into().expect("8 bytes"));
+    (x as f64 / u64::MAX as f64) < fraction
+}
+
+/// Per-pair policy and reference log-probs for pairs `idx` (global indices into `data`) in `epoch`.
+#[allow(clippy::too_many_arguments)]
+fn batch_logps(
+    policy: &Showo,
+    reference: &RefSource,
+    layout: &Layout,
+    data: &Data,
+    idx: &[usize],
+    epoch: u64,
+    cfg: &DpoConfig,
+    dev: Device,
+) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+    let n = layout.num_vq_tokens as usize;
+    let draws: Vec<_> = idx.iter().map(|&i| pair_draws(cfg.seed, epoch, i as u64, n, &cfg.logp)).collect();
+    let (text, c, r) = data.select(idx, dev);
+    let batch = PairBatch::new(layout, &text, &c, &r, &draws);
+    let (pc, pr) = batch.logps(policy, layout, &cfg.logp);
+    let (rc, rr) = match reference {
+        RefSource::Model(m) => tch::no_grad(|| batch.logps(m, layout, &cfg.logp)),
+        RefSource::Cache(c) => c.get(epoch, idx, dev)?,
+    };
+    Ok((pc, pr, rc, rr))
+}
+
+enum RefSource {
+    Model(Showo),
+    Cache(RefCache),
+}
+
+/// Precomputed reference log-probs: [epochs, pairs, 2] plus what makes them valid.
+struct RefCache {
+    values: Tensor,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct RefCacheKey {
+    mask_seed: u64,
+    logp: LogpConfig,
+    epochs: u64,
+    pairs_sha256: String,
+    reference: String,
+}
+
+impl RefCache {
+    fn get(&self, epoch: u64, idx: &[usize], dev: Device) -> Result<(Tensor, Tensor)> {
+        ensure!((epoch as i64) < self.values.size()[0], "reference cache has no epoch {epoch}");
+        let i = Tensor::from_slice(&idx.iter().map(|&x| x as i64).collect::<Vec<_>>());
+        let v = self.values.get(epoch as i64).index_select(0, &i).to_device(dev);
+        Ok((v.select(1, 0), v.select(1, 1)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(dir: &Path, key: RefCacheKey, model: &Showo, layout: &Layout, data: &Data, cfg: &DpoConfig, dev: Device, log: &mut logging::Logger) -> Result<Self> {
+        let file = dir.join("ref_logps.safetensors");
+        let meta = dir.join("ref_logps.json");
+        if file.exists() && meta.exists() {
+            let old: RefCacheKey = serde_json::from_str(&std::fs::read_to_string(&meta)?).context("ref_logps.json")?;
+            if old == key {
+                let t = crate::nn::weights::read_state_dict(&file)?;
+                let values = t.into_iter().find(|(n, _)| n == "ref_logps").context("ref_logps tensor")?.1;
+                log.info(format!("reference log-probs: reusing {}", file.display()));
+                return Ok(Self { values });
+            }
+            log.info("reference log-probs: cache is for other settings; recomputing");
+        }
+        let m = data.chosen.size()[0] as usize;
+        let mut rows = Vec::new();
+        for epoch in 0..key.epochs {
+            let mut vals = Vec::new();
+            for chunk in (0..m).collect::<Vec<_>>().chunks(cfg.batch_size.max(1)) {
+                let n = layout.num_vq_tokens as usize;
+                let draws: Vec<_> = chunk.iter().map(|&i| pair_draws(cfg.seed, epoch, i as u64, n, &cfg.logp)).collect();
+                let (text, c, r) = data.select(chunk, dev);
+                let (rc, rr) = tch::no_grad(|| PairBatch::new(layout, &text, &c, &r, &draws).logps(model, layout, &cfg.logp));
+                vals.push(Tensor::stack(&[rc, rr], 1).to_device(Device::Cpu));
+            }
+            rows.push(Tensor::cat(&vals, 0));
+        }
+        let values = Tensor::stack(&rows, 0);
+        std::fs::create_dir_all(dir)?;
+        crate::nn::weights::write_safetensors(&file, &[("ref_logps".into(), values.shallow_clone())])?;
+        crate::util::atomic_write(&meta, serde_json::to_string_pretty(&key)?.as_bytes())?;
+        log.info(format!("reference log-probs: computed {} epochs × {m} pairs × {} draws", key.epochs, cfg.logp.n_mc));
+        Ok(Self { values })
+    }
+}
+
+/// `step-N` inside a run's checkpoint folder.
+pub fn step_dir(ckpt_dir: &Path, step: u64) -> PathBuf {
+    ckpt::checkpoint_dir(ckpt_dir, step)
+}
+
+/// Trains one DPO round. Validates the pairs before writing anything.
+pub fn train_round(recipe: &Recipe, cfg: &DpoConfig, spec: &RoundSpec) -> Result<RoundResult> {
+    cfg.loss.validate()?;
+    ensure!(cfg.batch_size > 0 && cfg.grad_accum > 0 && cfg.logp.n_mc > 0, "batch_size, grad_accum and logp.n_mc must be positive");
+    let device = recipe.device()?;
+    // 1. Validate every line first: nothing is written when the pairs file is bad.
+    let vq = crate::world::image_tokenizer(&recipe.paths.vq, device)?;
+    let size = if recipe.is_glyph() { Some((128, 128)) } else { None };
+    let (all_pairs, report) = pairs::load_pairs(spec.pairs, &pairs::PairsOptions { image_size: size, skip_bad_rows: spec.skip_bad_rows })?;
+    ensure!(!all_pairs.is_empty(), "{}: no usable pairs", spec.pairs.display());
+
+    let mut log = logging::Logger::new(&spec.run_dir, cfg.steps, logging::LoggerOptions::default())?;
+    if !report.skipped.is_empty() {
+        log.info(format!("skipped {} bad rows of {} in {}", report.skipped.len(), report.rows, spec.pairs.display()));
+    }
+    let tok = TextTokenizer::from_file(&recipe.paths.tokenizer)?;
+    let train_kind = crate::util::parse_dtype(&cfg.train_dtype)?;
+    if train_kind == Kind::BFloat16 && device == Device::Cpu {
+        bail!("train_dtype bf16 is for CUDA; use fp32 on CPU");
+    }
+    let policy = Showo::load(spec.init, device, train_kind)?;
+    let layout = Layout::new(&policy.cfg, &tok);
+
+    // 2. Codes (cached) and prompt rows.
+    let tok_id = format!("{}:{}", recipe.paths.vq, policy.cfg.codebook_size);
+    let codes = cache::encode_all(&all_pairs, vq.as_ref(), &tok_id, &recipe.paths.ckpts.join("cache").join("codes"), device, 64)?;
+    let (mut train_idx, mut eval_idx) = (Vec::new(), Vec::new());
+    for (i, p) in all_pairs.iter().enumerate() {
+        if held_out(&p.record.prompt, cfg.seed, cfg.eval_fraction) {
+            eval_idx.push(i)
+        } else {
+            train_idx.push(i)
+        }
+    }
+    ensure!(!train_idx.is_empty(), "every pair fell into the held-out split");
+    let prompts: Vec<String> = all_pairs.iter().map(|p| p.record.prompt.clone()).collect();
+    let text_all = layout.text_batch(&tok, &prompts, Device::Cpu)?;
+    let make = |idx: &[usize]| -> Data {
+        let i = Tensor::from_slice(&idx.iter().map(|&x| x as i64).collect::<Vec<_>>());
+        Data {
+            text: text_all.index_select(0, &i),
+            chosen: Tensor::stack(&idx.iter().map(|&j| codes[j].0.shallow_clone()).collect::<Vec<_>>(), 0),
+            rejected: Tensor::stack(&idx.iter().map(|&j| codes[j].1.shallow_clone()).collect::<Vec<_>>(), 0),
+        }
+    };
+    let train = make(&train_idx);
+    let eval = if eval_idx.is_empty() { None } else { Some(make(&eval_idx)) };
+    let m = train_idx.len();
+
+    // 3. Reference.
+    let ref_path = spec.reference.unwrap_or(spec.init);
+    let ref_kind = crate::util::parse_dtype(&cfg.reference_dtype)?;
+    let mut ref_model = Showo::load(ref_path, device, ref_kind)?;
+    ref_model.vs.freeze();
+    let per_step = (cfg.batch_size * cfg.grad_accum) as u64;
+    let epochs = (cfg.steps * per_step).div_ceil(m as u64).max(1);
+    // Held-out accuracy always uses epoch-0 draws of the eval pairs, from the reference model.
+    let eval_ref = match &eval {
+        Some(e) => {
+            let idx: Vec<usize> = (0..e.chosen.size()[0] as usize).collect();
+            Some(batch_ref_only(&ref_model, &layout, e, &idx, cfg, device)?)
+        }
+        None => None,
+    };
+    let reference = match cfg.reference {
+        ReferenceMode::Frozen => RefSource::Model(ref_model),
+        ReferenceMode::Precomputed => {
+            let key = RefCacheKey {
+                mask_seed: cfg.seed,
+                logp: cfg.logp.clone(),
+                epochs,
+                pairs_sha256: cache::hash_file(spec.pairs)?,
+                reference: ref_path.display().to_string(),
+            };
+            let c = RefCache::build(&spec.ckpt_dir, key, &ref_model, &layout, &train, cfg, device, &mut log)?;
+            drop(ref_model);
+            RefSource::Cache(c)
+        }
+    };
+
+    // 4. Optimizer and resume.
+    let mut opt = optim::AdamW::new(&policy.vs, optim::AdamWConfig { lr: cfg.lr, weight_decay: cfg.weight_decay, ..Default::default() })?;
+    let sched = LrSchedule::Cosine { warmup_steps: cfg.warmup_steps, total_steps: cfg.steps, min_lr_ratio: cfg.min_lr_ratio };
+    let mut start = 0;
+    if spec.resume {
+        if let Some(c) = ckpt::Checkpoint::latest(&spec.ckpt_dir)? {
+            c.load_model(&policy.vs)?;
+            c.load_optimizer(&mut opt)?;
+            start = c.trainer_state()?.step;
+            log.info(format!("resumed from {} at step {start}", c.dir.display()));
+        }
+    }
+    let total = spec.max_steps.map(|s| s.min(cfg.steps)).unwrap_or(cfg.steps);
+    log.info(format!(
+        "dpo: {} train pairs, {} held-out, {} draws/pair, {} pairs/step, steps {start}..{total}, loss {:?} β={}",
+        m,
+        eval_idx.len(),
+        cfg.logp.n_mc,
+        per_step,
+        cfg.loss.kind,
+        cfg.loss.beta
+    ));
+    let eval_acc = |policy: &Showo| -> Result<Option<f64>> {
+        match (&eval, &eval_ref) {
+            (Some(e), Some((rc, rr))) => {
+                let idx: Vec<usize> = (0..e.chosen.size()[0] as usize).collect();
+                let (pc, pr) = batch_ref_only(policy, &layout, e, &idx, cfg, device)?;
+                let h = (pc - pr) - (rc - rr);
+                Ok(Some(h.gt(0.0).to_kind(Kind::Float).mean(Kind::Float).double_value(&[])))
+            }
+            _ => Ok(None),
+        }
+    };
+    let acc_start = eval_acc(&policy)?;
+    if let Some(a) = acc_start {
+        log.scalar("eval/rewards/accuracies", a, start);
+    }
+
+    let vars = grad::trainable_vars(&policy.vs);
+    for step in start..total {
+        opt.zero_grad();
+        let mut sums: Vec<(&'static str, f64)> = Vec::new();
+        for micro in 0..cfg.grad_accum {
+            let pos = (step * per_step) as usize + micro * cfg.batch_size;
+            let epoch = (pos / m) as u64;
+            let order = rng::epoch_order(cfg.seed, epoch, m);
+            let idx: Vec<usize> = (0..cfg.batch_size).map(|j| order[(pos + j) % m]).collect();
+            let (pc, pr, rc, rr) = batch_logps(&policy, &reference, &layout, &train, &idx, epoch, cfg, device)?;
+            let nll = -(&pc) / (layout.num_vq_tokens as f64);
+            let out = dpo_loss(&cfg.loss, &PairLogps { policy_chosen: &pc, policy_rejected: &pr, ref_chosen: &rc, ref_rejected: &rr }, Some(&nll))?;
+            (out.loss / cfg.grad_accum as f64).backward();
+            for (k, v) in out.metrics.named() {
+                match sums.iter_mut().find(|(n, _)| *n == k) {
+                    Some(e) => e.1 += v / cfg.grad_accum as f64,
+                    None => sums.push((k, v / cfg.grad_accum as f64)),
+                }
+            }
+        }
+        let gnorm = grad::clip_grad_norm(&vars, cfg.max_grad_norm);
+        let lr = sched.lr(cfg.lr, step);
+        opt.set_lr(lr);
+        opt.step()?;
+        let done = step + 1;
+        sums.push(("lr", lr));
+        sums.push(("grad_norm", gnorm));
+        log.step(done, &sums);
+        if done % cfg.eval_every == 0 || done == total {
+            if let Some(a) = eval_acc(&policy)? {
+                log.scalar("eval/rewards/accuracies", a, done);
+                log.info(format!("step {done}: held-out implicit-reward accuracy {a:.3}"));
+            }
+        }
+        if done % cfg.ckpt_every == 0 || done == total {
+            let state = ckpt::TrainerState { step: done, seed: cfg.seed, epoch: ((done * per_step) as usize / m) as u64, data_position: ((done * per_step) as usize % m) as u64, ..Default::default() };
+            ckpt::save_checkpoint(&spec.ckpt_dir, &policy.vs, Some(&policy.cfg), &opt, &state)?;
+        }
+    }
+    let acc_end = eval_acc(&policy)?;
+    let final_dir = spec.ckpt_dir.join("final");
+    if total == cfg.steps {
+        crate::commands::pretrain::save_model_dir(&policy, &final_dir)?;
+        log.info(format!("saved {}", final_dir.display()));
+    }
+    log.finish();
+    Ok(RoundResult { final_dir, steps: total, train_pairs: m, eval_pairs: eval_idx.len(), eval_accuracy_start: acc_start, eval_accuracy_end: acc_end })
+}
+
+fn batch_ref_only(model: &Showo, layout: &Layout, data: &Data, idx: &[usize], cfg: &DpoConfig, dev: Device) -> Result<(Tensor, Tensor)> {
+    let n = layout.num_vq_tokens as usize;
+    let mut cs = Vec::new();
+    let mut rs = Vec::new();
+    for chunk in idx.chunks(cfg.batch_size.max(1)) {
+        let draws: Vec<_> = chunk.iter().map(|&i| pair_draws(cfg.seed ^ 0xE7A1, 0, i as u64, n, &cfg.logp)).collect();
+        let (text, c, r) = data.select(chunk, dev);
+        let (lc, lr) = tch::no_grad(|| PairBatch::new(layout, &text, &c, &r, &draws).logps(model, layout, &cfg.logp));
+        cs.push(lc);
+        rs.push(lr);
+    }
+    Ok((Tensor::cat(&cs, 0), Tensor::cat(&rs, 0)))
+}

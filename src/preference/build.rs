@@ -1,0 +1,212 @@
+//! Pair building: sample N images per prompt with the current policy, score them with a judge, and
+//! pair preferred with dispreferred images — one "yes" with one "no" (the paper's rule), several
+//! disjoint such pairs per prompt, or best against worst with a minimum score margin. Prompts whose
+//! images all agree give no pair. Writes the images, `pairs.jsonl` and a `stats.json`.
+use super::pairs::{write_pairs, PairRecord};
+use crate::eval::geneval::Metadata;
+use crate::generate::{self, derive_seed, SamplerConfig};
+use crate::models::showo::{Layout, Showo, TextTokenizer};
+use crate::models::ImageTokenizer;
+use anyhow::{ensure, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+/// Scores images for pair building (an ORM, PARM's final selection score, or the glyph world's
+/// exact evaluator).
+pub trait ImageScorer {
+    fn name(&self) -> String;
+    /// Scores in [0, 1] ("yes" above `PairRule::threshold`). `images` float [B,3,H,W] in [−1,1],
+    /// `codes` int64 [B, N].
+    fn score(&mut self, metas: &[&Metadata], images: &Tensor, codes: &Tensor) -> Result<Vec<f64>>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PairMode {
+    /// Pair "yes" images (score > threshold) with "no" images, each image used at most once.
+    YesNo,
+    /// The best against the worst image, when their scores differ by at least `min_margin`.
+    BestWorst,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairRule {
+    #[serde(default = "d_mode")]
+    pub mode: PairMode,
+    #[serde(default = "d_thr")]
+    pub threshold: f64,
+    #[serde(default = "d_margin")]
+    pub min_margin: f64,
+    /// At most this many pairs per prompt (YesNo).
+    #[serde(default = "d_ppp")]
+    pub pairs_per_prompt: usize,
+}
+
+fn d_mode() -> PairMode {
+    PairMode::YesNo
+}
+fn d_thr() -> f64 {
+    0.5
+}
+fn d_margin() -> f64 {
+    0.1
+}
+fn d_ppp() -> usize {
+    1
+}
+
+impl Default for PairRule {
+    fn default() -> Self {
+        Self { mode: d_mode(), threshold: d_thr(), min_margin: d_margin(), pairs_per_prompt: d_ppp() }
+    }
+}
+
+/// (chosen, rejected) indices among one prompt's candidates.
+pub fn make_pairs(scores: &[f64], rule: &PairRule) -> Vec<(usize, usize)> {
+    match rule.mode {
+        PairMode::YesNo => {
+            let mut yes: Vec<usize> = (0..scores.len()).filter(|&i| scores[i] > rule.threshold).collect();
+            let mut no: Vec<usize> = (0..scores.len()).filter(|&i| scores[i] <= rule.threshold).collect();
+            // Most confident first, so the clearest contrasts are used when pairs are capped.
+            yes.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+            no.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(a.cmp(&b)));
+            yes.into_iter().zip(no).take(rule.pairs_per_prompt).collect()
+        }
+        PairMode::BestWorst => {
+            if scores.len() < 2 {
+                return vec![];
+            }
+            let best = (0..scores.len()).max_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(b.cmp(&a))).unwrap_or(0);
+            let worst = (0..scores.len()).min_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(a.cmp(&b))).unwrap_or(0);
+            if scores[best] - scores[worst] >= rule.min_margin && best != worst {
+                vec![(best, worst)]
+            } else {
+                vec![]
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PairStats {
+    pub prompts: usize,
+    pub images: usize,
+    pub pairs: usize,
+    /// Share of images scored "yes".
+    pub yes_rate: f64,
+    /// Prompts dropped because all their images agree.
+    pub agreeing_prompts: usize,
+    pub judge: String,
+}
+
+/// Samples `n` images for each prompt, scores them and writes `out/pairs.jsonl`, `out/images/…`
+/// and `out/stats.json`.
+#[allow(clippy::too_many_arguments)]
+pub fn build_pairs(
+    model: &Showo,
+    layout: &Layout,
+    tok: &TextTokenizer,
+    vq: &dyn ImageTokenizer,
+    metas: &[Metadata],
+    n: usize,
+    seed: u64,
+    sampler: &SamplerConfig,
+    scorer: &mut dyn ImageScorer,
+    rule: &PairRule,
+    batch_rows: usize,
+    out: &Path,
+) -> Result<PairStats> {
+    ensure!(n >= 2, "pair building needs at least 2 images per prompt");
+    let img_dir = out.join("images");
+    std::fs::create_dir_all(&img_dir)?;
+    let mut records = Vec::new();
+    let mut stats = PairStats { judge: scorer.name(), ..Default::default() };
+    let mut yes = 0usize;
+    let per_batch = (batch_rows / n).max(1);
+    let pb = crate::train::logging::progress_bar(metas.len() as u64, true);
+    pb.set_message("sampling + judging");
+    for (c, chunk) in metas.chunks(per_batch).enumerate() {
+        let base = c * per_batch;
+        let prompts: Vec<String> = chunk.iter().map(|m| m.prompt.clone()).collect();
+        let text = layout.text_batch(tok, &prompts, model.device())?;
+        let prompt_of: Vec<usize> = (0..chunk.len()).flat_map(|j| std::iter::repeat_n(j, n)).collect();
+        let seeds: Vec<u64> = prompt_of.iter().enumerate().map(|(r, &j)| derive_seed(seed, (base + j) as u64, (r % n) as u64)).collect();
+        let res = generate::sample(model, layout, &text, &prompt_of, &seeds, sampler, &mut generate::NoHook)?;
+        let images = vq.decode(&res.codes.to_device(model.device()))?;
+        let row_metas: Vec<&Metadata> = prompt_of.iter().map(|&j| &chunk[j]).collect();
+        let scores = scorer.score(&row_metas, &images, &res.codes)?;
+        let pngs = crate::world::to_pngs(&images)?;
+        for (j, meta) in chunk.iter().enumerate() {
+            let s = &scores[j * n..(j + 1) * n];
+            yes += s.iter().filter(|&&x| x > rule.threshold).count();
+            let pairs = make_pairs(s, rule);
+            if pairs.is_empty() {
+                stats.agreeing_prompts += 1;
+            }
+            let mut saved = vec![None::<PathBuf>; n];
+            let mut save = |k: usize| -> Result<String> {
+                let rel = format!("images/{:05}-{k:02}.png", base + j);
+                if saved[k].is_none() {
+                    crate::util::atomic_write(&out.join(&rel), &pngs[j * n + k])?;
+                    saved[k] = Some(out.join(&rel));
+                }
+                Ok(rel)
+            };
+            for (ci, ri) in pairs {
+                records.push(PairRecord {
+                    prompt: meta.prompt.clone(),
+                    chosen: save(ci)?,
+                    rejected: save(ri)?,
+                    chosen_score: Some(s[ci]),
+                    rejected_score: Some(s[ri]),
+                    tag: Some(meta.tag.clone()),
+                    metadata: Some(serde_json::to_value(meta)?),
+                });
+            }
+        }
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish_and_clear();
+    stats.prompts = metas.len();
+    stats.images = metas.len() * n;
+    stats.pairs = records.len();
+    stats.yes_rate = yes as f64 / stats.images.max(1) as f64;
+    write_pairs(&out.join("pairs.jsonl"), &records)?;
+    crate::util::atomic_write(&out.join("stats.json"), serde_json::to_string_pretty(&stats)?.as_bytes())?;
+    Ok(stats)
+}
+
+/// The glyph world's exact evaluator as a judge: 1 when the image satisfies the prompt under
+/// GenEval's rules, else 0.
+pub struct OracleScorer;
+
+impl ImageScorer for OracleScorer {
+    fn name(&self) -> String {
+        "oracle".into()
+    }
+    fn score(&mut self, metas: &[&Metadata], _images: &Tensor, codes: &Tensor) -> Result<Vec<f64>> {
+        let codes = crate::models::glyph_vq::tensor_to_codes(codes)?;
+        let opts = crate::eval::geneval::rules::RuleOptions::default();
+        Ok(metas.iter().zip(&codes).map(|(m, c)| if crate::glyphs::detect::is_correct(m, c, &opts) { 1.0 } else { 0.0 }).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pair_rules() {
+        let r = PairRule { pairs_per_prompt: 3, ..Default::default() };
+        assert_eq!(make_pairs(&[0.9, 0.1, 0.8, 0.2, 0.0], &r), vec![(0, 4), (2, 1), ]);
+        assert!(make_pairs(&[0.9, 0.8], &r).is_empty(), "all yes → no pair");
+        assert!(make_pairs(&[0.1, 0.2], &r).is_empty(), "all no → no pair");
+        let one = PairRule::default();
+        assert_eq!(make_pairs(&[0.6, 0.1, 0.7], &one), vec![(2, 1)]);
+        let bw = PairRule { mode: PairMode::BestWorst, min_margin: 0.3, ..Default::default() };
+        assert_eq!(make_pairs(&[0.5, 0.9, 0.55], &bw), vec![(1, 0)]);
+        assert!(make_pairs(&[0.5, 0.7], &bw).is_empty(), "margin too small");
+    }
+}
