@@ -128,7 +128,7 @@ fn encode_then_decode_round_trip_files() {
         let got = image::open(dir.join(format!("out-{i}.png")))
             .unwrap()
             .to_rgb8();
-        assert_eq!(&got, w, "out-{i}.png");
+        assert!(&got == w, "out-{i}.png differs from the decoded pixels");
     }
     inspect_vq::inspect_decode(
         ckpt(),
@@ -137,10 +137,10 @@ fn encode_then_decode_round_trip_files() {
         Device::Cpu,
     )
     .unwrap();
-    assert_eq!(
-        image::open(dir.join("one.png")).unwrap().to_rgb8(),
-        want_px[0]
-    );
+    // B = 1 (a different batch size may round differently, so compare with its own decode).
+    let one = images_to_rgb8(&model.decode(&codes_c).unwrap()).unwrap();
+    let got = image::open(dir.join("one.png")).unwrap().to_rgb8();
+    assert!(got == one[0], "one.png differs from the decoded pixels");
     std::fs::remove_dir_all(&dir).ok();
 }
 

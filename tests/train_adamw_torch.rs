@@ -29,7 +29,14 @@ fn workdir(tag: &str) -> PathBuf {
 }
 
 fn group(name: &str) -> ParamGroup {
-    ParamGroup { decay: !is_no_decay(name), lr_mult: if name.starts_with("vision.") { 0.5 } else { 1.0 } }
+    ParamGroup {
+        decay: !is_no_decay(name),
+        lr_mult: if name.starts_with("vision.") {
+            0.5
+        } else {
+            1.0
+        },
+    }
 }
 
 fn run_python(dir: &Path) {
@@ -49,7 +56,10 @@ fn run_python(dir: &Path) {
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size());
-    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[])
+    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
 }
 
 fn compare(bf16: bool) {
@@ -57,12 +67,30 @@ fn compare(bf16: bool) {
     tch::manual_seed(11);
     let init: Vec<(String, Tensor)> = SHAPES
         .iter()
-        .map(|(n, s)| (n.to_string(), Tensor::randn(*s, (Kind::Float, Device::Cpu)) * 0.5))
-        .chain(std::iter::once(("input.x".to_string(), Tensor::randn([5, 4], (Kind::Float, Device::Cpu)))))
+        .map(|(n, s)| {
+            (
+                n.to_string(),
+                Tensor::randn(*s, (Kind::Float, Device::Cpu)) * 0.5,
+            )
+        })
+        .chain(std::iter::once((
+            "input.x".to_string(),
+            Tensor::randn([5, 4], (Kind::Float, Device::Cpu)),
+        )))
         .collect();
     write_safetensors(&dir.join("init.safetensors"), &init).unwrap();
-    let no_decay: Vec<&str> = SHAPES.iter().map(|(n, _)| *n).filter(|n| !group(n).decay).collect();
-    let cfg = AdamWConfig { lr: LRS[0], beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+    let no_decay: Vec<&str> = SHAPES
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| !group(n).decay)
+        .collect();
+    let cfg = AdamWConfig {
+        lr: LRS[0],
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    };
     let json = serde_json::json!({
         "lrs": LRS, "beta1": cfg.beta1, "beta2": cfg.beta2, "eps": cfg.eps, "weight_decay": cfg.weight_decay,
         "no_decay": no_decay, "lr_mults": {"vision.weight": 0.5}, "bf16": bf16,
@@ -91,22 +119,31 @@ fn compare(bf16: bool) {
         opt.set_lr(lr);
         opt.zero_grad();
         let h = &x * &vars["norm.weight"];
-        let y = h.matmul(&vars["proj.weight"].tr()) + &vars["proj.bias"] + x.matmul(&vars["vision.weight"].tr());
+        let y = h.matmul(&vars["proj.weight"].tr())
+            + &vars["proj.bias"]
+            + x.matmul(&vars["vision.weight"].tr());
         (&y * &y).sum(kind).backward();
         opt.step().unwrap();
     }
     assert!(!vars["unused.weight"].grad().defined());
     opt.save(&dir).unwrap();
-    let ours: BTreeMap<String, Tensor> =
-        read_safetensors(&dir.join("optimizer.safetensors")).unwrap().into_iter().collect();
-    let torch: BTreeMap<String, Tensor> =
-        read_safetensors(&dir.join("torch_out.safetensors")).unwrap().into_iter().collect();
+    let ours: BTreeMap<String, Tensor> = read_safetensors(&dir.join("optimizer.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect();
+    let torch: BTreeMap<String, Tensor> = read_safetensors(&dir.join("torch_out.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect();
 
     let mut worst = 0f64;
     for (n, _) in SHAPES {
         let d = max_diff(&vars[n], &torch[&format!("param.{n}")]);
         worst = worst.max(d);
-        assert!(d <= 1e-6, "{n}: param differs from torch by {d:e} (bf16={bf16})");
+        assert!(
+            d <= 1e-6,
+            "{n}: param differs from torch by {d:e} (bf16={bf16})"
+        );
         for key in ["exp_avg", "exp_avg_sq", "master"] {
             let k = format!("{key}.{n}");
             match (ours.get(&k), torch.get(&k)) {

@@ -10,7 +10,11 @@ fn crc32c(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -29,7 +33,12 @@ fn read_records(bytes: &[u8]) -> Vec<Vec<u8>> {
         let len_bytes = &bytes[i..i + 8];
         let len = u64::from_le_bytes(len_bytes.try_into().unwrap()) as usize;
         let len_crc = u32::from_le_bytes(bytes[i + 8..i + 12].try_into().unwrap());
-        assert_eq!(len_crc, masked(len_bytes), "length CRC of record {}", out.len());
+        assert_eq!(
+            len_crc,
+            masked(len_bytes),
+            "length CRC of record {}",
+            out.len()
+        );
         let data = &bytes[i + 12..i + 12 + len];
         let crc = u32::from_le_bytes(bytes[i + 12 + len..i + 16 + len].try_into().unwrap());
         assert_eq!(crc, masked(data), "payload CRC of record {}", out.len());
@@ -103,7 +112,9 @@ fn scalar_of(event: &[u8]) -> Option<(u64, String, f32)> {
                         let (mut tag, mut val) = (None, None);
                         for (k, x) in fields(value) {
                             match (k, x) {
-                                (1, Field::Bytes(t)) => tag = Some(String::from_utf8(t.to_vec()).unwrap()),
+                                (1, Field::Bytes(t)) => {
+                                    tag = Some(String::from_utf8(t.to_vec()).unwrap())
+                                }
                                 (2, Field::Fixed32(bits)) => val = Some(f32::from_bits(bits)),
                                 _ => {}
                             }
@@ -126,17 +137,34 @@ fn scalar_of(event: &[u8]) -> Option<(u64, String, f32)> {
 fn event_file_framing_and_scalars() {
     let run = std::env::temp_dir().join(format!("imgcot-tb-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&run);
-    let mut lg =
-        Logger::new(&run, 4, LoggerOptions { tensorboard: true, print_every: 2, progress_bar: Some(false) }).unwrap();
+    let mut lg = Logger::new(
+        &run,
+        4,
+        LoggerOptions {
+            tensorboard: true,
+            print_every: 2,
+            progress_bar: Some(false),
+        },
+    )
+    .unwrap();
     for s in 1..=4u64 {
-        lg.step(s, &[("train/loss", 1.0 / s as f64), ("train/lr", 1e-4 * s as f64)]);
+        lg.step(
+            s,
+            &[
+                ("train/loss", 1.0 / s as f64),
+                ("train/lr", 1e-4 * s as f64),
+            ],
+        );
     }
     lg.scalar("eval/acc", 0.75, 4);
     let img: Vec<u8> = (0..8 * 8 * 3).map(|i| i as u8).collect();
     lg.image("samples/grid", &img, 8, 4).unwrap();
     lg.finish();
 
-    let files: Vec<_> = std::fs::read_dir(run.join(TB_DIR)).unwrap().map(|e| e.unwrap().path()).collect();
+    let files: Vec<_> = std::fs::read_dir(run.join(TB_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(files.len(), 1, "{files:?}");
     let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
     assert!(name.starts_with("events.out.tfevents."), "{name}");
@@ -144,19 +172,34 @@ fn event_file_framing_and_scalars() {
     // file_version + 8 step scalars + 1 eval scalar + 1 image.
     assert_eq!(records.len(), 11);
     let first = fields(&records[0]);
-    assert!(first.iter().any(|(n, f)| *n == 3 && matches!(f, Field::Bytes(b) if *b == b"brain.Event:2")));
+    assert!(first
+        .iter()
+        .any(|(n, f)| *n == 3 && matches!(f, Field::Bytes(b) if *b == b"brain.Event:2")));
     let scalars: Vec<(u64, String, f32)> = records.iter().filter_map(|r| scalar_of(r)).collect();
     assert_eq!(scalars.len(), 9);
     for s in 1..=4u64 {
-        assert!(scalars.contains(&(s, "train/loss".to_string(), (1.0 / s as f64) as f32)), "{scalars:?}");
-        assert!(scalars.contains(&(s, "train/lr".to_string(), (1e-4 * s as f64) as f32)), "{scalars:?}");
+        assert!(
+            scalars.contains(&(s, "train/loss".to_string(), (1.0 / s as f64) as f32)),
+            "{scalars:?}"
+        );
+        assert!(
+            scalars.contains(&(s, "train/lr".to_string(), (1e-4 * s as f64) as f32)),
+            "{scalars:?}"
+        );
     }
     assert!(scalars.contains(&(4, "eval/acc".to_string(), 0.75)));
     // The image record carries the tag and a PNG.
-    let img_rec = records.iter().find(|r| r.windows(12).any(|w| w == b"samples/grid")).expect("image record");
+    let img_rec = records
+        .iter()
+        .find(|r| r.windows(12).any(|w| w == b"samples/grid"))
+        .expect("image record");
     assert!(img_rec.windows(8).any(|w| w == b"\x89PNG\r\n\x1a\n"));
     let log = std::fs::read_to_string(run.join("log.txt")).unwrap();
-    assert_eq!(log.lines().filter(|l| l.contains("step ")).count(), 2, "{log}");
+    assert_eq!(
+        log.lines().filter(|l| l.contains("step ")).count(),
+        2,
+        "{log}"
+    );
     let _ = std::fs::remove_dir_all(&run);
 }
 

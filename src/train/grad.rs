@@ -9,11 +9,17 @@ use tch::{nn::VarStore, Kind, Tensor};
 /// The trainable variables of `vs` that currently require grad (partially frozen stores skip the
 /// frozen ones), in creation order.
 pub fn trainable_vars(vs: &VarStore) -> Vec<Tensor> {
-    vs.trainable_variables().into_iter().filter(|t| t.requires_grad()).collect()
+    vs.trainable_variables()
+        .into_iter()
+        .filter(|t| t.requires_grad())
+        .collect()
 }
 
 fn defined_grads(vars: &[Tensor]) -> Vec<Tensor> {
-    vars.iter().map(|v| v.grad()).filter(|g| g.defined()).collect()
+    vars.iter()
+        .map(|v| v.grad())
+        .filter(|g| g.defined())
+        .collect()
 }
 
 /// Global L2 norm of the defined grads of `vars` as a 0-d fp32 tensor (no host sync).
@@ -25,7 +31,13 @@ pub fn grad_norm_tensor(vars: &[Tensor]) -> Option<Tensor> {
     let norms: Vec<Tensor> = tch::no_grad(|| {
         grads
             .iter()
-            .map(|g| if g.kind() == Kind::Float { g.norm() } else { g.to_kind(Kind::Float).norm() })
+            .map(|g| {
+                if g.kind() == Kind::Float {
+                    g.norm()
+                } else {
+                    g.to_kind(Kind::Float).norm()
+                }
+            })
             .collect()
     });
     // Norms may live on different devices in exotic setups; gather them on the first one.
@@ -36,7 +48,9 @@ pub fn grad_norm_tensor(vars: &[Tensor]) -> Option<Tensor> {
 
 /// Global L2 norm of the defined grads of `vars` (0.0 when no grad is defined). One host sync.
 pub fn grad_norm(vars: &[Tensor]) -> f64 {
-    grad_norm_tensor(vars).map(|n| n.double_value(&[])).unwrap_or(0.0)
+    grad_norm_tensor(vars)
+        .map(|n| n.double_value(&[]))
+        .unwrap_or(0.0)
 }
 
 /// Clips the defined grads of `vars` in place to global L2 norm `max_norm` and returns the norm
@@ -117,6 +131,8 @@ mod tests {
         (&a * f64::INFINITY).sum(Kind::Float).backward();
         let vars = trainable_vars(&vs);
         assert!(!clip_grad_norm(&vars, 1.0).is_finite());
-        assert!(f64::try_from(a.grad().sum(Kind::Float)).unwrap().is_infinite());
+        assert!(f64::try_from(a.grad().sum(Kind::Float))
+            .unwrap()
+            .is_infinite());
     }
 }

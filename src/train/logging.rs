@@ -34,7 +34,11 @@ pub struct LoggerOptions {
 
 impl Default for LoggerOptions {
     fn default() -> Self {
-        Self { tensorboard: true, print_every: 10, progress_bar: None }
+        Self {
+            tensorboard: true,
+            print_every: 10,
+            progress_bar: None,
+        }
     }
 }
 
@@ -46,9 +50,10 @@ pub fn progress_bar(total: u64, visible: bool) -> ProgressBar {
     }
     let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stdout());
     // The template is a constant, so this only fails on a programming error.
-    let style = ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} eta {eta} {msg}")
-        .expect("valid progress template")
-        .progress_chars("=> ");
+    let style =
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} eta {eta} {msg}")
+            .expect("valid progress template")
+            .progress_chars("=> ");
     pb.set_style(style);
     pb
 }
@@ -68,7 +73,8 @@ pub struct Logger {
 impl Logger {
     /// Opens (appends to) `<run_dir>/log.txt` and, if enabled, a new TensorBoard event file.
     pub fn new(run_dir: &Path, total_steps: u64, opts: LoggerOptions) -> Result<Self> {
-        std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+        std::fs::create_dir_all(run_dir)
+            .with_context(|| format!("creating {}", run_dir.display()))?;
         let log_path = run_dir.join(LOG_FILE);
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -83,7 +89,9 @@ impl Logger {
         } else {
             None
         };
-        let bar_visible = opts.progress_bar.unwrap_or_else(|| std::io::stdout().is_terminal());
+        let bar_visible = opts
+            .progress_bar
+            .unwrap_or_else(|| std::io::stdout().is_terminal());
         Ok(Self {
             run_dir: run_dir.to_path_buf(),
             tb,
@@ -111,7 +119,10 @@ impl Logger {
         }
         // A failing log file must not kill a training run; report once on stderr.
         if let Err(e) = writeln!(self.file, "{line}") {
-            eprintln!("warning: writing {}: {e}", self.run_dir.join(LOG_FILE).display());
+            eprintln!(
+                "warning: writing {}: {e}",
+                self.run_dir.join(LOG_FILE).display()
+            );
         }
     }
 
@@ -130,7 +141,11 @@ impl Logger {
     /// A square RGB image as interleaved HWC bytes (`side * side * 3`).
     pub fn image(&mut self, tag: &str, hwc_rgb: &[u8], side: usize, step: u64) -> Result<()> {
         if hwc_rgb.len() != side * side * 3 {
-            bail!("image '{tag}': {} bytes, expected {side}x{side}x3 = {}", hwc_rgb.len(), side * side * 3);
+            bail!(
+                "image '{tag}': {} bytes, expected {side}x{side}x3 = {}",
+                hwc_rgb.len(),
+                side * side * 3
+            );
         }
         if let Some(tb) = &mut self.tb {
             tb.add_image(tag, hwc_rgb, &[3, side, side], step as usize);
@@ -145,10 +160,14 @@ impl Logger {
         for (tag, v) in metrics {
             self.scalar(tag, *v, step);
         }
-        let msg = metrics.iter().map(|(k, v)| format!("{k}={}", fmt_metric(*v))).collect::<Vec<_>>().join(" ");
+        let msg = metrics
+            .iter()
+            .map(|(k, v)| format!("{k}={}", fmt_metric(*v)))
+            .collect::<Vec<_>>()
+            .join(" ");
         self.bar.set_position(step);
         self.bar.set_message(msg.clone());
-        if step % self.print_every == 0 || step == self.total {
+        if step.is_multiple_of(self.print_every) || step == self.total {
             let line = format!("step {step}/{} {msg}", self.total);
             self.line(&line, !self.bar_visible);
         }
@@ -199,8 +218,16 @@ mod tests {
     fn plain_lines_every_n_and_image_validation() {
         let run = std::env::temp_dir().join(format!("imgcot-log-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&run);
-        let mut lg =
-            Logger::new(&run, 5, LoggerOptions { tensorboard: false, print_every: 2, progress_bar: Some(false) }).unwrap();
+        let mut lg = Logger::new(
+            &run,
+            5,
+            LoggerOptions {
+                tensorboard: false,
+                print_every: 2,
+                progress_bar: Some(false),
+            },
+        )
+        .unwrap();
         lg.info("hello");
         for s in 1..=5 {
             lg.step(s, &[("train/loss", 1.0 / s as f64), ("train/lr", 1e-4)]);
@@ -212,7 +239,11 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4, "{text}");
         assert!(lines[0].ends_with("hello"));
-        assert!(lines[1].ends_with("step 2/5 train/loss=0.5000 train/lr=1.000e-4"), "{}", lines[1]);
+        assert!(
+            lines[1].ends_with("step 2/5 train/loss=0.5000 train/lr=1.000e-4"),
+            "{}",
+            lines[1]
+        );
         assert!(lines[2].contains("step 4/5"));
         assert!(lines[3].contains("step 5/5"));
         let _ = std::fs::remove_dir_all(&run);

@@ -47,7 +47,13 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        Self { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-2 }
+        Self {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 1e-2,
+        }
     }
 }
 
@@ -63,7 +69,10 @@ pub struct ParamGroup {
 impl ParamGroup {
     /// Default grouping: no decay for [`is_no_decay`] names, LR multiplier 1.
     pub fn default_for(name: &str) -> Self {
-        Self { decay: !is_no_decay(name), lr_mult: 1.0 }
+        Self {
+            decay: !is_no_decay(name),
+            lr_mult: 1.0,
+        }
     }
 }
 
@@ -132,18 +141,42 @@ impl AdamW {
     }
 
     /// AdamW over the trainable variables of `vs`, grouped by `group(name)`.
-    pub fn with_groups(vs: &VarStore, cfg: AdamWConfig, group: impl Fn(&str) -> ParamGroup) -> Result<Self> {
-        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    pub fn with_groups(
+        vs: &VarStore,
+        cfg: AdamWConfig,
+        group: impl Fn(&str) -> ParamGroup,
+    ) -> Result<Self> {
+        let mut vars: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let mut params = Vec::with_capacity(vars.len());
         for (name, var) in vars {
             if !var.is_floating_point() {
-                bail!("trainable variable '{name}' has non-float dtype {:?}", var.kind());
+                bail!(
+                    "trainable variable '{name}' has non-float dtype {:?}",
+                    var.kind()
+                );
             }
             let group = group(&name);
-            params.push(Param { name, var, group, step: 0, exp_avg: None, exp_avg_sq: None, master: None });
+            params.push(Param {
+                name,
+                var,
+                group,
+                step: 0,
+                exp_avg: None,
+                exp_avg_sq: None,
+                master: None,
+            });
         }
-        Ok(Self { cfg, lr: cfg.lr, step: 0, params })
+        Ok(Self {
+            cfg,
+            lr: cfg.lr,
+            step: 0,
+            params,
+        })
     }
 
     pub fn config(&self) -> &AdamWConfig {
@@ -167,7 +200,10 @@ impl AdamW {
 
     /// Managed parameter names (sorted) with their groups.
     pub fn param_groups(&self) -> Vec<(String, ParamGroup)> {
-        self.params.iter().map(|p| (p.name.clone(), p.group)).collect()
+        self.params
+            .iter()
+            .map(|p| (p.name.clone(), p.group))
+            .collect()
     }
 
     /// The managed variables (shallow clones), in name order.
@@ -194,7 +230,13 @@ impl AdamW {
 
     /// One AdamW step over every parameter with a defined grad.
     pub fn step(&mut self) -> Result<()> {
-        let AdamWConfig { beta1, beta2, eps, weight_decay, .. } = self.cfg;
+        let AdamWConfig {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            ..
+        } = self.cfg;
         let base_lr = self.lr;
         tch::no_grad(|| -> Result<()> {
             for p in &mut self.params {
@@ -202,11 +244,19 @@ impl AdamW {
                 if !grad.defined() {
                     continue;
                 }
-                let master_kind = if p.needs_master() { Kind::Float } else { p.var.kind() };
+                let master_kind = if p.needs_master() {
+                    Kind::Float
+                } else {
+                    p.var.kind()
+                };
                 if p.needs_master() && p.master.is_none() {
                     p.master = Some(p.var.detach().to_kind(Kind::Float));
                 }
-                let grad = if grad.kind() == master_kind { grad } else { grad.to_kind(master_kind) };
+                let grad = if grad.kind() == master_kind {
+                    grad
+                } else {
+                    grad.to_kind(master_kind)
+                };
                 let m = p.exp_avg.get_or_insert_with(|| grad.zeros_like());
                 let v = p.exp_avg_sq.get_or_insert_with(|| grad.zeros_like());
                 // Update either the master copy or the parameter itself.
@@ -230,7 +280,8 @@ impl AdamW {
                 let _ = target.addcdiv_(&(&*m * -step_size), &denom);
                 if p.master.is_some() {
                     let mut var = p.var.shallow_clone();
-                    var.f_copy_(&target).with_context(|| format!("copying master weights into '{}'", p.name))?;
+                    var.f_copy_(&target)
+                        .with_context(|| format!("copying master weights into '{}'", p.name))?;
                 }
             }
             Ok(())
@@ -282,17 +333,30 @@ impl AdamW {
     /// weights, when saved, are copied back into the low-precision parameters.
     pub fn load(&mut self, dir: &Path) -> Result<()> {
         let json_path = dir.join(OPTIM_JSON_FILE);
-        let bytes = std::fs::read(&json_path).with_context(|| format!("reading {}", json_path.display()))?;
-        let meta: StateMeta =
-            serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", json_path.display()))?;
+        let bytes = std::fs::read(&json_path)
+            .with_context(|| format!("reading {}", json_path.display()))?;
+        let meta: StateMeta = serde_json::from_slice(&bytes)
+            .with_context(|| format!("parsing {}", json_path.display()))?;
         if meta.format != FORMAT {
-            bail!("{}: format '{}', expected '{FORMAT}'", json_path.display(), meta.format);
+            bail!(
+                "{}: format '{}', expected '{FORMAT}'",
+                json_path.display(),
+                meta.format
+            );
         }
         let ours: Vec<&str> = self.params.iter().map(|p| p.name.as_str()).collect();
         let theirs: Vec<&str> = meta.params.iter().map(|p| p.name.as_str()).collect();
         if ours != theirs {
-            let missing: Vec<&str> = ours.iter().filter(|n| !theirs.contains(n)).copied().collect();
-            let extra: Vec<&str> = theirs.iter().filter(|n| !ours.contains(n)).copied().collect();
+            let missing: Vec<&str> = ours
+                .iter()
+                .filter(|n| !theirs.contains(n))
+                .copied()
+                .collect();
+            let extra: Vec<&str> = theirs
+                .iter()
+                .filter(|n| !ours.contains(n))
+                .copied()
+                .collect();
             bail!(
                 "optimizer state {} does not match the model: missing {:?}, unexpected {:?}",
                 json_path.display(),
@@ -312,17 +376,29 @@ impl AdamW {
             }
         }
         let tensors_path = dir.join(OPTIM_TENSORS_FILE);
-        let mut file: BTreeMap<String, Tensor> = read_safetensors(&tensors_path)?.into_iter().collect();
+        let mut file: BTreeMap<String, Tensor> =
+            read_safetensors(&tensors_path)?.into_iter().collect();
         let mut take = |key: String, p: &Param, kind: Kind| -> Result<Option<Tensor>> {
-            let Some(t) = file.remove(&key) else { return Ok(None) };
+            let Some(t) = file.remove(&key) else {
+                return Ok(None);
+            };
             if t.size() != p.var.size() {
-                bail!("{}: '{key}' has shape {:?}, model has {:?}", tensors_path.display(), t.size(), p.var.size());
+                bail!(
+                    "{}: '{key}' has shape {:?}, model has {:?}",
+                    tensors_path.display(),
+                    t.size(),
+                    p.var.size()
+                );
             }
             Ok(Some(t.to_device(p.var.device()).to_kind(kind)))
         };
         let mut loaded = Vec::with_capacity(self.params.len());
         for (p, m) in self.params.iter().zip(&meta.params) {
-            let kind = if p.needs_master() { Kind::Float } else { p.var.kind() };
+            let kind = if p.needs_master() {
+                Kind::Float
+            } else {
+                p.var.kind()
+            };
             let exp_avg = take(format!("exp_avg.{}", p.name), p, kind)?;
             let exp_avg_sq = take(format!("exp_avg_sq.{}", p.name), p, kind)?;
             let master = take(format!("master.{}", p.name), p, Kind::Float)?;
@@ -338,9 +414,19 @@ impl AdamW {
                 );
             }
             if p.needs_master() && m.step > 0 && master.is_none() {
-                bail!("{}: missing 'master.{}' for a {:?} parameter", tensors_path.display(), p.name, p.var.kind());
+                bail!(
+                    "{}: missing 'master.{}' for a {:?} parameter",
+                    tensors_path.display(),
+                    p.name,
+                    p.var.kind()
+                );
             }
-            loaded.push((m.step, exp_avg, exp_avg_sq, if p.needs_master() { master } else { None }));
+            loaded.push((
+                m.step,
+                exp_avg,
+                exp_avg_sq,
+                if p.needs_master() { master } else { None },
+            ));
         }
         if !file.is_empty() {
             let extra: Vec<&String> = file.keys().collect();
@@ -352,7 +438,10 @@ impl AdamW {
                 p.exp_avg = exp_avg;
                 p.exp_avg_sq = exp_avg_sq;
                 if let Some(master) = &master {
-                    p.var.shallow_clone().f_copy_(master).with_context(|| format!("restoring '{}'", p.name))?;
+                    p.var
+                        .shallow_clone()
+                        .f_copy_(master)
+                        .with_context(|| format!("restoring '{}'", p.name))?;
                 }
                 p.master = master;
             }
@@ -371,10 +460,20 @@ mod tests {
 
     #[test]
     fn no_decay_names() {
-        for n in ["lin.bias", "model.layernorm.weight", "ln.layer_norm.weight", "x.norm1.weight", "model.embed_tokens.weight"] {
+        for n in [
+            "lin.bias",
+            "model.layernorm.weight",
+            "ln.layer_norm.weight",
+            "x.norm1.weight",
+            "model.embed_tokens.weight",
+        ] {
             assert!(is_no_decay(n), "{n}");
         }
-        for n in ["lin.weight", "model.layers.0.self_attn.q_proj.weight", "lm_head.weight"] {
+        for n in [
+            "lin.weight",
+            "model.layers.0.self_attn.q_proj.weight",
+            "lm_head.weight",
+        ] {
             assert!(!is_no_decay(n), "{n}");
         }
     }
@@ -383,10 +482,20 @@ mod tests {
     #[test]
     fn first_step_closed_form_and_skip_undefined() {
         let vs = VarStore::new(Device::Cpu);
-        let w = vs.root().var_copy("w", &Tensor::from_slice(&[1.0f32, -2.0]));
+        let w = vs
+            .root()
+            .var_copy("w", &Tensor::from_slice(&[1.0f32, -2.0]));
         let b = (vs.root() / "x").var_copy("bias", &Tensor::from_slice(&[0.5f32]));
         let unused = vs.root().var_copy("unused", &Tensor::from_slice(&[3.0f32]));
-        let mut opt = AdamW::new(&vs, AdamWConfig { lr: 0.1, weight_decay: 0.5, ..Default::default() }).unwrap();
+        let mut opt = AdamW::new(
+            &vs,
+            AdamWConfig {
+                lr: 0.1,
+                weight_decay: 0.5,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         // grads: w -> [3, 3], b -> [1]
         let loss = (&w * 3.0).sum(Kind::Float) + b.sum(Kind::Float);
         loss.backward();
@@ -407,7 +516,15 @@ mod tests {
         let mut vs = VarStore::new(Device::Cpu);
         let w = vs.root().var_copy("w", &Tensor::from_slice(&[1.0f32]));
         vs.bfloat16();
-        let mut opt = AdamW::new(&vs, AdamWConfig { lr: 1e-4, weight_decay: 0.0, ..Default::default() }).unwrap();
+        let mut opt = AdamW::new(
+            &vs,
+            AdamWConfig {
+                lr: 1e-4,
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         // Steps of 1e-4 are below bf16 resolution at 1.0 (2^-7): only the master accumulates.
         for _ in 0..10 {
             opt.zero_grad();
@@ -435,7 +552,10 @@ mod tests {
         let x = Tensor::ones([4, 2], (Kind::Float, Device::Cpu));
         for _ in 0..3 {
             opt.zero_grad();
-            nn::Module::forward(&l, &x).square().sum(Kind::Float).backward();
+            nn::Module::forward(&l, &x)
+                .square()
+                .sum(Kind::Float)
+                .backward();
             opt.step().unwrap();
         }
         opt.save(&dir).unwrap();
@@ -445,16 +565,42 @@ mod tests {
         assert_eq!(opt2.step_count(), 3);
         for (a, b) in opt.params.iter().zip(&opt2.params) {
             assert_eq!(a.step, b.step);
-            assert!(a.exp_avg.as_ref().unwrap().equal(b.exp_avg.as_ref().unwrap()));
-            assert!(a.exp_avg_sq.as_ref().unwrap().equal(b.exp_avg_sq.as_ref().unwrap()));
+            assert!(a
+                .exp_avg
+                .as_ref()
+                .unwrap()
+                .equal(b.exp_avg.as_ref().unwrap()));
+            assert!(a
+                .exp_avg_sq
+                .as_ref()
+                .unwrap()
+                .equal(b.exp_avg_sq.as_ref().unwrap()));
         }
         let (vs3, _) = make(5);
-        let err = format!("{:#}", AdamW::new(&vs3, AdamWConfig::default()).unwrap().load(&dir).unwrap_err());
-        assert!(err.contains("'lin.bias' has shape [3], model has [5]"), "{err}");
+        let err = format!(
+            "{:#}",
+            AdamW::new(&vs3, AdamWConfig::default())
+                .unwrap()
+                .load(&dir)
+                .unwrap_err()
+        );
+        assert!(
+            err.contains("'lin.bias' has shape [3], model has [5]"),
+            "{err}"
+        );
         let vs4 = VarStore::new(Device::Cpu);
         let _ = nn::linear(vs4.root() / "other", 2, 3, Default::default());
-        let err = format!("{:#}", AdamW::new(&vs4, AdamWConfig::default()).unwrap().load(&dir).unwrap_err());
-        assert!(err.contains("missing [\"other.bias\", \"other.weight\"]"), "{err}");
+        let err = format!(
+            "{:#}",
+            AdamW::new(&vs4, AdamWConfig::default())
+                .unwrap()
+                .load(&dir)
+                .unwrap_err()
+        );
+        assert!(
+            err.contains("missing [\"other.bias\", \"other.weight\"]"),
+            "{err}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

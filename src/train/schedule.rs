@@ -15,15 +15,25 @@ pub enum LrSchedule {
     /// Linear warmup from 0, then constant.
     ConstantWithWarmup { warmup_steps: u64 },
     /// Linear warmup from 0, then half-cosine decay to `min_lr_ratio` at `total_steps`.
-    Cosine { warmup_steps: u64, total_steps: u64, min_lr_ratio: f64 },
+    Cosine {
+        warmup_steps: u64,
+        total_steps: u64,
+        min_lr_ratio: f64,
+    },
 }
 
 impl LrSchedule {
     /// Multiplier of the base LR at optimizer step `step` (0-based).
     pub fn factor(&self, step: u64) -> f64 {
         match *self {
-            LrSchedule::ConstantWithWarmup { warmup_steps } => warmup_factor(step, warmup_steps).unwrap_or(1.0),
-            LrSchedule::Cosine { warmup_steps, total_steps, min_lr_ratio } => {
+            LrSchedule::ConstantWithWarmup { warmup_steps } => {
+                warmup_factor(step, warmup_steps).unwrap_or(1.0)
+            }
+            LrSchedule::Cosine {
+                warmup_steps,
+                total_steps,
+                min_lr_ratio,
+            } => {
                 if let Some(f) = warmup_factor(step, warmup_steps) {
                     return f;
                 }
@@ -65,7 +75,11 @@ mod tests {
 
     #[test]
     fn cosine_values() {
-        let s = LrSchedule::Cosine { warmup_steps: 2, total_steps: 10, min_lr_ratio: 0.1 };
+        let s = LrSchedule::Cosine {
+            warmup_steps: 2,
+            total_steps: 10,
+            min_lr_ratio: 0.1,
+        };
         assert_eq!(s.factor(0), 0.0);
         assert_eq!(s.factor(1), 0.5);
         // Peak right after warmup.
@@ -85,9 +99,19 @@ mod tests {
 
     #[test]
     fn cosine_no_warmup_to_zero() {
-        let s = LrSchedule::Cosine { warmup_steps: 0, total_steps: 4, min_lr_ratio: 0.0 };
+        let s = LrSchedule::Cosine {
+            warmup_steps: 0,
+            total_steps: 4,
+            min_lr_ratio: 0.0,
+        };
         let got: Vec<f64> = (0..5).map(|i| s.factor(i)).collect();
-        let want = [1.0, 0.5 * (1.0 + std::f64::consts::FRAC_1_SQRT_2), 0.5, 0.5 * (1.0 - std::f64::consts::FRAC_1_SQRT_2), 0.0];
+        let want = [
+            1.0,
+            0.5 * (1.0 + std::f64::consts::FRAC_1_SQRT_2),
+            0.5,
+            0.5 * (1.0 - std::f64::consts::FRAC_1_SQRT_2),
+            0.0,
+        ];
         for (g, w) in got.iter().zip(want) {
             assert!(close(*g, w), "{got:?}");
         }
@@ -95,7 +119,11 @@ mod tests {
 
     #[test]
     fn serde_roundtrip() {
-        let s = LrSchedule::Cosine { warmup_steps: 3, total_steps: 30, min_lr_ratio: 0.05 };
+        let s = LrSchedule::Cosine {
+            warmup_steps: 3,
+            total_steps: 30,
+            min_lr_ratio: 0.05,
+        };
         let j = serde_json::to_string(&s).unwrap();
         assert!(j.contains("\"kind\":\"cosine\""), "{j}");
         assert_eq!(serde_json::from_str::<LrSchedule>(&j).unwrap(), s);
