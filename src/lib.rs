@@ -9,6 +9,7 @@ pub mod commands;
 pub mod eval;
 pub mod generate;
 pub mod glyphs;
+pub mod judge;
 pub mod models;
 pub mod nn;
 pub mod train;

@@ -108,7 +108,7 @@ fn pretrain_sample_eval_pairs_dpo() {
     // k steps + resume + k steps == 2k steps, and a stale half-written checkpoint is ignored.
     ok(&["dpo", "--recipe", &r, "--pairs", pf, "--run", "whole"]);
     ok(&["dpo", "--recipe", &r, "--pairs", pf, "--run", "split", "--max-steps", "3"]);
-    let stale = dir.join("ckpts/split").join("checkpoint-00000006.tmp-999999");
+    let stale = dir.join("ckpts/split").join("step-6.tmp-999999");
     std::fs::create_dir_all(&stale).unwrap();
     std::fs::write(stale.join("pytorch_model.safetensors"), b"partial").unwrap();
     let text = ok(&["dpo", "--recipe", &r, "--pairs", pf, "--run", "split", "--resume"]);

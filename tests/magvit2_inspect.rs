@@ -8,7 +8,23 @@ use std::process::Command;
 use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor};
 
-fn tmp_dir(name: &str) -> PathBuf {
+/// A fresh folder under cargo's per-test tmp dir, removed on drop (also when a test panics).
+struct TmpDir(PathBuf);
+
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl std::ops::Deref for TmpDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+fn tmp_path(name: &str) -> PathBuf {
     let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("magvit2-inspect-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -16,11 +32,36 @@ fn tmp_dir(name: &str) -> PathBuf {
     d
 }
 
+fn tmp_dir(name: &str) -> TmpDir {
+    TmpDir(tmp_path(name))
+}
+
+/// Folder for the checkpoint shared by this test binary (kept for the process lifetime); folders
+/// left by earlier runs whose process is gone are removed first.
+fn shared_dir(name: &str) -> PathBuf {
+    let tag = format!("magvit2-inspect-{name}-");
+    if Path::new("/proc/self").exists() {
+        for e in std::fs::read_dir(env!("CARGO_TARGET_TMPDIR"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let file_name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = file_name.strip_prefix(&tag) {
+                if !Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
+    tmp_path(name)
+}
+
 /// Small checkpoint (config resolution 512, factor 16, 64 codes), written once per test binary.
 fn ckpt() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tmp_dir("ckpt");
+        let dir = shared_dir("ckpt");
         let python = std::env::var("IMGCOT_PYTHON").unwrap_or_else(|_| "python3".into());
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/magvit2_ref.py");
         let out = Command::new(&python)
@@ -141,7 +182,6 @@ fn encode_then_decode_round_trip_files() {
     let one = images_to_rgb8(&model.decode(&codes_c).unwrap()).unwrap();
     let got = image::open(dir.join("one.png")).unwrap().to_rgb8();
     assert!(got == one[0], "one.png differs from the decoded pixels");
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -178,5 +218,4 @@ fn decode_rejects_bad_code_files() {
     )
     .unwrap_err();
     assert!(format!("{e:#}").contains("missing.png"), "{e:#}");
-    std::fs::remove_dir_all(&dir).ok();
 }

@@ -14,13 +14,53 @@ fn python() -> String {
     std::env::var("IMGCOT_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
-/// A fresh folder under cargo's per-test tmp dir.
-fn tmp_dir(name: &str) -> PathBuf {
+/// A fresh folder under cargo's per-test tmp dir, removed on drop (also when a test panics).
+struct TmpDir(PathBuf);
+
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl std::ops::Deref for TmpDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+fn tmp_path(name: &str) -> PathBuf {
     let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("magvit2-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+fn tmp_dir(name: &str) -> TmpDir {
+    TmpDir(tmp_path(name))
+}
+
+/// Folder for the checkpoint shared by this test binary (kept for the process lifetime); folders
+/// left by earlier runs whose process is gone are removed first.
+fn shared_dir(name: &str) -> PathBuf {
+    let tag = format!("magvit2-{name}-");
+    if Path::new("/proc/self").exists() {
+        for e in std::fs::read_dir(env!("CARGO_TARGET_TMPDIR"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let file_name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = file_name.strip_prefix(&tag) {
+                if !Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
+    tmp_path(name)
 }
 
 /// Runs the reference script; fails loudly when Python or a package is missing.
@@ -144,7 +184,6 @@ fn parity_full_size_256() {
     assert_eq!(model.grid_size(256), 16);
     assert_eq!(model.grid_size(512), 32);
     parity_case(&dir, &model, "full 256²", false);
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -178,14 +217,13 @@ fn parity_small_config_512() {
         ImageTokenizer::decode(&model, &codes).unwrap().size(),
         vec![1, 3, 512, 512]
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// A small checkpoint (no reference outputs) shared by the loading tests of this binary.
 fn small_ckpt() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tmp_dir("small-ckpt");
+        let dir = shared_dir("small-ckpt");
         run_ref(
             &dir,
             &["--config", "small", "--skip-encode", "--skip-decode"],
@@ -195,7 +233,7 @@ fn small_ckpt() -> &'static Path {
 }
 
 /// Writes `tensors` + the small config.json into a fresh folder.
-fn variant(name: &str, tensors: &[(String, Tensor)]) -> PathBuf {
+fn variant(name: &str, tensors: &[(String, Tensor)]) -> TmpDir {
     let dir = tmp_dir(name);
     std::fs::copy(small_ckpt().join("config.json"), dir.join("config.json")).unwrap();
     Tensor::write_safetensors(tensors, dir.join(magvit2::WEIGHTS_NAME)).unwrap();
@@ -465,5 +503,4 @@ fn parity_full_size_256_cuda() {
         assert!(agree >= min_agree, "{kind:?}: codes agree {agree}");
         assert!(x_rel <= max_rel, "{kind:?}: decode rel {x_rel}");
     }
-    std::fs::remove_dir_all(&dir).ok();
 }

@@ -204,12 +204,12 @@ fn partial_and_unrenamed_staging_dirs_are_ignored() {
     )
     .unwrap();
     // A staging dir killed mid-write: truncated weights, no trainer state.
-    let torn = run.join("checkpoint-00000002.tmp-999999");
+    let torn = run.join("step-2.tmp-999999");
     std::fs::create_dir_all(&torn).unwrap();
     let full = std::fs::read(first.join(MODEL_FILE)).unwrap();
     std::fs::write(torn.join(MODEL_FILE), &full[..full.len() / 3]).unwrap();
     // A staging dir killed after writing everything but before the rename.
-    let unrenamed = run.join("checkpoint-00000003.tmp-999998");
+    let unrenamed = run.join("step-3.tmp-999998");
     std::fs::create_dir_all(&unrenamed).unwrap();
     for e in std::fs::read_dir(&first).unwrap() {
         let p = e.unwrap().path();
@@ -221,7 +221,7 @@ fn partial_and_unrenamed_staging_dirs_are_ignored() {
     )
     .unwrap();
     // A stale `latest` pointing at the torn one.
-    std::fs::write(run.join("latest"), "checkpoint-00000002.tmp-999999\n").unwrap();
+    std::fs::write(run.join("latest"), "step-2.tmp-999999\n").unwrap();
     assert_eq!(find_latest(&run).unwrap(), Some(first.clone()));
     assert!(Checkpoint::open(&torn).is_err());
     assert!(Checkpoint::open(&unrenamed).is_err());

@@ -166,7 +166,7 @@ fn batch_logps(
 }
 
 enum RefSource {
-    Model(Showo),
+    Model(Box<Showo>),
     Cache(RefCache),
 }
 
@@ -298,7 +298,7 @@ pub fn train_round(recipe: &Recipe, cfg: &DpoConfig, spec: &RoundSpec) -> Result
         None => None,
     };
     let reference = match cfg.reference {
-        ReferenceMode::Frozen => RefSource::Model(ref_model),
+        ReferenceMode::Frozen => RefSource::Model(Box::new(ref_model)),
         ReferenceMode::Precomputed => {
             let key = RefCacheKey {
                 mask_seed: cfg.seed,

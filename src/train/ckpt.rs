@@ -397,9 +397,9 @@ impl Drop for CheckpointWriter {
     }
 }
 
-/// `<run_dir>/checkpoint-<step, 8 digits>`.
+/// `<run_dir>/step-<step>`.
 pub fn checkpoint_dir(run_dir: &Path, step: u64) -> PathBuf {
-    run_dir.join(format!("checkpoint-{step:08}"))
+    run_dir.join(format!("step-{step}"))
 }
 
 /// Points `<run_dir>/latest` at `ckpt_dir` (stored relative to `run_dir` when inside it).
@@ -411,7 +411,7 @@ pub fn set_latest(run_dir: &Path, ckpt_dir: &Path) -> Result<()> {
     )
 }
 
-/// Saves a full checkpoint `<run_dir>/checkpoint-<step>` (model, optional config, optimizer,
+/// Saves a full checkpoint `<run_dir>/step-<step>` (model, optional config, optimizer,
 /// trainer state), then updates `latest`. Returns the checkpoint directory.
 pub fn save_checkpoint<C: Serialize + ?Sized>(
     run_dir: &Path,

@@ -68,6 +68,19 @@ impl LlavaOnevision {
         self.lm.device()
     }
 
+    /// Every weight under its original LLaVA-NeXT name (shallow clones sharing storage with the
+    /// model: setting `requires_grad` or updating them in place acts on the model), for training
+    /// and saving.
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = self.vision.named_tensors(VISION_PREFIX);
+        out.extend(self.projector.named_tensors("model.mm_projector"));
+        if let Some(nl) = &self.image_newline {
+            out.push(("model.image_newline".into(), nl.shallow_clone()));
+        }
+        out.extend(self.lm.named_tensors());
+        out
+    }
+
     /// Crops [N, 3, S, S] → projected features [N, P, hidden] (tower output of the selected layer).
     pub fn image_features(&self, pixels: &Tensor) -> Result<Tensor> {
         let mut f = self.vision.forward(pixels)?;

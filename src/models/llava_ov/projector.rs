@@ -19,6 +19,14 @@ impl Projector {
         }
     }
 
+    /// (name, tensor) under `prefix` (shallow clones), for training.
+    pub fn named_tensors(&self, prefix: &str) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        self.linear_0.named_tensors(&format!("{prefix}.0"), &mut out);
+        self.linear_2.named_tensors(&format!("{prefix}.2"), &mut out);
+        out
+    }
+
     /// [..., vision_hidden] → [..., text_hidden].
     pub fn forward(&self, x: &Tensor) -> Tensor {
         // nn.GELU() default = exact erf form (not the tanh approximation SigLIP uses).

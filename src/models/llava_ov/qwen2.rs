@@ -216,6 +216,39 @@ impl Qwen2ForCausalLM {
     pub fn config(&self) -> &Qwen2Config {
         &self.cfg
     }
+
+    /// (original name, tensor) of every weight (shallow clones sharing storage), for training.
+    /// A tied `lm_head` is listed once, as `model.embed_tokens.weight`.
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            self.embed_tokens.shallow_clone(),
+        )];
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                l.input_layernorm.weight.shallow_clone(),
+            ));
+            let a = &l.self_attn;
+            a.q_proj.named_tensors(&format!("{p}.self_attn.q_proj"), &mut out);
+            a.k_proj.named_tensors(&format!("{p}.self_attn.k_proj"), &mut out);
+            a.v_proj.named_tensors(&format!("{p}.self_attn.v_proj"), &mut out);
+            a.o_proj.named_tensors(&format!("{p}.self_attn.o_proj"), &mut out);
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                l.post_attention_layernorm.weight.shallow_clone(),
+            ));
+            l.mlp.gate_proj.named_tensors(&format!("{p}.mlp.gate_proj"), &mut out);
+            l.mlp.up_proj.named_tensors(&format!("{p}.mlp.up_proj"), &mut out);
+            l.mlp.down_proj.named_tensors(&format!("{p}.mlp.down_proj"), &mut out);
+        }
+        out.push(("model.norm.weight".into(), self.norm.weight.shallow_clone()));
+        if !self.lm_head.is_same(&self.embed_tokens) {
+            out.push(("lm_head.weight".into(), self.lm_head.shallow_clone()));
+        }
+        out
+    }
     /// Rows of the (possibly truncated) vocabulary = width of the logits.
     pub fn vocab_size(&self) -> i64 {
         self.vocab_kept

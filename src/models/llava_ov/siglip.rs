@@ -23,6 +23,13 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         x.linear(&self.weight, self.bias.as_ref())
     }
+    /// (name, tensor) of the weights under `prefix` (shallow clones sharing storage), for training.
+    pub fn named_tensors(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
+        out.push((format!("{prefix}.weight"), self.weight.shallow_clone()));
+        if let Some(b) = &self.bias {
+            out.push((format!("{prefix}.bias"), b.shallow_clone()));
+        }
+    }
 }
 
 /// `nn.LayerNorm` with affine weights.
@@ -44,6 +51,10 @@ impl LayerNorm {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let d = *self.weight.size().last().unwrap_or(&0);
         x.layer_norm([d], Some(&self.weight), Some(&self.bias), self.eps, false)
+    }
+    pub fn named_tensors(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
+        out.push((format!("{prefix}.weight"), self.weight.shallow_clone()));
+        out.push((format!("{prefix}.bias"), self.bias.shallow_clone()));
     }
 }
 
@@ -158,6 +169,37 @@ impl SiglipVisionTower {
 
     pub fn config(&self) -> &SiglipVisionConfig {
         &self.cfg
+    }
+
+    /// (original name, tensor) of every weight used, under `prefix` (as given to [`Self::load`]);
+    /// shallow clones sharing storage with the model, for training.
+    pub fn named_tensors(&self, prefix: &str) -> Vec<(String, Tensor)> {
+        let mut out = vec![
+            (
+                format!("{prefix}embeddings.patch_embedding.weight"),
+                self.patch_weight.shallow_clone(),
+            ),
+            (
+                format!("{prefix}embeddings.patch_embedding.bias"),
+                self.patch_bias.shallow_clone(),
+            ),
+            (
+                format!("{prefix}embeddings.position_embedding.weight"),
+                self.position_embedding.shallow_clone(),
+            ),
+        ];
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("{prefix}encoder.layers.{i}");
+            l.layer_norm1.named_tensors(&format!("{p}.layer_norm1"), &mut out);
+            l.self_attn.q_proj.named_tensors(&format!("{p}.self_attn.q_proj"), &mut out);
+            l.self_attn.k_proj.named_tensors(&format!("{p}.self_attn.k_proj"), &mut out);
+            l.self_attn.v_proj.named_tensors(&format!("{p}.self_attn.v_proj"), &mut out);
+            l.self_attn.out_proj.named_tensors(&format!("{p}.self_attn.out_proj"), &mut out);
+            l.layer_norm2.named_tensors(&format!("{p}.layer_norm2"), &mut out);
+            l.fc1.named_tensors(&format!("{p}.mlp.fc1"), &mut out);
+            l.fc2.named_tensors(&format!("{p}.mlp.fc2"), &mut out);
+        }
+        out
     }
 
     /// `pixels` [N, 3, S, S] (normalised to [-1, 1]) → [N, grid², hidden], the output of the last built
