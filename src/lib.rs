@@ -14,6 +14,7 @@ pub mod models;
 pub mod nn;
 pub mod train;
 pub mod util;
+pub mod verify;
 pub mod dpo;
 pub mod preference;
 pub mod recipe;

@@ -13,6 +13,7 @@ pub mod prompt;
 pub mod qwen2;
 pub mod scoring;
 pub mod siglip;
+pub mod train;
 pub mod weights;
 
 pub use config::{AspectMode, LlavaOvConfig, Qwen2Config, SiglipVisionConfig};

@@ -244,7 +244,7 @@ impl Qwen2ForCausalLM {
             l.mlp.down_proj.named_tensors(&format!("{p}.mlp.down_proj"), &mut out);
         }
         out.push(("model.norm.weight".into(), self.norm.weight.shallow_clone()));
-        if !self.lm_head.is_same(&self.embed_tokens) {
+        if self.lm_head.data_ptr() != self.embed_tokens.data_ptr() {
             out.push(("lm_head.weight".into(), self.lm_head.shallow_clone()));
         }
         out

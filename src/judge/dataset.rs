@@ -1,0 +1,232 @@
+//! Judge training data in the LLaVA conversation format (spec-judges §6): one record per image with
+//! `human`/`gpt` turns, read from a JSON list or JSONL; the seed's data-mix syntax
+//! (`random:70%`, `first:N`, `all`); image paths absolute or relative to the data file.
+use anyhow::{bail, ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// One conversation turn (`from`: `human` or `gpt`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub from: String,
+    pub value: String,
+}
+
+/// Provenance of a record written by `judge-data` (ignored by LLaVA, used for the metrics).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordMeta {
+    /// `orm`, `clarity` or `potential`.
+    pub kind: String,
+    /// The generation prompt (pairwise ranking groups by it).
+    pub prompt: String,
+    pub prompt_index: usize,
+    pub candidate: usize,
+    /// 1-based sampler step of the image (= `steps` for final images).
+    pub step: usize,
+    pub steps: usize,
+    /// The supervised answer of the last turn.
+    pub label: bool,
+    /// Final label of the path (the exact evaluator's verdict on the final image).
+    pub final_label: bool,
+    #[serde(default)]
+    pub tag: String,
+}
+
+/// A LLaVA training record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub id: String,
+    pub image: String,
+    pub conversations: Vec<Message>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<RecordMeta>,
+}
+
+impl Record {
+    /// Turns as (is_assistant, text); `from` must be human/gpt (also user/assistant).
+    pub fn turns(&self) -> Result<Vec<(bool, String)>> {
+        self.conversations
+            .iter()
+            .map(|m| match m.from.as_str() {
+                "human" | "user" => Ok((false, m.value.clone())),
+                "gpt" | "assistant" => Ok((true, m.value.clone())),
+                f => bail!("record {}: unknown speaker '{f}'", self.id),
+            })
+            .collect()
+    }
+
+    /// The final answer as a yes/no label (None when it is neither).
+    pub fn answer(&self) -> Option<bool> {
+        let a = self.conversations.last()?.value.trim().to_lowercase();
+        match a.as_str() {
+            "yes" => Some(true),
+            "no" => Some(false),
+            _ => None,
+        }
+    }
+
+    /// Question kind: from `meta`, else `other`.
+    pub fn kind(&self) -> &str {
+        self.meta.as_ref().map(|m| m.kind.as_str()).unwrap_or("other")
+    }
+
+    /// Grouping key for pairwise ranking: the generation prompt (from `meta`, else the first question).
+    pub fn group(&self) -> String {
+        match &self.meta {
+            Some(m) => format!("{}\u{1}{}", m.kind, m.prompt),
+            None => self
+                .conversations
+                .first()
+                .map(|m| m.value.clone())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Parses a JSON list or JSONL text of records.
+pub fn parse_records(text: &str, source: &str) -> Result<Vec<Record>> {
+    if text.trim_start().starts_with('[') {
+        return serde_json::from_str(text).with_context(|| format!("parsing JSON list {source}"));
+    }
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).with_context(|| format!("{source}:{}: bad record", i + 1))
+        })
+        .collect()
+}
+
+/// Reads records; relative image paths are resolved against the file's folder (or `image_folder`).
+pub fn load_records(path: &Path, image_folder: Option<&Path>) -> Result<Vec<Record>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut recs = parse_records(&text, &path.display().to_string())?;
+    let base = image_folder
+        .map(Path::to_path_buf)
+        .or_else(|| path.parent().map(Path::to_path_buf))
+        .unwrap_or_default();
+    for r in &mut recs {
+        let p = PathBuf::from(&r.image);
+        if p.is_relative() {
+            r.image = base.join(p).display().to_string();
+        }
+    }
+    Ok(recs)
+}
+
+/// A data source with the seed's sampling strategy (train.py:975-1023).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSource {
+    pub path: PathBuf,
+    /// `all`, `random:K%`, `first:K%`, `first:N`, `random:N`.
+    #[serde(default = "all")]
+    pub sampling: String,
+}
+
+fn all() -> String {
+    "all".into()
+}
+
+/// Applies a sampling strategy (`random:k%` shuffles with `seed`, keeps the first ceil(k·n/100)).
+pub fn apply_sampling(mut recs: Vec<Record>, strategy: &str, seed: u64) -> Result<Vec<Record>> {
+    if strategy == "all" {
+        return Ok(recs);
+    }
+    let (how, amount) = strategy
+        .split_once(':')
+        .with_context(|| format!("sampling strategy '{strategy}': expected all, random:K% or first:N"))?;
+    let n = recs.len();
+    let keep = if let Some(p) = amount.strip_suffix('%') {
+        let k: f64 = p.parse().with_context(|| format!("bad percentage in '{strategy}'"))?;
+        ensure!((0.0..=100.0).contains(&k), "percentage out of range in '{strategy}'");
+        ((k * n as f64) / 100.0).ceil() as usize
+    } else {
+        amount
+            .parse::<usize>()
+            .with_context(|| format!("bad count in '{strategy}'"))?
+            .min(n)
+    };
+    match how {
+        "random" => {
+            let mut rng = crate::glyphs::rng::seeded(seed, 0x6a75_6467);
+            crate::glyphs::rng::shuffle(&mut rng, &mut recs);
+        }
+        "first" => {}
+        _ => bail!("sampling strategy '{strategy}': unknown mode '{how}'"),
+    }
+    recs.truncate(keep);
+    Ok(recs)
+}
+
+/// Loads and concatenates sources.
+pub fn load_sources(
+    sources: &[DataSource],
+    image_folder: Option<&Path>,
+    seed: u64,
+) -> Result<Vec<Record>> {
+    let mut out = Vec::new();
+    for s in sources {
+        let recs = load_records(&s.path, image_folder)?;
+        out.extend(apply_sampling(recs, &s.sampling, seed)?);
+    }
+    Ok(out)
+}
+
+/// Writes records as JSONL (atomically).
+pub fn write_jsonl(path: &Path, recs: &[Record]) -> Result<()> {
+    let mut s = String::new();
+    for r in recs {
+        s.push_str(&serde_json::to_string(r)?);
+        s.push('\n');
+    }
+    crate::util::atomic_write(path, s.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(i: usize) -> Record {
+        Record {
+            id: i.to_string(),
+            image: "a.png".into(),
+            conversations: vec![
+                Message {
+                    from: "human".into(),
+                    value: "<image> q".into(),
+                },
+                Message {
+                    from: "gpt".into(),
+                    value: "yes".into(),
+                },
+            ],
+            meta: None,
+        }
+    }
+
+    #[test]
+    fn sampling_strategies() {
+        let recs: Vec<Record> = (0..10).map(rec).collect();
+        assert_eq!(apply_sampling(recs.clone(), "all", 0).unwrap().len(), 10);
+        assert_eq!(apply_sampling(recs.clone(), "random:70%", 0).unwrap().len(), 7);
+        assert_eq!(apply_sampling(recs.clone(), "random:25%", 0).unwrap().len(), 3);
+        let f = apply_sampling(recs.clone(), "first:4", 0).unwrap();
+        assert_eq!(f.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["0", "1", "2", "3"]);
+        assert!(apply_sampling(recs, "bogus:1", 0).is_err());
+    }
+
+    #[test]
+    fn json_list_and_jsonl_parse_alike() {
+        let recs: Vec<Record> = (0..3).map(rec).collect();
+        let list = serde_json::to_string(&recs).unwrap();
+        let lines: String = recs
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap() + "\n")
+            .collect();
+        assert_eq!(parse_records(&list, "l").unwrap(), recs);
+        assert_eq!(parse_records(&lines, "j").unwrap(), recs);
+        assert_eq!(recs[0].answer(), Some(true));
+    }
+}

@@ -1,0 +1,707 @@
+//! Training support for the LLaVA-OneVision judges (spec-judges §6): chat samples → input ids and
+//! labels as the seed's `preprocess_qwen` builds them, the shifted cross-entropy on the supervised
+//! tokens, the trainable parameters as a `VarStore` (for [`crate::train::optim::AdamW`]), LoRA
+//! adapters kept merged in the weights, random initialisation of small configs, and saving in the
+//! original LLaVA-NeXT key layout (loadable by [`super::LlavaJudge::load`]).
+use super::config::LlavaOvConfig;
+use super::image_processing::expand2square;
+use super::image_processing::resize_bicubic;
+use super::model::LlavaOnevision;
+use super::prompt::{tokenizer_image_token, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX};
+use super::weights::{Weights, VISION_PREFIX};
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+use tokenizers::Tokenizer;
+
+/// Label of positions without loss (`IGNORE_INDEX`).
+pub const IGNORE_INDEX: i64 = -100;
+/// The `qwen_1_5` system prompt (train.py `preprocess_qwen`).
+pub const SYSTEM_MESSAGE: &str = "You are a helpful assistant.";
+
+/// One tokenised chat sample: ids (with −200 at the image) and labels aligned to ids.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatTokens {
+    pub ids: Vec<i64>,
+    pub labels: Vec<i64>,
+    /// Index in `ids` of the first content token of the last assistant turn (the answer scored).
+    pub answer_pos: usize,
+}
+
+impl ChatTokens {
+    /// The ids up to the answer: the generation prompt a judge sees at inference.
+    pub fn prompt_ids(&self) -> &[i64] {
+        &self.ids[..self.answer_pos]
+    }
+}
+
+/// `preprocess_multimodal` (train.py:378-403): a message holding `<image>` becomes
+/// `"<image>\n" + rest.strip()`.
+pub fn move_image_to_front(value: &str) -> String {
+    if !value.contains(IMAGE_PLACEHOLDER) {
+        return value.to_string();
+    }
+    format!(
+        "{IMAGE_PLACEHOLDER}\n{}",
+        value.replace(IMAGE_PLACEHOLDER, "").trim()
+    )
+}
+
+fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<i64>> {
+    tokenizer_image_token(tok, text)
+}
+
+/// Ids that `preprocess_qwen` un-masks everywhere (198 "\n", 151644, 151645 for Qwen2): the strings
+/// "\n", `<|im_start|>`, `<|im_end|>` when the tokenizer encodes each as exactly one token.
+pub fn always_supervised_ids(tok: &Tokenizer) -> Result<Vec<i64>> {
+    let mut out = Vec::new();
+    for s in ["\n", "<|im_start|>", "<|im_end|>"] {
+        let ids = encode(tok, s)?;
+        if ids.len() == 1 {
+            out.push(ids[0]);
+        }
+    }
+    Ok(out)
+}
+
+/// Tokenises a conversation `(is_assistant, text)` the way `preprocess_qwen` does: system and user
+/// segments masked, assistant segments (`<|im_start|>assistant\n` … `<|im_end|>\n`) supervised,
+/// then the [`always_supervised_ids`] un-masked everywhere. The last turn must be the assistant's.
+pub fn chat_tokens(
+    tok: &Tokenizer,
+    turns: &[(bool, String)],
+    image_to_front: bool,
+) -> Result<ChatTokens> {
+    ensure!(
+        turns.last().is_some_and(|t| t.0),
+        "the conversation must end with an assistant turn"
+    );
+    let mut ids = Vec::new();
+    let mut labels = Vec::new();
+    let mut push = |seg: Vec<i64>, supervised: bool, ids: &mut Vec<i64>| {
+        labels.extend(seg.iter().map(|&t| {
+            if supervised {
+                t
+            } else {
+                IGNORE_INDEX
+            }
+        }));
+        ids.extend(seg);
+    };
+    push(
+        encode(
+            tok,
+            &format!("<|im_start|>system\n{SYSTEM_MESSAGE}<|im_end|>\n"),
+        )?,
+        false,
+        &mut ids,
+    );
+    let mut answer_pos = 0;
+    for (assistant, text) in turns {
+        if *assistant {
+            ensure!(
+                !text.contains(IMAGE_PLACEHOLDER),
+                "an assistant turn holds <image>"
+            );
+            push(encode(tok, "<|im_start|>assistant\n")?, true, &mut ids);
+            answer_pos = ids.len();
+            push(encode(tok, text)?, true, &mut ids);
+            push(encode(tok, "<|im_end|>\n")?, true, &mut ids);
+        } else {
+            let v = if image_to_front {
+                move_image_to_front(text)
+            } else {
+                text.clone()
+            };
+            push(
+                encode(tok, &format!("<|im_start|>user\n{v}<|im_end|>\n"))?,
+                false,
+                &mut ids,
+            );
+        }
+    }
+    ensure!(
+        answer_pos < ids.len(),
+        "the last assistant turn tokenises to nothing"
+    );
+    let always = always_supervised_ids(tok)?;
+    for (l, &t) in labels.iter_mut().zip(&ids) {
+        if always.contains(&t) {
+            *l = t;
+        }
+    }
+    Ok(ChatTokens {
+        ids,
+        labels,
+        answer_pos,
+    })
+}
+
+/// An image as the seed's "pad" preprocessing sees it: expand2square, bicubic resize to `size`²
+/// (skipped at that size), as uint8 [3, size, size]; [`normalize_pixels`] finishes the SigLIP step.
+pub fn pad_image_u8(img: &RgbImage, size: u32) -> Tensor {
+    let sq = expand2square(img);
+    let r = if sq.dimensions() == (size, size) {
+        sq
+    } else {
+        resize_bicubic(&sq, size, size)
+    };
+    Tensor::from_slice(r.as_raw())
+        .view([size as i64, size as i64, 3])
+        .permute([2, 0, 1])
+        .contiguous()
+}
+
+/// uint8 [..., 3, S, S] → `(x·(1/255) − 0.5)/0.5` as float32, bit-identical to `siglip_pixels`.
+pub fn normalize_pixels(u8s: &Tensor) -> Tensor {
+    ((u8s.to_kind(Kind::Double) * (1.0 / 255.0)).to_kind(Kind::Float) - 0.5) / 0.5
+}
+
+/// A batch element for [`forward_batch`].
+pub struct BatchItem<'a> {
+    pub tokens: &'a ChatTokens,
+    /// uint8 [3, S, S] from [`pad_image_u8`].
+    pub image: &'a Tensor,
+}
+
+/// What one forward pass over a batch gives.
+pub struct BatchOutput {
+    /// Mean CE over the supervised tokens of the batch (shift by one, as Qwen2ForCausalLM).
+    pub loss: Tensor,
+    /// Supervised tokens counted in `loss`.
+    pub tokens: i64,
+    /// fp32 logits [B, V] at the position predicting each sample's answer token.
+    pub answer_logits: Tensor,
+}
+
+/// Forward pass of a batch through the "pad" visual path with gradients.
+pub fn forward_batch(model: &LlavaOnevision, batch: &[BatchItem]) -> Result<BatchOutput> {
+    ensure!(!batch.is_empty(), "empty batch");
+    let dev = model.device();
+    let px = Tensor::stack(
+        &batch.iter().map(|b| b.image.shallow_clone()).collect::<Vec<_>>(),
+        0,
+    );
+    let visual = model.encode_pad(&normalize_pixels(&px).to_device(dev))?;
+    let n_vis = visual[0].size()[0];
+    let mut seqs = Vec::with_capacity(batch.len());
+    let mut rows = Vec::new();
+    let mut targets = Vec::new();
+    let mut answer_rows = Vec::new();
+    let mut max_len = 0;
+    let mut spliced_labels = Vec::with_capacity(batch.len());
+    for (b, v) in batch.iter().zip(&visual) {
+        let t = b.tokens;
+        let n_img = t.ids.iter().filter(|&&i| i == IMAGE_TOKEN_INDEX).count();
+        ensure!(
+            n_img == 1,
+            "a judge sample needs exactly one <image>, found {n_img}"
+        );
+        let seq = model.splice(&t.ids, std::slice::from_ref(v))?;
+        let mut lab = Vec::with_capacity(seq.size()[0] as usize);
+        let mut answer = None;
+        for (i, (&id, &l)) in t.ids.iter().zip(&t.labels).enumerate() {
+            if i == t.answer_pos {
+                answer = Some(lab.len() as i64);
+            }
+            if id == IMAGE_TOKEN_INDEX {
+                lab.extend(std::iter::repeat_n(IGNORE_INDEX, n_vis as usize));
+            } else {
+                lab.push(l);
+            }
+        }
+        let a = answer.context("answer position")?;
+        ensure!(a >= 1, "the answer cannot be the first token");
+        answer_rows.push(a - 1);
+        max_len = max_len.max(lab.len() as i64);
+        spliced_labels.push(lab);
+        seqs.push(seq);
+    }
+    for (bi, lab) in spliced_labels.iter().enumerate() {
+        for p in 0..lab.len().saturating_sub(1) {
+            if lab[p + 1] != IGNORE_INDEX {
+                rows.push(bi as i64 * max_len + p as i64);
+                targets.push(lab[p + 1]);
+            }
+        }
+    }
+    ensure!(!targets.is_empty(), "no supervised tokens in the batch");
+    let padded: Vec<Tensor> = seqs
+        .iter()
+        .map(|s| s.constant_pad_nd([0, 0, 0, max_len - s.size()[0]]))
+        .collect();
+    let lm = model.language_model();
+    let hidden = lm.forward_hidden(&Tensor::stack(&padded, 0))?;
+    let h = hidden.size()[2];
+    let flat = hidden.reshape([-1, h]);
+    let sel = flat.index_select(0, &Tensor::from_slice(&rows).to_device(dev));
+    let logits = lm.lm_logits(&sel);
+    let tgt = Tensor::from_slice(&targets).to_device(dev);
+    let loss = logits.cross_entropy_for_logits(&tgt);
+    let arows: Vec<i64> = answer_rows
+        .iter()
+        .enumerate()
+        .map(|(b, &p)| b as i64 * max_len + p)
+        .collect();
+    let answer_logits =
+        lm.lm_logits(&flat.index_select(0, &Tensor::from_slice(&arows).to_device(dev)));
+    Ok(BatchOutput {
+        loss,
+        tokens: targets.len() as i64,
+        answer_logits,
+    })
+}
+
+/// LoRA settings (PEFT semantics: `W' = W + (alpha/r)·B·A`, A kaiming-uniform(a=√5), B = 0).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraConfig {
+    pub r: i64,
+    pub alpha: f64,
+    /// Leaf module names to adapt (the seed's `--lora_enable`: all LLM linears but lm_head).
+    #[serde(default = "default_targets")]
+    pub target_modules: Vec<String>,
+    /// Also adapt matching linears of the vision tower (PEFT's suffix match would; LLaVA means not to).
+    #[serde(default)]
+    pub include_vision: bool,
+    /// Substrings of parameter names trained in full besides the adapters (`non_lora_trainables`).
+    #[serde(default)]
+    pub train_also: Vec<String>,
+}
+
+fn default_targets() -> Vec<String> {
+    [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// A LoRA adapter on one linear weight. The model always runs the merged weight
+/// `W = W0 + s·B·A`; gradients reach A and B by the chain rule from dL/dW
+/// ([`LoraAdapter::backward_from_weight_grad`]), which equals autograd through the unmerged form
+/// `x·W0ᵀ + s·(x·Aᵀ)·Bᵀ` without changing the model's forward code.
+pub struct LoraAdapter {
+    /// Module prefix, e.g. `model.layers.0.self_attn.q_proj`.
+    pub module: String,
+    /// The model's weight tensor (shared storage; holds the merged value).
+    pub weight: Tensor,
+    /// Frozen original weight W0.
+    pub base: Tensor,
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
+}
+
+impl LoraAdapter {
+    pub fn new(module: &str, weight: &Tensor, r: i64, alpha: f64) -> Result<Self> {
+        let (out, inp) = weight.size2().context("LoRA target is not a 2-D weight")?;
+        ensure!(r >= 1, "LoRA rank must be ≥ 1");
+        let opts = (weight.kind(), weight.device());
+        // kaiming_uniform_(a=√5) on [r, in]: bound = 1/√in.
+        let bound = 1.0 / (inp as f64).sqrt();
+        let a = (Tensor::rand([r, inp], opts) * (2.0 * bound) - bound).set_requires_grad(true);
+        let b = Tensor::zeros([out, r], opts).set_requires_grad(true);
+        let base = weight.detach().copy();
+        Ok(Self {
+            module: module.to_string(),
+            weight: weight.shallow_clone(),
+            base,
+            a,
+            b,
+            scale: alpha / r as f64,
+        })
+    }
+
+    /// `s·B·A`.
+    pub fn delta(&self) -> Tensor {
+        self.b.matmul(&self.a) * self.scale
+    }
+
+    /// Writes `W0 + s·B·A` into the model's weight.
+    pub fn merge(&self) {
+        tch::no_grad(|| {
+            let _ = self.weight.copy_(&(&self.base + self.delta()));
+        });
+    }
+
+    /// The unmerged forward `x·W0ᵀ + bias + s·(x·Aᵀ)·Bᵀ` (reference for tests).
+    pub fn forward_unmerged(&self, x: &Tensor, bias: Option<&Tensor>) -> Tensor {
+        x.linear(&self.base, bias) + x.matmul(&self.a.tr()).matmul(&self.b.tr()) * self.scale
+    }
+
+    /// Moves dL/dW (accumulated on the model's weight by `backward`) to A and B:
+    /// dL/dA = s·Bᵀ·G, dL/dB = s·G·Aᵀ, accumulated into their grads; then clears W's grad.
+    pub fn backward_from_weight_grad(&self) {
+        let g = self.weight.grad();
+        if !g.defined() {
+            return;
+        }
+        let g = g.detach().copy();
+        (self.delta() * &g).sum(g.kind()).backward();
+        let _ = self.weight.grad().zero_();
+    }
+}
+
+/// The trainable side of a model: its parameters in a `VarStore` (names = original keys, or
+/// `<module>.lora_A.weight` / `.lora_B.weight`), plus LoRA adapters.
+pub struct Trainable {
+    pub vs: VarStore,
+    pub adapters: Vec<LoraAdapter>,
+}
+
+impl Trainable {
+    /// Full fine-tune (`lora = None`): every weight trains (the seed's tunable parts
+    /// `mm_vision_tower,mm_mlp_adapter,mm_language_model`). With LoRA: adapters on the targets plus
+    /// the `train_also` parameters; everything else is frozen.
+    pub fn new(model: &LlavaOnevision, lora: Option<&LoraConfig>) -> Result<Self> {
+        let vs = VarStore::new(model.device());
+        let mut adapters = Vec::new();
+        {
+            let mut vars = vs
+                .variables_
+                .lock()
+                .map_err(|_| anyhow!("VarStore lock poisoned"))?;
+            for (name, t) in model.named_tensors() {
+                let trainable = match lora {
+                    None => true,
+                    Some(l) => l.train_also.iter().any(|p| name.contains(p.as_str())),
+                };
+                let target = lora.and_then(|l| {
+                    let module = name.strip_suffix(".weight")?;
+                    let leaf = module.rsplit('.').next()?;
+                    let vision = name.starts_with(VISION_PREFIX);
+                    (l.target_modules.iter().any(|m| m == leaf) && (!vision || l.include_vision))
+                        .then(|| module.to_string())
+                });
+                if let (Some(module), Some(l)) = (target, lora) {
+                    ensure!(!trainable, "'{name}' is both a LoRA target and in train_also");
+                    // W gets grads (chain rule to A, B) but is not optimised itself.
+                    let _ = t.set_requires_grad(true);
+                    let ad = LoraAdapter::new(&module, &t, l.r, l.alpha)?;
+                    vars.named_variables
+                        .insert(format!("{module}.lora_A.weight"), ad.a.shallow_clone());
+                    vars.named_variables
+                        .insert(format!("{module}.lora_B.weight"), ad.b.shallow_clone());
+                    adapters.push(ad);
+                } else {
+                    let _ = t.set_requires_grad(trainable);
+                    if trainable {
+                        vars.named_variables.insert(name, t);
+                    }
+                }
+            }
+        }
+        Ok(Self { vs, adapters })
+    }
+
+    /// After `loss.backward()`: route weight grads into the LoRA factors.
+    pub fn after_backward(&self) {
+        for a in &self.adapters {
+            a.backward_from_weight_grad();
+        }
+    }
+
+    /// After the optimizer step: refresh the merged weights.
+    pub fn after_step(&self) {
+        for a in &self.adapters {
+            a.merge();
+        }
+    }
+
+    /// Trainable parameter count.
+    pub fn num_params(&self) -> i64 {
+        self.vs.variables().values().map(|t| t.numel() as i64).sum()
+    }
+}
+
+/// Sizes of a judge initialised from scratch (the glyph world's: 128² images, 16-pixel patches = the
+/// 8×8 glyph cells).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScratchConfig {
+    pub vision_hidden_size: i64,
+    pub vision_intermediate_size: i64,
+    /// SigLIP layers run (the config stores one more: LLaVA drops the last, `mm_vision_select_layer=-2`).
+    pub vision_layers: i64,
+    pub vision_heads: i64,
+    pub image_size: i64,
+    pub patch_size: i64,
+    pub hidden_size: i64,
+    pub intermediate_size: i64,
+    pub num_hidden_layers: i64,
+    pub num_attention_heads: i64,
+    pub num_key_value_heads: i64,
+    #[serde(default = "default_theta")]
+    pub rope_theta: f64,
+}
+
+fn default_theta() -> f64 {
+    10_000.0
+}
+
+impl ScratchConfig {
+    /// `config.json` in the original LLaVA-NeXT layout (`model_type: llava`, Qwen2 fields at the top
+    /// level, a `vision_config` object for the non-so400m tower, `image_aspect_ratio: pad`).
+    pub fn config_json(&self, vocab_size: i64) -> serde_json::Value {
+        serde_json::json!({
+            "architectures": ["LlavaQwenForCausalLM"],
+            "model_type": "llava",
+            "vocab_size": vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "rope_theta": self.rope_theta,
+            "rope_scaling": null,
+            "rms_norm_eps": 1e-6,
+            "hidden_act": "silu",
+            "max_position_embeddings": 4096,
+            "tie_word_embeddings": false,
+            "torch_dtype": "float32",
+            "mm_hidden_size": self.vision_hidden_size,
+            "mm_projector_type": "mlp2x_gelu",
+            "mm_vision_select_layer": -2,
+            "mm_vision_select_feature": "patch",
+            "mm_patch_merge_type": "spatial_unpad",
+            "mm_use_im_patch_token": false,
+            "mm_use_im_start_end": false,
+            "image_aspect_ratio": "pad",
+            "vision_config": {
+                "hidden_size": self.vision_hidden_size,
+                "intermediate_size": self.vision_intermediate_size,
+                "num_hidden_layers": self.vision_layers + 1,
+                "num_attention_heads": self.vision_heads,
+                "num_channels": 3,
+                "image_size": self.image_size,
+                "patch_size": self.patch_size,
+                "layer_norm_eps": 1e-6,
+                "hidden_act": "gelu_pytorch_tanh"
+            }
+        })
+    }
+}
+
+/// (name, shape) of every tensor a model of `cfg` loads, original key names.
+pub fn expected_shapes(cfg: &LlavaOvConfig) -> Vec<(String, Vec<i64>)> {
+    let v = &cfg.vision;
+    let t = &cfg.text;
+    let (vh, vi) = (v.hidden_size, v.intermediate_size);
+    let mut out: Vec<(String, Vec<i64>)> = vec![
+        (
+            format!("{VISION_PREFIX}embeddings.patch_embedding.weight"),
+            vec![vh, v.num_channels, v.patch_size, v.patch_size],
+        ),
+        (
+            format!("{VISION_PREFIX}embeddings.patch_embedding.bias"),
+            vec![vh],
+        ),
+        (
+            format!("{VISION_PREFIX}embeddings.position_embedding.weight"),
+            vec![v.num_patches(), vh],
+        ),
+    ];
+    for i in 0..cfg.vision_layers_used {
+        let p = format!("{VISION_PREFIX}encoder.layers.{i}");
+        for ln in ["layer_norm1", "layer_norm2"] {
+            out.push((format!("{p}.{ln}.weight"), vec![vh]));
+            out.push((format!("{p}.{ln}.bias"), vec![vh]));
+        }
+        for n in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+            out.push((format!("{p}.self_attn.{n}.weight"), vec![vh, vh]));
+            out.push((format!("{p}.self_attn.{n}.bias"), vec![vh]));
+        }
+        out.push((format!("{p}.mlp.fc1.weight"), vec![vi, vh]));
+        out.push((format!("{p}.mlp.fc1.bias"), vec![vi]));
+        out.push((format!("{p}.mlp.fc2.weight"), vec![vh, vi]));
+        out.push((format!("{p}.mlp.fc2.bias"), vec![vh]));
+    }
+    let (h, im, d) = (t.hidden_size, t.intermediate_size, t.head_dim());
+    out.push(("model.mm_projector.0.weight".into(), vec![h, vh]));
+    out.push(("model.mm_projector.0.bias".into(), vec![h]));
+    out.push(("model.mm_projector.2.weight".into(), vec![h, h]));
+    out.push(("model.mm_projector.2.bias".into(), vec![h]));
+    if cfg.has_image_newline {
+        out.push(("model.image_newline".into(), vec![h]));
+    }
+    out.push(("model.embed_tokens.weight".into(), vec![t.vocab_size, h]));
+    let (q, kv) = (t.num_attention_heads * d, t.num_key_value_heads * d);
+    for i in 0..t.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        out.push((format!("{p}.input_layernorm.weight"), vec![h]));
+        out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+        out.push((format!("{p}.self_attn.q_proj.weight"), vec![q, h]));
+        out.push((format!("{p}.self_attn.q_proj.bias"), vec![q]));
+        out.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, h]));
+        out.push((format!("{p}.self_attn.k_proj.bias"), vec![kv]));
+        out.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, h]));
+        out.push((format!("{p}.self_attn.v_proj.bias"), vec![kv]));
+        out.push((format!("{p}.self_attn.o_proj.weight"), vec![h, q]));
+        out.push((format!("{p}.mlp.gate_proj.weight"), vec![im, h]));
+        out.push((format!("{p}.mlp.up_proj.weight"), vec![im, h]));
+        out.push((format!("{p}.mlp.down_proj.weight"), vec![h, im]));
+    }
+    out.push(("model.norm.weight".into(), vec![h]));
+    if !t.tie_word_embeddings {
+        out.push(("lm_head.weight".into(), vec![t.vocab_size, h]));
+    }
+    out
+}
+
+/// Random initial weights for `cfg` (HF-style: normal(0, 0.02) matrices and embeddings, zero
+/// biases, unit norms; `image_newline` ~ N(0, 1/hidden) as LLaVA's `embed_std`), seeded.
+pub fn init_weights(cfg: &LlavaOvConfig, seed: i64) -> Vec<(String, Tensor)> {
+    tch::manual_seed(seed);
+    let opts = (Kind::Float, Device::Cpu);
+    expected_shapes(cfg)
+        .into_iter()
+        .map(|(name, shape)| {
+            let is_norm = name.contains("norm");
+            let t = if name.ends_with(".bias") {
+                Tensor::zeros(&shape, opts)
+            } else if is_norm {
+                Tensor::ones(&shape, opts)
+            } else if name == "model.image_newline" {
+                Tensor::randn(&shape, opts) / (shape[0] as f64).sqrt()
+            } else {
+                Tensor::randn(&shape, opts) * 0.02
+            };
+            (name, t)
+        })
+        .collect()
+}
+
+/// Builds a model from in-memory tensors (strict, as a checkpoint load).
+pub fn model_from_tensors(
+    cfg: LlavaOvConfig,
+    tensors: Vec<(String, Tensor)>,
+    device: Device,
+) -> Result<LlavaOnevision> {
+    let mut w = Weights::from_tensors(tensors, device, Kind::Float);
+    let m = LlavaOnevision::from_weights(cfg, &mut w, None)?;
+    w.finish()?;
+    Ok(m)
+}
+
+/// Files copied from the initial checkpoint into a saved one (besides weights and config.json).
+const SIDE_FILES: [&str; 7] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "generation_config.json",
+];
+
+/// Saves `model` as a LLaVA-NeXT checkpoint folder: `model.safetensors` (original key names, fp32
+/// unless `kind` says otherwise; LoRA already merged), `config.json` (`config` with `vocab_size` set
+/// to the rows kept) and the tokenizer/side files of `side_dir`. Written into a temp folder and
+/// renamed into place, so `dir` is either the old or the complete new checkpoint.
+pub fn save_checkpoint(
+    model: &LlavaOnevision,
+    mut config: serde_json::Value,
+    side_dir: &Path,
+    dir: &Path,
+    kind: Kind,
+) -> Result<()> {
+    let tmp = crate::util::tmp_sibling(dir);
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+    }
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let tensors: Vec<(String, Tensor)> = model
+        .named_tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.detach().to_device(Device::Cpu).to_kind(kind)))
+        .collect();
+    crate::train::ckpt::write_safetensors(&tmp.join("model.safetensors"), &tensors)?;
+    let obj = config
+        .as_object_mut()
+        .context("config.json is not an object")?;
+    let vocab = model.language_model().vocab_size();
+    if obj.contains_key("text_config") {
+        bail!("saving HF-layout (text_config) checkpoints is not supported; convert to the original layout");
+    }
+    obj.insert("vocab_size".into(), vocab.into());
+    crate::util::atomic_write(
+        &tmp.join("config.json"),
+        serde_json::to_string_pretty(&config)?.as_bytes(),
+    )?;
+    for f in SIDE_FILES {
+        let src = side_dir.join(f);
+        if src.exists() {
+            std::fs::copy(&src, tmp.join(f))
+                .with_context(|| format!("copying {} into {}", src.display(), tmp.display()))?;
+        }
+    }
+    if !tmp.join("tokenizer.json").exists() {
+        bail!("{}: no tokenizer.json to copy", side_dir.display());
+    }
+    let old = dir.with_file_name(format!(
+        ".{}.old-{}",
+        dir.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        std::process::id()
+    ));
+    if dir.exists() {
+        std::fs::rename(dir, &old).with_context(|| format!("moving {} aside", dir.display()))?;
+    }
+    std::fs::rename(&tmp, dir)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).ok();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_moves_to_front() {
+        assert_eq!(
+            move_image_to_front("<image> This image is x. "),
+            "<image>\nThis image is x."
+        );
+        assert_eq!(move_image_to_front("no image"), "no image");
+    }
+
+    #[test]
+    fn lora_merged_equals_unmerged_and_grads_match() {
+        tch::manual_seed(3);
+        let w = Tensor::randn([6, 5], (Kind::Double, Device::Cpu));
+        let bias = Tensor::randn([6], (Kind::Double, Device::Cpu));
+        let ad = LoraAdapter::new("m", &w, 2, 4.0).unwrap();
+        let _ = w.set_requires_grad(true);
+        tch::no_grad(|| {
+            let _ = ad.b.copy_(&Tensor::randn([6, 2], (Kind::Double, Device::Cpu)));
+        });
+        ad.merge();
+        let x = Tensor::randn([3, 5], (Kind::Double, Device::Cpu));
+        let merged = x.linear(&w, Some(&bias));
+        let unmerged = ad.forward_unmerged(&x, Some(&bias));
+        assert!(merged.allclose(&unmerged, 1e-12, 1e-12, false));
+        // Chain-rule grads through the merged weight = autograd through the unmerged form.
+        (merged.pow_tensor_scalar(2).sum(Kind::Double)).backward();
+        ad.backward_from_weight_grad();
+        let (ga, gb) = (ad.a.grad().copy(), ad.b.grad().copy());
+        let _ = ad.a.grad().zero_();
+        let _ = ad.b.grad().zero_();
+        (unmerged.pow_tensor_scalar(2).sum(Kind::Double)).backward();
+        assert!(ga.allclose(&ad.a.grad(), 1e-10, 1e-10, false));
+        assert!(gb.allclose(&ad.b.grad(), 1e-10, 1e-10, false));
+        assert!(ga.abs().sum(Kind::Double).double_value(&[]) > 0.0);
+    }
+}
