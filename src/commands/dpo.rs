@@ -141,7 +141,7 @@ pub fn run(args: DpoArgs) -> Result<()> {
         max_steps: args.max_steps,
         skip_bad_rows: args.skip_bad_rows,
     };
-    let r = train_round(&recipe, &cfg, &spec)?;
+    let r = train_round(&recipe, &cfg, &spec, None)?;
     println!(
         "dpo round: {} steps on {} pairs ({} held out); held-out implicit-reward accuracy {} → {}; model {}",
         r.steps,

@@ -8,6 +8,9 @@
 use super::logp::{pair_draws, LogpConfig, PairBatch};
 use super::loss::{dpo_loss, LossConfig, PairLogps};
 use crate::models::showo::{Layout, Showo, TextTokenizer};
+use crate::eval::geneval::Metadata;
+use crate::generate::{self, derive_seed};
+use crate::preference::build::ImageScorer;
 use crate::preference::{cache, pairs};
 use crate::recipe::Recipe;
 use crate::train::{ckpt, grad, logging, optim, rng, schedule::LrSchedule};
@@ -64,6 +67,9 @@ pub struct DpoConfig {
     pub eval_every: u64,
     #[serde(default = "d_ckpt_every")]
     pub ckpt_every: u64,
+    /// Online reward guidance on the policy's own samples (used when a guide judge is given).
+    #[serde(default)]
+    pub guide: Option<super::guidance::GuideConfig>,
 }
 
 fn d_ref() -> ReferenceMode {
@@ -233,8 +239,9 @@ pub fn step_dir(ckpt_dir: &Path, step: u64) -> PathBuf {
     ckpt::checkpoint_dir(ckpt_dir, step)
 }
 
-/// Trains one DPO round. Validates the pairs before writing anything.
-pub fn train_round(recipe: &Recipe, cfg: &DpoConfig, spec: &RoundSpec) -> Result<RoundResult> {
+/// Trains one DPO round. Validates the pairs before writing anything. With `guide`, adds the
+/// online guidance term scored by that judge (settings from `cfg.guide`).
+pub fn train_round(recipe: &Recipe, cfg: &DpoConfig, spec: &RoundSpec, mut guide: Option<&mut dyn ImageScorer>) -> Result<RoundResult> {
     cfg.loss.validate()?;
     ensure!(cfg.batch_size > 0 && cfg.grad_accum > 0 && cfg.logp.n_mc > 0, "batch_size, grad_accum and logp.n_mc must be positive");
     let device = recipe.device()?;
@@ -269,6 +276,21 @@ pub fn train_round(recipe: &Recipe, cfg: &DpoConfig, spec: &RoundSpec) -> Result
     }
     ensure!(!train_idx.is_empty(), "every pair fell into the held-out split");
     let prompts: Vec<String> = all_pairs.iter().map(|p| p.record.prompt.clone()).collect();
+    // Guidance prompts: the training pairs' prompts (with their metadata when present), deduplicated.
+    let mut guide_metas: Vec<Metadata> = Vec::new();
+    for &i in &train_idx {
+        let r = &all_pairs[i].record;
+        if guide_metas.iter().any(|m| m.prompt == r.prompt) {
+            continue;
+        }
+        let meta = r.metadata.clone().and_then(|v| serde_json::from_value::<Metadata>(v).ok());
+        guide_metas.push(meta.unwrap_or(Metadata { tag: r.tag.clone().unwrap_or_default(), include: vec![], exclude: vec![], prompt: r.prompt.clone() }));
+    }
+    let guide_cfg = match (&guide, &cfg.guide) {
+        (Some(_), Some(g)) => Some(g.clone()),
+        (Some(_), None) => bail!("a guide judge was given but the recipe has no dpo.guide section"),
+        _ => None,
+    };
     let text_all = layout.text_batch(&tok, &prompts, Device::Cpu)?;
     let make = |idx: &[usize]| -> Data {
         let i = Tensor::from_slice(&idx.iter().map(|&x| x as i64).collect::<Vec<_>>());
@@ -363,12 +385,22 @@ pub fn train_round(recipe: &Recipe, cfg: &DpoConfig, spec: &RoundSpec) -> Result
             let (pc, pr, rc, rr) = batch_logps(&policy, &reference, &layout, &train, &idx, epoch, cfg, device)?;
             let nll = -(&pc) / (layout.num_vq_tokens as f64);
             let out = dpo_loss(&cfg.loss, &PairLogps { policy_chosen: &pc, policy_rejected: &pr, ref_chosen: &rc, ref_rejected: &rr }, Some(&nll))?;
-            (out.loss / cfg.grad_accum as f64).backward();
+            let dpo_coef = guide_cfg.as_ref().map(|g| g.dpo_coef).unwrap_or(1.0);
+            if dpo_coef != 0.0 {
+                (out.loss * (dpo_coef / cfg.grad_accum as f64)).backward();
+            }
             for (k, v) in out.metrics.named() {
                 match sums.iter_mut().find(|(n, _)| *n == k) {
                     Some(e) => e.1 += v / cfg.grad_accum as f64,
                     None => sums.push((k, v / cfg.grad_accum as f64)),
                 }
+            }
+        }
+        if let (Some(scorer), Some(g)) = (guide.as_deref_mut(), &guide_cfg) {
+            if step % g.every == 0 {
+                let (reward, gl) = guided_backward(&policy, &layout, &tok, vq.as_ref(), scorer, &guide_metas, g, recipe, cfg.seed, step)?;
+                sums.push(("guide/reward", reward));
+                sums.push(("guide/loss", gl));
             }
         }
         let gnorm = grad::clip_grad_norm(&vars, cfg.max_grad_norm);
@@ -412,4 +444,49 @@ fn batch_ref_only(model: &Showo, layout: &Layout, data: &Data, idx: &[usize], cf
         rs.push(lr);
     }
     Ok((Tensor::cat(&cs, 0), Tensor::cat(&rs, 0)))
+}
+
+/// Samples with the current policy, scores with the judge, and backpropagates the guidance term.
+/// Returns (mean reward, guidance loss).
+#[allow(clippy::too_many_arguments)]
+pub fn guided_backward(
+    policy: &Showo,
+    layout: &Layout,
+    tok: &TextTokenizer,
+    vq: &dyn crate::models::ImageTokenizer,
+    scorer: &mut dyn ImageScorer,
+    metas: &[Metadata],
+    g: &super::guidance::GuideConfig,
+    recipe: &Recipe,
+    seed: u64,
+    step: u64,
+) -> Result<(f64, f64)> {
+    ensure!(!metas.is_empty(), "no prompts for guidance");
+    ensure!(g.samples_per_prompt >= 2, "dpo.guide.samples_per_prompt must be at least 2 (leave-one-out baseline)");
+    let mut rng = rng::DataRng::with_stream(seed ^ 0x6D1D_E000, step);
+    let chosen: Vec<&Metadata> = (0..g.prompts_per_step).map(|_| &metas[rng.below(metas.len() as u64) as usize]).collect();
+    let prompts: Vec<String> = chosen.iter().map(|m| m.prompt.clone()).collect();
+    let dev = policy.device();
+    let text = layout.text_batch(tok, &prompts, dev)?;
+    let k = g.samples_per_prompt;
+    let prompt_of: Vec<usize> = (0..prompts.len()).flat_map(|j| std::iter::repeat_n(j, k)).collect();
+    let seeds: Vec<u64> = (0..prompt_of.len()).map(|r| derive_seed(seed ^ 0x6D1D_E000, step, r as u64)).collect();
+    let out = generate::sample(policy, layout, &text, &prompt_of, &seeds, &recipe.sampler, &mut generate::NoHook)?;
+    let images = vq.decode(&out.codes.to_device(dev))?;
+    let row_metas: Vec<&Metadata> = prompt_of.iter().map(|&j| chosen[j]).collect();
+    let rewards = scorer.score(&row_metas, &images, &out.codes)?;
+    let adv = super::guidance::rloo_advantages(&rewards, k);
+    let idx = Tensor::from_slice(&prompt_of.iter().map(|&j| j as i64).collect::<Vec<_>>()).to_device(dev);
+    let traj = super::guidance::trajectory_logps(
+        policy,
+        layout,
+        &text.index_select(0, &idx),
+        &out.codes.to_device(dev),
+        &out.commit_step.to_device(dev),
+        recipe.sampler.steps,
+        recipe.sampler.cfg_scale,
+    );
+    let loss = super::guidance::guidance_loss(&traj, &adv, layout.num_vq_tokens, g.reward_coef);
+    loss.backward();
+    Ok((rewards.iter().sum::<f64>() / rewards.len() as f64, loss.double_value(&[])))
 }

@@ -97,6 +97,9 @@ pub struct SampleOutput {
     pub pruned_at: Vec<Option<usize>>,
     /// Candidate-steps actually computed (a pruned row stops costing).
     pub row_steps: usize,
+    /// For every position, the step whose prediction gave its final code (int64 [rows, N]): the
+    /// step it was committed at, or the last step computed for positions never committed.
+    pub commit_step: Tensor,
 }
 
 /// Decodes `seeds.len()` images: row r belongs to prompt `prompt_of[r]` (an index into `text`,
@@ -143,6 +146,7 @@ pub fn sample(
     let mut rngs: Vec<ChaCha8Rng> = seeds.iter().map(|&s| ChaCha8Rng::seed_from_u64(s)).collect();
     let mut cur = Tensor::full([rows as i64, n], -1, (Kind::Int64, dev));
     let mut out = Tensor::zeros([rows as i64, n], (Kind::Int64, dev));
+    let mut commit = Tensor::full([rows as i64, n], -1, (Kind::Int64, dev));
     let mut pruned_at = vec![None; rows];
     let mut row_steps = 0usize;
     let mut temp = cfg.temperature;
@@ -205,6 +209,11 @@ pub fn sample(
 
         let live_idx = Tensor::from_slice(&live.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(dev);
         out = out.index_copy(0, &live_idx, &samp);
+        // Positions committed now (and, for rows that stop here, every position still open).
+        let newly = unknown.logical_and(&next.ge(0));
+        let step_t = Tensor::full_like(&next, step as i64);
+        let prev = commit.index_select(0, &live_idx);
+        commit = commit.index_copy(0, &live_idx, &step_t.where_self(&newly, &prev));
         let drop = hook.on_step(&StepState { step, steps: cfg.steps, live: &live, sampled: &samp, current: &next })?;
         cur = next;
         if !drop.is_empty() && step + 1 < cfg.steps {
@@ -213,6 +222,13 @@ pub fn sample(
                 if let Some(&row) = live.get(i) {
                     pruned_at[row] = Some(step);
                 }
+            }
+            let dropped: Vec<i64> = drop.iter().filter_map(|&i| live.get(i)).map(|&r| r as i64).collect();
+            if !dropped.is_empty() {
+                let d = Tensor::from_slice(&dropped).to_device(dev);
+                let c = commit.index_select(0, &d);
+                let fill = Tensor::full_like(&c, step as i64).where_self(&c.lt(0), &c);
+                commit = commit.index_copy(0, &d, &fill);
             }
             if keep.is_empty() {
                 break;
@@ -224,7 +240,10 @@ pub fn sample(
             cache = build_cache(&rows_t);
         }
     }
-    Ok(SampleOutput { codes: out.to_device(tch::Device::Cpu), pruned_at, row_steps })
+    // Positions still open after the last step take that step's prediction.
+    let last = Tensor::full_like(&commit, cfg.steps as i64 - 1);
+    let commit = last.where_self(&commit.lt(0), &commit);
+    Ok(SampleOutput { codes: out.to_device(tch::Device::Cpu), pruned_at, row_steps, commit_step: commit.to_device(tch::Device::Cpu) })
 }
 
 /// A uniform f32 in [0, 1) from the top 24 bits (as torch's uniform_ on float).

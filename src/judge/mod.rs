@@ -3,6 +3,16 @@
 //!
 //! Images are float [B, 3, H, W] in [-1, 1], as the generators decode them; prompts are the
 //! generation prompts (one per image).
+//!
+//! Training the LLaVA-OneVision judges: [`dataset`] (LLaVA conversation records), [`data`]
+//! (`judge-data`: ORM/PARM data from a generator), [`reward_ft`] (`reward-ft`), [`recipe`]
+//! (`recipes/judges-*.yaml`).
+pub mod cli;
+pub mod data;
+pub mod dataset;
+pub mod recipe;
+pub mod reward_ft;
+
 use crate::models::llava_ov::judge::LlavaJudge;
 use anyhow::Result;
 use tch::Tensor;

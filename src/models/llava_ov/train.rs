@@ -331,7 +331,8 @@ impl LoraAdapter {
     /// Writes `W0 + s·B·A` into the model's weight.
     pub fn merge(&self) {
         tch::no_grad(|| {
-            let _ = self.weight.copy_(&(&self.base + self.delta()));
+            let mut w = self.weight.shallow_clone();
+            w.copy_(&(&self.base + self.delta()));
         });
     }
 

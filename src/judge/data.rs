@@ -1,0 +1,420 @@
+//! `judge-data`: ORM and PARM training data from a generator, as the paper built it
+//! (paper-facts §3), with the glyph world's exact evaluator as the labeller.
+//!
+//! - ORM (and PARM's best-of-N′ part): every final image, the ORM question, answer = verdict.
+//! - PARM clarity: intermediate predictions labelled by the paper's static rule, scaled from 18 to
+//!   the sampler's T steps. With 1-based step s: `s/T > 11/18` → "yes", `s/T < 10/18` → "no",
+//!   otherwise skipped (T = 18 gives exactly "after 11 yes, before 10 no"; T = 12: 1–6 no, 7 skipped,
+//!   8–12 yes).
+//! - PARM potential: clear ("yes") steps as the two-turn conversation (clarity question answered
+//!   "yes", then the potential question), answer = the path's final verdict.
+//!
+//! An intermediate image is the sampler's complete prediction at that step (`StepState::sampled`),
+//! the image the seed decodes at every step. Held-out split by prompt. Output: PNGs under
+//! `images/`, `{orm,parm}_{train,heldout}.jsonl` (LLaVA format, image paths relative to the file),
+//! `summary.json`.
+use super::dataset::{write_jsonl, Message, Record, RecordMeta};
+use crate::eval::geneval::rules::RuleOptions;
+use crate::eval::geneval::Metadata;
+use crate::generate::{self, derive_seed, SamplerConfig, StepHook, StepState};
+use crate::glyphs::world::Codes;
+use crate::models::glyph_vq::tensor_to_codes;
+use crate::models::llava_ov::prompt::{
+    orm_question, parm_clarity_question, PARM_POTENTIAL_QUESTION,
+};
+use crate::models::showo::{Layout, Showo, TextTokenizer};
+use anyhow::{ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The paper's clarity rule scaled to `steps`: Some(true) = clear, Some(false) = not, None = skipped.
+pub fn clarity_label(step: usize, steps: usize) -> Option<bool> {
+    // s/T > 11/18 ⇔ 18·s > 11·T (integers, no rounding).
+    if 18 * step > 11 * steps {
+        Some(true)
+    } else if 18 * step < 10 * steps {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// Settings of `judge-data` (the `data:` section of a judges recipe).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JudgeDataConfig {
+    /// Generator recipe (paths, sampler); default: the embedded glyph-world recipe.
+    #[serde(default)]
+    pub generator_recipe: Option<PathBuf>,
+    /// Generator checkpoint (default: the generator recipe's `paths.model`).
+    #[serde(default)]
+    pub model: Option<PathBuf>,
+    /// Training prompts (never the eval set).
+    pub prompts: PathBuf,
+    /// Prompts used (0 = all), chosen at random with `seed`.
+    pub num_prompts: usize,
+    /// Paths sampled per prompt.
+    pub n: usize,
+    #[serde(default)]
+    pub seed: u64,
+    /// Share of the chosen prompts held out.
+    pub heldout_fraction: f64,
+    /// Clarity examples per path (random among the labelled steps; 0 = all).
+    pub clarity_per_path: usize,
+    /// Potential examples per path (random among the clear steps; 0 = all).
+    pub potential_per_path: usize,
+    /// Sampler overrides (default: the generator recipe's sampler).
+    #[serde(default)]
+    pub sampler: Option<SamplerConfig>,
+    #[serde(default = "d_batch")]
+    pub batch_size: usize,
+    /// Output folder.
+    pub out: PathBuf,
+}
+
+fn d_batch() -> usize {
+    64
+}
+
+/// One sampled path: the prediction after every step (1..=T; the last is the final image).
+#[derive(Debug, Clone)]
+pub struct PathSample {
+    pub meta: Metadata,
+    pub prompt_index: usize,
+    pub candidate: usize,
+    pub steps: Vec<Codes>,
+}
+
+/// Counts written, per split and kind.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SplitCounts {
+    pub orm: usize,
+    pub orm_yes: usize,
+    pub clarity: usize,
+    pub clarity_yes: usize,
+    pub potential: usize,
+    pub potential_yes: usize,
+    pub prompts: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    pub train: SplitCounts,
+    pub heldout: SplitCounts,
+    pub steps: usize,
+    pub sampler: SamplerConfig,
+    pub generator: String,
+    pub clarity_rule: String,
+    pub config: JudgeDataConfig,
+}
+
+fn turn(from: &str, value: String) -> Message {
+    Message {
+        from: from.into(),
+        value,
+    }
+}
+
+fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.to_string()
+}
+
+/// Chooses `k` of `items` at random (all when k = 0 or k ≥ len), in step order.
+fn choose<R: rand::Rng + ?Sized>(rng: &mut R, items: &[usize], k: usize) -> Vec<usize> {
+    if k == 0 || k >= items.len() {
+        return items.to_vec();
+    }
+    let mut idx = crate::glyphs::rng::sample_distinct(rng, items.len(), k);
+    idx.sort_unstable();
+    idx.into_iter().map(|i| items[i]).collect()
+}
+
+/// Writes the images of one path into `out/images` and returns its (ORM, PARM) records.
+/// `counts` is updated.
+pub fn path_records(
+    out: &Path,
+    p: &PathSample,
+    clarity_per_path: usize,
+    potential_per_path: usize,
+    seed: u64,
+    counts: &mut SplitCounts,
+) -> Result<(Vec<Record>, Vec<Record>)> {
+    let t = p.steps.len();
+    ensure!(t >= 1, "a path without steps");
+    let opts = RuleOptions::default();
+    let final_label = crate::glyphs::detect::is_correct(&p.meta, &p.steps[t - 1], &opts);
+    let base = format!("{:05}-{:03}", p.prompt_index, p.candidate);
+    let write_img = |s: usize| -> Result<String> {
+        let rel = format!("images/{base}-s{s:02}.png");
+        let rgb = crate::glyphs::render(&p.steps[s - 1]);
+        let n = crate::glyphs::world::IMAGE_SIZE as u32;
+        crate::glyphs::png::write_png(&out.join(&rel), n, n, &rgb)?;
+        Ok(rel)
+    };
+    let meta = |kind: &str, step: usize, label: bool| RecordMeta {
+        kind: kind.into(),
+        prompt: p.meta.prompt.clone(),
+        prompt_index: p.prompt_index,
+        candidate: p.candidate,
+        step,
+        steps: t,
+        label,
+        final_label,
+        tag: p.meta.tag.clone(),
+    };
+    let prompt = &p.meta.prompt;
+    let final_img = write_img(t)?;
+    let orm = vec![Record {
+        id: format!("{base}-orm"),
+        image: final_img,
+        conversations: vec![
+            turn("human", orm_question(prompt)),
+            turn("gpt", yes_no(final_label)),
+        ],
+        meta: Some(meta("orm", t, final_label)),
+    }];
+    counts.orm += 1;
+    counts.orm_yes += final_label as usize;
+
+    let mut rng = crate::glyphs::rng::seeded(
+        derive_seed(seed, p.prompt_index as u64, p.candidate as u64),
+        0x7061_726d,
+    );
+    let labelled: Vec<usize> = (1..=t).filter(|&s| clarity_label(s, t).is_some()).collect();
+    let clear: Vec<usize> = (1..=t).filter(|&s| clarity_label(s, t) == Some(true)).collect();
+    let mut parm = Vec::new();
+    for s in choose(&mut rng, &labelled, clarity_per_path) {
+        let label = clarity_label(s, t).expect("labelled step");
+        parm.push(Record {
+            id: format!("{base}-clarity-s{s:02}"),
+            image: if s == t { format!("images/{base}-s{t:02}.png") } else { write_img(s)? },
+            conversations: vec![
+                turn("human", parm_clarity_question(prompt)),
+                turn("gpt", yes_no(label)),
+            ],
+            meta: Some(meta("clarity", s, label)),
+        });
+        counts.clarity += 1;
+        counts.clarity_yes += label as usize;
+    }
+    for s in choose(&mut rng, &clear, potential_per_path) {
+        let rel = format!("images/{base}-s{s:02}.png");
+        if !out.join(&rel).exists() {
+            write_img(s)?;
+        }
+        parm.push(Record {
+            id: format!("{base}-potential-s{s:02}"),
+            image: rel,
+            conversations: vec![
+                turn("human", parm_clarity_question(prompt)),
+                turn("gpt", "yes".into()),
+                turn("human", PARM_POTENTIAL_QUESTION.to_string()),
+                turn("gpt", yes_no(final_label)),
+            ],
+            meta: Some(meta("potential", s, final_label)),
+        });
+        counts.potential += 1;
+        counts.potential_yes += final_label as usize;
+    }
+    Ok((orm, parm))
+}
+
+/// Collects every step's prediction of every row.
+struct Collect {
+    /// [row][step] codes.
+    steps: Vec<Vec<Codes>>,
+}
+
+impl StepHook for Collect {
+    fn on_step(&mut self, s: &StepState) -> Result<Vec<usize>> {
+        let codes = tensor_to_codes(s.sampled)?;
+        for (c, &row) in codes.into_iter().zip(s.live) {
+            self.steps[row].push(c);
+        }
+        Ok(Vec::new())
+    }
+}
+
+/// Samples `n` paths for each of `metas` (indices `prompt_index`) with the glyph generator.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_paths(
+    model: &Showo,
+    layout: &Layout,
+    tok: &TextTokenizer,
+    metas: &[(usize, Metadata)],
+    n: usize,
+    sampler: &SamplerConfig,
+    seed: u64,
+    batch: usize,
+) -> Result<Vec<PathSample>> {
+    let rows: Vec<(usize, usize)> = (0..metas.len())
+        .flat_map(|i| (0..n).map(move |k| (i, k)))
+        .collect();
+    let mut out = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(batch.max(1)) {
+        let mut uniq: Vec<usize> = chunk.iter().map(|r| r.0).collect();
+        uniq.dedup();
+        let prompts: Vec<String> = uniq.iter().map(|&i| metas[i].1.prompt.clone()).collect();
+        let text = layout.text_batch(tok, &prompts, model.device())?;
+        let prompt_of: Vec<usize> = chunk
+            .iter()
+            .map(|r| uniq.iter().position(|&u| u == r.0).unwrap_or(0))
+            .collect();
+        let seeds: Vec<u64> = chunk
+            .iter()
+            .map(|&(i, k)| derive_seed(seed, metas[i].0 as u64, k as u64))
+            .collect();
+        let mut hook = Collect {
+            steps: vec![Vec::new(); chunk.len()],
+        };
+        let res = generate::sample(model, layout, &text, &prompt_of, &seeds, sampler, &mut hook)?;
+        let finals = tensor_to_codes(&res.codes)?;
+        for ((&(i, k), mut steps), fin) in chunk.iter().zip(hook.steps).zip(finals) {
+            ensure!(
+                steps.len() == sampler.steps,
+                "row saw {} steps of {}",
+                steps.len(),
+                sampler.steps
+            );
+            // The last prediction is the output; keep the sampler's final codes authoritative.
+            *steps.last_mut().expect("steps ≥ 1") = fin;
+            out.push(PathSample {
+                meta: metas[i].1.clone(),
+                prompt_index: metas[i].0,
+                candidate: k,
+                steps,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Splits prompt indices: (train, held-out), chosen with `seed`.
+pub fn split_prompts(
+    total: usize,
+    num: usize,
+    heldout_fraction: f64,
+    seed: u64,
+) -> (Vec<usize>, Vec<usize>) {
+    let mut idx: Vec<usize> = (0..total).collect();
+    let mut rng = crate::glyphs::rng::seeded(seed, 0x73_706c_6974);
+    crate::glyphs::rng::shuffle(&mut rng, &mut idx);
+    if num > 0 {
+        idx.truncate(num);
+    }
+    let h = ((idx.len() as f64) * heldout_fraction).round() as usize;
+    let held = idx[..h.min(idx.len())].to_vec();
+    let train = idx[h.min(idx.len())..].to_vec();
+    (train, held)
+}
+
+/// Writes one split's records from sampled paths.
+pub fn write_split(
+    out: &Path,
+    split: &str,
+    paths: &[PathSample],
+    cfg: &JudgeDataConfig,
+) -> Result<SplitCounts> {
+    let mut counts = SplitCounts::default();
+    let (mut orm, mut parm) = (Vec::new(), Vec::new());
+    let mut prompts: Vec<usize> = paths.iter().map(|p| p.prompt_index).collect();
+    prompts.sort_unstable();
+    prompts.dedup();
+    counts.prompts = prompts.len();
+    for p in paths {
+        let (o, q) = path_records(
+            out,
+            p,
+            cfg.clarity_per_path,
+            cfg.potential_per_path,
+            cfg.seed,
+            &mut counts,
+        )?;
+        orm.extend(o);
+        parm.extend(q);
+    }
+    write_jsonl(&out.join(format!("orm_{split}.jsonl")), &orm)?;
+    write_jsonl(&out.join(format!("parm_{split}.jsonl")), &parm)?;
+    Ok(counts)
+}
+
+/// `judge-data`: samples paths with the generator and writes the dataset.
+pub fn build(cfg: &JudgeDataConfig, device_override: Option<&str>) -> Result<Summary> {
+    let gen = crate::recipe::Recipe::load(cfg.generator_recipe.as_deref())?;
+    ensure!(
+        gen.is_glyph(),
+        "judge-data labels images with the glyph world's exact evaluator; recipe '{}' is not a glyph recipe",
+        gen.name
+    );
+    ensure!(cfg.n >= 1, "data.n must be ≥ 1");
+    ensure!(
+        (0.0..1.0).contains(&cfg.heldout_fraction),
+        "heldout_fraction must be in [0, 1)"
+    );
+    let device = crate::util::parse_device(device_override.unwrap_or(&gen.device))?;
+    let kind = gen.kind()?;
+    let model_dir = cfg.model.clone().unwrap_or(gen.paths.model.clone());
+    let model = Showo::load(&model_dir, device, kind)
+        .with_context(|| format!("loading the generator {}", model_dir.display()))?;
+    let tok = TextTokenizer::from_file(&gen.paths.tokenizer)?;
+    let layout = Layout::new(&model.cfg, &tok);
+    let sampler = cfg.sampler.clone().unwrap_or(gen.sampler.clone());
+    let metas = crate::glyphs::prompts::load_jsonl(&cfg.prompts)?;
+    let (train, held) = split_prompts(metas.len(), cfg.num_prompts, cfg.heldout_fraction, cfg.seed);
+    std::fs::create_dir_all(cfg.out.join("images"))
+        .with_context(|| format!("creating {}", cfg.out.display()))?;
+    let mut counts = Vec::new();
+    for (split, idx) in [("train", &train), ("heldout", &held)] {
+        let chosen: Vec<(usize, Metadata)> = idx.iter().map(|&i| (i, metas[i].clone())).collect();
+        let paths = sample_paths(
+            &model,
+            &layout,
+            &tok,
+            &chosen,
+            cfg.n,
+            &sampler,
+            cfg.seed,
+            cfg.batch_size,
+        )?;
+        counts.push(write_split(&cfg.out, split, &paths, cfg)?);
+    }
+    let summary = Summary {
+        heldout: counts.pop().expect("two splits"),
+        train: counts.pop().expect("two splits"),
+        steps: sampler.steps,
+        sampler,
+        generator: model_dir.display().to_string(),
+        clarity_rule: "1-based step s of T: 18·s > 11·T → yes; 18·s < 10·T → no; else skipped"
+            .into(),
+        config: cfg.clone(),
+    };
+    crate::util::atomic_write(
+        &cfg.out.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clarity_rule_matches_the_paper_at_18_steps() {
+        let yes: Vec<usize> = (1..=18).filter(|&s| clarity_label(s, 18) == Some(true)).collect();
+        let no: Vec<usize> = (1..=18).filter(|&s| clarity_label(s, 18) == Some(false)).collect();
+        assert_eq!(yes, (12..=18).collect::<Vec<_>>());
+        assert_eq!(no, (1..=9).collect::<Vec<_>>());
+        // T = 12: 1..6 no, 7 skipped (7/12 between 10/18 and 11/18), 8..12 yes.
+        assert_eq!(clarity_label(6, 12), Some(false));
+        assert_eq!(clarity_label(7, 12), None);
+        assert_eq!(clarity_label(8, 12), Some(true));
+    }
+
+    #[test]
+    fn split_is_disjoint_and_sized() {
+        let (t, h) = split_prompts(100, 40, 0.25, 1);
+        assert_eq!((t.len(), h.len()), (30, 10));
+        assert!(t.iter().all(|i| !h.contains(i)));
+    }
+}

@@ -1,0 +1,518 @@
+//! `reward-ft`: fine-tunes a LLaVA-OneVision judge on LLaVA-format yes/no data (spec-judges §6):
+//! `preprocess_qwen` labels (assistant turns supervised), mean CE over the supervised tokens, AdamW
+//! with a separate LR multiplier for the vision tower, warmup + cosine, grad clipping, full
+//! fine-tune or LoRA (merged on save), TensorBoard logging; saves in the original key layout and
+//! reports held-out yes/no accuracy and pairwise ranking accuracy, measured on the reloaded
+//! checkpoint. Without an initial checkpoint a small judge is initialised from scratch.
+use super::dataset::{load_sources, DataSource, Record};
+use crate::models::llava_ov::config::LlavaOvConfig;
+use crate::models::llava_ov::model::LlavaOnevision;
+use crate::models::llava_ov::train::{
+    chat_tokens, forward_batch, init_weights, model_from_tensors, pad_image_u8, save_checkpoint,
+    BatchItem, ChatTokens, LoraConfig, ScratchConfig, Trainable,
+};
+use crate::train::logging::{Logger, LoggerOptions};
+use crate::train::optim::{AdamW, AdamWConfig, ParamGroup};
+use crate::train::schedule::LrSchedule;
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+use tokenizers::Tokenizer;
+
+/// One fine-tuning run (the `orm:` / `parm:` sections of a judges recipe).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewardFtConfig {
+    /// Training data (the seed's yaml list: path + sampling).
+    pub data: Vec<DataSource>,
+    /// Held-out data for the metrics.
+    #[serde(default)]
+    pub heldout: Vec<DataSource>,
+    /// Initial checkpoint (LLaVA-NeXT layout); None = from scratch (`scratch` of the recipe).
+    #[serde(default)]
+    pub init: Option<PathBuf>,
+    /// Where the fine-tuned checkpoint is saved.
+    pub out: PathBuf,
+    /// Run folder (log.txt, TensorBoard).
+    pub run_dir: PathBuf,
+    pub lr: f64,
+    /// LR multiplier of the vision tower (the seed: 2e-6 / 1e-5 = 0.2).
+    #[serde(default = "one")]
+    pub vision_lr_mult: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// Warmup as a share of the steps (the seed: 0.03).
+    #[serde(default = "d_warmup")]
+    pub warmup_ratio: f64,
+    #[serde(default)]
+    pub min_lr_ratio: f64,
+    /// Epochs over `data` (ignored when `max_steps` is set).
+    #[serde(default = "one")]
+    pub epochs: f64,
+    #[serde(default)]
+    pub max_steps: Option<u64>,
+    pub batch_size: usize,
+    #[serde(default = "one")]
+    pub max_grad_norm: f64,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
+    #[serde(default = "d_log")]
+    pub log_every: u64,
+    /// Held-out evaluation every this many steps (0 = only at the end).
+    #[serde(default)]
+    pub eval_every: u64,
+    /// Held-out records used by the periodic evaluation (0 = all).
+    #[serde(default)]
+    pub eval_subset: usize,
+    /// `preprocess_multimodal`: move `<image>` to the front of its message (the seed's training).
+    #[serde(default = "yes")]
+    pub image_to_front: bool,
+    /// Stored dtype of the saved weights (`fp32`, `bf16`, `fp16`).
+    #[serde(default = "d_save_dtype")]
+    pub save_dtype: String,
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn d_warmup() -> f64 {
+    0.03
+}
+fn d_log() -> u64 {
+    10
+}
+fn yes() -> bool {
+    true
+}
+fn d_save_dtype() -> String {
+    "fp32".into()
+}
+
+/// A tokenised record with its preprocessed image.
+pub struct Prepared {
+    pub tokens: ChatTokens,
+    /// uint8 [3, S, S].
+    pub image: Tensor,
+    pub label: Option<bool>,
+    pub kind: String,
+    pub group: String,
+}
+
+/// Tokenises records and loads their images (each image file once).
+pub fn prepare(
+    records: &[Record],
+    tok: &Tokenizer,
+    image_size: i64,
+    image_to_front: bool,
+) -> Result<Vec<Prepared>> {
+    let mut cache: HashMap<String, Tensor> = HashMap::new();
+    records
+        .iter()
+        .map(|r| {
+            let tokens = chat_tokens(tok, &r.turns()?, image_to_front)
+                .with_context(|| format!("record {}", r.id))?;
+            let image = match cache.get(&r.image) {
+                Some(t) => t.shallow_clone(),
+                None => {
+                    let img = image::open(&r.image)
+                        .with_context(|| format!("record {}: opening {}", r.id, r.image))?
+                        .to_rgb8();
+                    let t = pad_image_u8(&img, image_size as u32);
+                    cache.insert(r.image.clone(), t.shallow_clone());
+                    t
+                }
+            };
+            Ok(Prepared {
+                tokens,
+                image,
+                label: r.answer(),
+                kind: r.kind().to_string(),
+                group: r.group(),
+            })
+        })
+        .collect()
+}
+
+/// Held-out metrics of one question kind.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct KindMetrics {
+    pub n: usize,
+    pub yes_share: f64,
+    /// argmax over {yes, no} of the exact answer distribution = label.
+    pub accuracy: f64,
+    /// Over groups (same prompt) holding both labels: share of (yes, no) pairs whose P(yes) orders
+    /// the yes image first (ties count half).
+    pub pairwise: Option<f64>,
+    pub pairs: usize,
+    /// Mean CE of the answer token.
+    pub answer_nll: f64,
+}
+
+/// P(yes), P(no) (exact softmax) at each item's answer position, batched, without gradients.
+pub fn score_items(
+    model: &LlavaOnevision,
+    items: &[&Prepared],
+    yes_no: (i64, i64),
+    batch: usize,
+) -> Result<Vec<(f64, f64)>> {
+    let mut out = Vec::with_capacity(items.len());
+    for chunk in items.chunks(batch.max(1)) {
+        let b: Vec<BatchItem> = chunk
+            .iter()
+            .map(|p| BatchItem {
+                tokens: &p.tokens,
+                image: &p.image,
+            })
+            .collect();
+        let probs = tch::no_grad(|| -> Result<Tensor> {
+            Ok(forward_batch(model, &b)?
+                .answer_logits
+                .softmax(-1, Kind::Float)
+                .to_kind(Kind::Double)
+                .to_device(Device::Cpu))
+        })?;
+        let y: Vec<f64> = Vec::try_from(probs.select(1, yes_no.0))?;
+        let n: Vec<f64> = Vec::try_from(probs.select(1, yes_no.1))?;
+        out.extend(y.into_iter().zip(n));
+    }
+    Ok(out)
+}
+
+/// Accuracy and pairwise ranking per kind (records without a yes/no label are skipped).
+pub fn metrics(items: &[&Prepared], scores: &[(f64, f64)]) -> BTreeMap<String, KindMetrics> {
+    let mut by_kind: BTreeMap<String, Vec<(usize, bool)>> = BTreeMap::new();
+    for (i, p) in items.iter().enumerate() {
+        if let Some(l) = p.label {
+            by_kind.entry(p.kind.clone()).or_default().push((i, l));
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (kind, list) in by_kind {
+        let n = list.len();
+        let correct = list
+            .iter()
+            .filter(|&&(i, l)| (scores[i].0 > scores[i].1) == l)
+            .count();
+        let nll = list
+            .iter()
+            .map(|&(i, l)| -(if l { scores[i].0 } else { scores[i].1 }).max(1e-12).ln())
+            .sum::<f64>()
+            / n as f64;
+        let mut groups: BTreeMap<&str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+        for &(i, l) in &list {
+            let g = groups.entry(items[i].group.as_str()).or_default();
+            if l {
+                g.0.push(scores[i].0)
+            } else {
+                g.1.push(scores[i].0)
+            }
+        }
+        let (mut won, mut pairs) = (0.0, 0usize);
+        for (ys, ns) in groups.values() {
+            for y in ys {
+                for m in ns {
+                    pairs += 1;
+                    won += if y > m {
+                        1.0
+                    } else if y == m {
+                        0.5
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+        out.insert(
+            kind,
+            KindMetrics {
+                n,
+                yes_share: list.iter().filter(|x| x.1).count() as f64 / n as f64,
+                accuracy: correct as f64 / n as f64,
+                pairwise: (pairs > 0).then(|| won / pairs as f64),
+                pairs,
+                answer_nll: nll,
+            },
+        );
+    }
+    out
+}
+
+/// What a run reports (also written to `<out>/reward_ft.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub steps: u64,
+    pub train_records: usize,
+    pub heldout_records: usize,
+    pub trainable_params: i64,
+    pub first_loss: f64,
+    pub final_loss: f64,
+    pub seconds: f64,
+    /// Held-out metrics of the saved checkpoint, reloaded from disk.
+    pub heldout: BTreeMap<String, KindMetrics>,
+    pub config: RewardFtConfig,
+}
+
+/// The initial model: `init` (a checkpoint folder) or a scratch judge (`scratch` + `tokenizer`).
+/// Returns the model, its config.json value and the folder holding the tokenizer/side files.
+pub fn initial_model(
+    init: Option<&Path>,
+    scratch: Option<(&ScratchConfig, &Path)>,
+    device: Device,
+    seed: u64,
+) -> Result<(LlavaOnevision, serde_json::Value, PathBuf)> {
+    if let Some(dir) = init {
+        let tok_path = dir.join("tokenizer.json");
+        let tok = Tokenizer::from_file(&tok_path)
+            .map_err(|e| anyhow!("loading {}: {e}", tok_path.display()))?;
+        let keep = tok.get_vocab_size(true) as i64;
+        let model = LlavaOnevision::load(dir, device, Kind::Float, Some(keep))?;
+        let cfg_path = dir.join("config.json");
+        let cfg: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(&cfg_path)
+                .with_context(|| format!("reading {}", cfg_path.display()))?,
+        )
+        .with_context(|| format!("parsing {}", cfg_path.display()))?;
+        return Ok((model, cfg, dir.to_path_buf()));
+    }
+    let (sc, tok_path) = scratch.context("no --init checkpoint and no scratch config")?;
+    let tok = Tokenizer::from_file(tok_path)
+        .map_err(|e| anyhow!("loading {}: {e}", tok_path.display()))?;
+    let json = sc.config_json(tok.get_vocab_size(true) as i64);
+    let cfg = LlavaOvConfig::from_json_str(&json.to_string()).context("scratch judge config")?;
+    let tensors = init_weights(&cfg, seed as i64);
+    let model = model_from_tensors(cfg, tensors, device)?;
+    let side = tok_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    Ok((model, json, side))
+}
+
+/// The scratch tokenizer must sit in a folder as `tokenizer.json` (it is copied from there).
+fn check_side_dir(side: &Path) -> Result<()> {
+    ensure!(
+        side.join("tokenizer.json").exists(),
+        "{}: no tokenizer.json",
+        side.display()
+    );
+    Ok(())
+}
+
+/// Runs one fine-tune. `scratch` is used when `cfg.init` is None.
+pub fn run(
+    cfg: &RewardFtConfig,
+    scratch: Option<(&ScratchConfig, &Path)>,
+    device: Device,
+) -> Result<Report> {
+    let t0 = Instant::now();
+    ensure!(cfg.batch_size >= 1, "batch_size must be ≥ 1");
+    let (model, config_json, side) = initial_model(cfg.init.as_deref(), scratch, device, cfg.seed)?;
+    check_side_dir(&side)?;
+    let tok_path = side.join("tokenizer.json");
+    let tok = Tokenizer::from_file(&tok_path)
+        .map_err(|e| anyhow!("loading {}: {e}", tok_path.display()))?;
+    let yes_no = yes_no_ids(&tok)?;
+    let size = model.config().vision.image_size;
+    let train_recs = load_sources(&cfg.data, None, cfg.seed)?;
+    ensure!(!train_recs.is_empty(), "no training records");
+    let held_recs = load_sources(&cfg.heldout, None, cfg.seed)?;
+    let train = prepare(&train_recs, &tok, size, cfg.image_to_front)?;
+    let held = prepare(&held_recs, &tok, size, cfg.image_to_front)?;
+
+    let trainable = Trainable::new(&model, cfg.lora.as_ref())?;
+    let vision_mult = cfg.vision_lr_mult;
+    let mut opt = AdamW::with_groups(
+        &trainable.vs,
+        AdamWConfig {
+            lr: cfg.lr,
+            weight_decay: cfg.weight_decay,
+            ..AdamWConfig::default()
+        },
+        |name| {
+            let mut g = ParamGroup::default_for(name);
+            if name.contains("vision_tower") {
+                g.lr_mult = vision_mult;
+            }
+            g
+        },
+    )?;
+    let steps_per_epoch = train.len().div_ceil(cfg.batch_size) as u64;
+    let total = cfg
+        .max_steps
+        .unwrap_or(((cfg.epochs * steps_per_epoch as f64).ceil() as u64).max(1));
+    let sched = LrSchedule::Cosine {
+        warmup_steps: (cfg.warmup_ratio * total as f64).ceil() as u64,
+        total_steps: total,
+        min_lr_ratio: cfg.min_lr_ratio,
+    };
+    let mut log = Logger::new(
+        &cfg.run_dir,
+        total,
+        LoggerOptions {
+            print_every: cfg.log_every.max(1),
+            ..LoggerOptions::default()
+        },
+    )?;
+    log.info(format!(
+        "reward-ft: {} train / {} held-out records, {} steps of batch {}, {} trainable params{}",
+        train.len(),
+        held.len(),
+        total,
+        cfg.batch_size,
+        trainable.num_params(),
+        if cfg.lora.is_some() { " (LoRA)" } else { "" }
+    ));
+    let vars = opt.vars();
+    let mut rng = crate::glyphs::rng::seeded(cfg.seed, 0x7266_74);
+    let mut order: Vec<usize> = Vec::new();
+    let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
+    let eval_items: Vec<&Prepared> = if cfg.eval_subset > 0 {
+        held.iter().take(cfg.eval_subset).collect()
+    } else {
+        held.iter().collect()
+    };
+    for step in 0..total {
+        if order.len() < cfg.batch_size {
+            let mut e: Vec<usize> = (0..train.len()).collect();
+            crate::glyphs::rng::shuffle(&mut rng, &mut e);
+            // Remaining indices first, then a fresh epoch.
+            order.splice(0..0, e.into_iter().rev());
+        }
+        let idx: Vec<usize> = (0..cfg.batch_size.min(order.len()))
+            .filter_map(|_| order.pop())
+            .collect();
+        let batch: Vec<BatchItem> = idx
+            .iter()
+            .map(|&i| BatchItem {
+                tokens: &train[i].tokens,
+                image: &train[i].image,
+            })
+            .collect();
+        let out = forward_batch(&model, &batch)?;
+        opt.zero_grad();
+        out.loss.backward();
+        trainable.after_backward();
+        let gnorm = crate::train::grad::clip_grad_norm(&vars, cfg.max_grad_norm);
+        let loss = out.loss.double_value(&[]);
+        if !loss.is_finite() || !gnorm.is_finite() {
+            bail!("step {step}: non-finite loss {loss} / grad norm {gnorm}");
+        }
+        let lr = sched.lr(cfg.lr, step);
+        opt.set_lr(lr);
+        opt.step()?;
+        trainable.after_step();
+        if step == 0 {
+            first_loss = loss;
+        }
+        last_loss = loss;
+        let acc = batch_accuracy(&out.answer_logits, &idx, &train, yes_no);
+        log.step(
+            step + 1,
+            &[
+                ("train/loss", loss),
+                ("train/answer_acc", acc),
+                ("train/grad_norm", gnorm),
+                ("train/lr", lr),
+            ],
+        );
+        if cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0 && step + 1 < total && !eval_items.is_empty() {
+            let s = score_items(&model, &eval_items, yes_no, 64)?;
+            for (k, m) in metrics(&eval_items, &s) {
+                log.scalar(&format!("heldout/{k}/accuracy"), m.accuracy, step + 1);
+                if let Some(p) = m.pairwise {
+                    log.scalar(&format!("heldout/{k}/pairwise"), p, step + 1);
+                }
+                log.info(format!(
+                    "step {} held-out {k}: acc {:.4} pairwise {} (n={})",
+                    step + 1,
+                    m.accuracy,
+                    m.pairwise.map(|p| format!("{p:.4}")).unwrap_or("-".into()),
+                    m.n
+                ));
+            }
+        }
+    }
+    let save_kind = crate::util::parse_dtype(&cfg.save_dtype)?;
+    save_checkpoint(&model, config_json, &side, &cfg.out, save_kind)?;
+    drop(model);
+    // Metrics from the checkpoint as saved: proves it loads and scores as trained.
+    let reloaded = crate::models::llava_ov::LlavaJudge::load(&cfg.out, device, Kind::Float)
+        .with_context(|| format!("reloading {}", cfg.out.display()))?;
+    let all: Vec<&Prepared> = held.iter().collect();
+    let heldout = if all.is_empty() {
+        BTreeMap::new()
+    } else {
+        let s = score_items(reloaded.model(), &all, yes_no, 64)?;
+        metrics(&all, &s)
+    };
+    for (k, m) in &heldout {
+        log.scalar(&format!("heldout/{k}/accuracy"), m.accuracy, total);
+        if let Some(p) = m.pairwise {
+            log.scalar(&format!("heldout/{k}/pairwise"), p, total);
+        }
+        log.info(format!(
+            "final held-out {k}: n={} yes={:.3} accuracy={:.4} pairwise={} ({} pairs) nll={:.4}",
+            m.n,
+            m.yes_share,
+            m.accuracy,
+            m.pairwise.map(|p| format!("{p:.4}")).unwrap_or("-".into()),
+            m.pairs,
+            m.answer_nll
+        ));
+    }
+    let report = Report {
+        steps: total,
+        train_records: train.len(),
+        heldout_records: held.len(),
+        trainable_params: trainable.num_params(),
+        first_loss,
+        final_loss: last_loss,
+        seconds: t0.elapsed().as_secs_f64(),
+        heldout,
+        config: cfg.clone(),
+    };
+    crate::util::atomic_write(
+        &cfg.out.join("reward_ft.json"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    log.info(format!(
+        "saved {} ({:.0}s)",
+        cfg.out.display(),
+        report.seconds
+    ));
+    log.finish();
+    Ok(report)
+}
+
+/// Ids of "yes" and "no" (single tokens, as the judges read them).
+pub fn yes_no_ids(tok: &Tokenizer) -> Result<(i64, i64)> {
+    let id = |t: &str| {
+        tok.token_to_id(t)
+            .map(|i| i as i64)
+            .with_context(|| format!("tokenizer has no token '{t}'"))
+    };
+    Ok((id("yes")?, id("no")?))
+}
+
+fn batch_accuracy(logits: &Tensor, idx: &[usize], data: &[Prepared], yn: (i64, i64)) -> f64 {
+    let l = logits.detach().to_device(Device::Cpu).to_kind(Kind::Double);
+    let (mut ok, mut n) = (0, 0);
+    for (r, &i) in idx.iter().enumerate() {
+        if let Some(lab) = data[i].label {
+            let y = l.double_value(&[r as i64, yn.0]);
+            let no = l.double_value(&[r as i64, yn.1]);
+            ok += ((y > no) == lab) as usize;
+            n += 1;
+        }
+    }
+    if n == 0 {
+        f64::NAN
+    } else {
+        ok as f64 / n as f64
+    }
+}
