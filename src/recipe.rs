@@ -35,6 +35,9 @@ pub struct Recipe {
     /// One DPO round (see dpo::trainer::DpoConfig).
     #[serde(default)]
     pub dpo: Option<crate::dpo::trainer::DpoConfig>,
+    /// The verify-and-reinforce loop (`dpo --iter`).
+    #[serde(default)]
+    pub iterate: Option<crate::commands::iterate::IterateConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

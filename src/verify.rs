@@ -267,6 +267,53 @@ fn select(all: Tensor, chosen: Vec<usize>, n: usize, paths: Vec<PathRecord>, sta
     Selection { codes, chosen, all_codes: all, paths, stats }
 }
 
+/// A test-time verifier for generation: which judge picks one image out of `n` candidates.
+pub enum Verifier<'a> {
+    Orm { judge: &'a dyn OutcomeJudge, n: usize },
+    Parm { step: &'a dyn StepJudge, outcome: &'a dyn OutcomeJudge, n: usize, cfg: ParmConfig },
+}
+
+impl Verifier<'_> {
+    pub fn n(&self) -> usize {
+        match self {
+            Verifier::Orm { n, .. } | Verifier::Parm { n, .. } => *n,
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Verifier::Orm { n, .. } => format!("orm-best-of-{n}"),
+            Verifier::Parm { n, .. } => format!("parm-best-of-{n}"),
+        }
+    }
+
+    /// Selects one image per group of `n()` consecutive rows.
+    #[allow(clippy::too_many_arguments)]
+    pub fn select(&self, model: &Showo, layout: &Layout, vq: &dyn ImageTokenizer, text: &Tensor, prompt_of: &[usize], prompts: &[String], seeds: &[u64], cfg: &SamplerConfig) -> Result<Selection> {
+        match self {
+            Verifier::Orm { judge, n } => best_of_n_orm(model, layout, vq, *judge, text, prompt_of, prompts, seeds, *n, cfg),
+            Verifier::Parm { step, outcome, n, cfg: pc } => best_of_n_parm(model, layout, vq, *step, *outcome, text, prompt_of, prompts, seeds, *n, cfg, pc),
+        }
+    }
+}
+
+/// The glyph world's exact evaluator as an outcome judge (P(yes) ∈ {0, 1}), for the
+/// "best-of-N with a perfect judge" ceiling and for tests.
+pub struct OracleJudge;
+
+impl OutcomeJudge for OracleJudge {
+    fn p_yes(&self, prompts: &[String], images: &Tensor) -> Result<Vec<f64>> {
+        let codes = crate::models::glyph_vq::GlyphTokenizer::new().encode(images)?;
+        let codes = crate::models::glyph_vq::tensor_to_codes(&codes)?;
+        let opts = crate::eval::geneval::rules::RuleOptions::default();
+        prompts
+            .iter()
+            .zip(&codes)
+            .map(|(p, c)| Ok(if crate::glyphs::detect::is_correct(&crate::glyphs::prompts::parse_prompt(p)?, c, &opts) { 1.0 } else { 0.0 }))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

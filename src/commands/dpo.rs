@@ -49,6 +49,15 @@ pub struct DpoArgs {
     /// Skip (and count) invalid pairs lines instead of failing.
     #[arg(long)]
     pub skip_bad_rows: bool,
+    /// Run K rounds of sample → judge → pairs → DPO → eval instead of one round on --pairs.
+    #[arg(long, conflicts_with = "pairs")]
+    pub iter: Option<usize>,
+    /// Judge for pairs and guidance in the --iter loop: parm, orm, oracle, none.
+    #[arg(long, default_value = "parm")]
+    pub guide: String,
+    /// In the --iter loop, use the base model as the reference of every round.
+    #[arg(long)]
+    pub reference_base: bool,
 }
 
 /// Chooses `cfg.num_prompts` training prompts, weighted by tag, deterministically per round.
@@ -127,9 +136,14 @@ pub fn run_pairs(args: PairsArgs) -> Result<()> {
 }
 
 pub fn run(args: DpoArgs) -> Result<()> {
+    if let Some(k) = args.iter {
+        let run = if args.run == "dpo" { format!("iter-{}", args.guide) } else { args.run.clone() };
+        let it = crate::commands::iterate::IterArgs { recipe: args.recipe.clone(), iter: k, guide: args.guide.clone(), run, reference_base: args.reference_base };
+        return crate::commands::iterate::run(it, &crate::commands::iterate::load_llava_judges);
+    }
     let recipe = Recipe::load(args.recipe.as_deref())?;
     let cfg = recipe.dpo.clone().context("the recipe has no `dpo:` section")?;
-    let pairs = args.pairs.clone().context("give --pairs FILE (the --iter loop is not available yet)")?;
+    let pairs = args.pairs.clone().context("give --pairs FILE (one round) or --iter K (the full loop)")?;
     let init = args.init.clone().unwrap_or(recipe.paths.model.clone());
     let spec = RoundSpec {
         pairs: &pairs,

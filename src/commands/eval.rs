@@ -65,7 +65,8 @@ pub fn generate_layout(
     sampler: &SamplerConfig,
     batch_rows: usize,
     out: &Path,
-) -> Result<usize> {
+    verifier: Option<&crate::verify::Verifier>,
+) -> Result<(usize, crate::verify::VerifyStats)> {
     let todo: Vec<usize> = indices
         .iter()
         .copied()
@@ -73,20 +74,32 @@ pub fn generate_layout(
         .collect();
     let pb = crate::train::logging::progress_bar(todo.len() as u64, true);
     pb.set_message("generating");
-    let per_batch = (batch_rows / images_per_prompt).max(1);
+    // With a verifier, image k of prompt i is the pick among candidates k·n..k·n+n−1.
+    let n = verifier.map(|v| v.n()).unwrap_or(1);
+    let mut stats = crate::verify::VerifyStats::default();
+    let per_batch = (batch_rows / (images_per_prompt * n)).max(1);
     for chunk in todo.chunks(per_batch) {
         let prompts: Vec<String> = chunk.iter().map(|&i| metas[i].prompt.clone()).collect();
         let text = layout_ids.text_batch(tok, &prompts, model.device())?;
         let mut prompt_of = Vec::new();
         let mut seeds = Vec::new();
+        let mut row_prompts = Vec::new();
         for (j, &i) in chunk.iter().enumerate() {
-            for k in 0..images_per_prompt {
+            for k in 0..images_per_prompt * n {
                 prompt_of.push(j);
                 seeds.push(derive_seed(seed, i as u64, k as u64));
+                row_prompts.push(prompts[j].clone());
             }
         }
-        let res = generate::sample(model, layout_ids, &text, &prompt_of, &seeds, sampler, &mut NoHook)?;
-        let images = vq.decode(&res.codes.to_device(model.device()))?;
+        let codes = match verifier {
+            None => generate::sample(model, layout_ids, &text, &prompt_of, &seeds, sampler, &mut NoHook)?.codes,
+            Some(v) => {
+                let sel = v.select(model, layout_ids, vq, &text, &prompt_of, &row_prompts, &seeds, sampler)?;
+                stats.add(&sel.stats);
+                sel.codes
+            }
+        };
+        let images = vq.decode(&codes.to_device(model.device()))?;
         let pngs = crate::world::to_pngs(&images)?;
         for (j, &i) in chunk.iter().enumerate() {
             layout::write_metadata(out, i, &metas[i])?;
@@ -97,7 +110,7 @@ pub fn generate_layout(
         pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();
-    Ok(todo.len())
+    Ok((todo.len(), stats))
 }
 
 /// The glyph world's detector: a PNG → nearest-patch codes → one detection per glyph.
@@ -159,6 +172,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
 
 /// Generates (unless `score_only`) and scores the recipe's evaluation set; logs to TensorBoard.
 pub fn evaluate(recipe: &Recipe, ckpt: &Path, out: &Path, ipp: usize, score_only: bool) -> Result<Summary> {
+    evaluate_with(recipe, ckpt, out, ipp, score_only, None)
+}
+
+/// [`evaluate`] with an optional test-time verifier (best-of-N per image).
+pub fn evaluate_with(recipe: &Recipe, ckpt: &Path, out: &Path, ipp: usize, score_only: bool, verifier: Option<&crate::verify::Verifier>) -> Result<Summary> {
     let t0 = std::time::Instant::now();
     if !score_only {
         let device = recipe.device()?;
@@ -175,10 +193,13 @@ pub fn evaluate(recipe: &Recipe, ckpt: &Path, out: &Path, ipp: usize, score_only
             images_per_prompt: ipp,
             seed: recipe.eval.seed,
             sampler: &recipe.sampler,
-            verifier: None,
+            verifier: verifier.map(|v| v.name()),
         };
         crate::util::atomic_write(&out.join("settings.json"), serde_json::to_string_pretty(&settings)?.as_bytes())?;
-        generate_layout(&model, &ids, &tok, vq.as_ref(), &metas, &indices, ipp, recipe.eval.seed, &recipe.sampler, recipe.eval.batch_size, out)?;
+        let (_, stats) = generate_layout(&model, &ids, &tok, vq.as_ref(), &metas, &indices, ipp, recipe.eval.seed, &recipe.sampler, recipe.eval.batch_size, out, verifier)?;
+        if verifier.is_some() {
+            crate::util::atomic_write(&out.join("verify_stats.json"), serde_json::to_string_pretty(&stats)?.as_bytes())?;
+        }
     }
     let summary = if recipe.is_glyph() {
         score_glyph_folder(out, out)?

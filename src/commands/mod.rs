@@ -6,5 +6,6 @@ pub mod eval;
 pub mod geneval;
 pub mod inspect;
 pub mod inspect_vq;
+pub mod iterate;
 pub mod pretrain;
 pub mod sample;

@@ -1,9 +1,9 @@
 //! The CLI of the judge commands (`imgcot-train judge-data`, `reward-ft`, `inspect judge`): clap
 //! `Args` + `run_*` functions, re-exported by `commands::judges`. Also [`qwen2_logits`] for
 //! `inspect logits` on a Qwen2 checkpoint.
+use crate::judge::dataset::DataSource;
 use crate::judge::recipe::JudgesRecipe;
 use crate::judge::reward_ft::{self, RewardFtConfig};
-use crate::judge::dataset::DataSource;
 use crate::models::llava_ov::config::Qwen2Config;
 use crate::models::llava_ov::image_processing::preprocess_pad;
 use crate::models::llava_ov::prompt::{
@@ -211,7 +211,6 @@ pub struct InspectJudgeArgs {
     /// `orm`, `clarity` or `potential`.
     #[arg(long, default_value = "orm")]
     pub kind: String,
-    /// Also print the seed's top-k 20 / top-p 0.8 probabilities.
     #[arg(long, default_value = "cpu")]
     pub device: String,
     #[arg(long, default_value = "fp32")]

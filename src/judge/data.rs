@@ -181,13 +181,19 @@ pub fn path_records(
         0x7061_726d,
     );
     let labelled: Vec<usize> = (1..=t).filter(|&s| clarity_label(s, t).is_some()).collect();
-    let clear: Vec<usize> = (1..=t).filter(|&s| clarity_label(s, t) == Some(true)).collect();
+    let clear: Vec<usize> = (1..=t)
+        .filter(|&s| clarity_label(s, t) == Some(true))
+        .collect();
     let mut parm = Vec::new();
     for s in choose(&mut rng, &labelled, clarity_per_path) {
         let label = clarity_label(s, t).expect("labelled step");
         parm.push(Record {
             id: format!("{base}-clarity-s{s:02}"),
-            image: if s == t { format!("images/{base}-s{t:02}.png") } else { write_img(s)? },
+            image: if s == t {
+                format!("images/{base}-s{t:02}.png")
+            } else {
+                write_img(s)?
+            },
             conversations: vec![
                 turn("human", parm_clarity_question(prompt)),
                 turn("gpt", yes_no(label)),
@@ -401,8 +407,12 @@ mod tests {
 
     #[test]
     fn clarity_rule_matches_the_paper_at_18_steps() {
-        let yes: Vec<usize> = (1..=18).filter(|&s| clarity_label(s, 18) == Some(true)).collect();
-        let no: Vec<usize> = (1..=18).filter(|&s| clarity_label(s, 18) == Some(false)).collect();
+        let yes: Vec<usize> = (1..=18)
+            .filter(|&s| clarity_label(s, 18) == Some(true))
+            .collect();
+        let no: Vec<usize> = (1..=18)
+            .filter(|&s| clarity_label(s, 18) == Some(false))
+            .collect();
         assert_eq!(yes, (12..=18).collect::<Vec<_>>());
         assert_eq!(no, (1..=9).collect::<Vec<_>>());
         // T = 12: 1..6 no, 7 skipped (7/12 between 10/18 and 11/18), 8..12 yes.

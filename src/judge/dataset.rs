@@ -67,7 +67,10 @@ impl Record {
 
     /// Question kind: from `meta`, else `other`.
     pub fn kind(&self) -> &str {
-        self.meta.as_ref().map(|m| m.kind.as_str()).unwrap_or("other")
+        self.meta
+            .as_ref()
+            .map(|m| m.kind.as_str())
+            .unwrap_or("other")
     }
 
     /// Grouping key for pairwise ranking: the generation prompt (from `meta`, else the first question).
@@ -134,13 +137,18 @@ pub fn apply_sampling(mut recs: Vec<Record>, strategy: &str, seed: u64) -> Resul
     if strategy == "all" {
         return Ok(recs);
     }
-    let (how, amount) = strategy
-        .split_once(':')
-        .with_context(|| format!("sampling strategy '{strategy}': expected all, random:K% or first:N"))?;
+    let (how, amount) = strategy.split_once(':').with_context(|| {
+        format!("sampling strategy '{strategy}': expected all, random:K% or first:N")
+    })?;
     let n = recs.len();
     let keep = if let Some(p) = amount.strip_suffix('%') {
-        let k: f64 = p.parse().with_context(|| format!("bad percentage in '{strategy}'"))?;
-        ensure!((0.0..=100.0).contains(&k), "percentage out of range in '{strategy}'");
+        let k: f64 = p
+            .parse()
+            .with_context(|| format!("bad percentage in '{strategy}'"))?;
+        ensure!(
+            (0.0..=100.0).contains(&k),
+            "percentage out of range in '{strategy}'"
+        );
         ((k * n as f64) / 100.0).ceil() as usize
     } else {
         amount
@@ -210,10 +218,19 @@ mod tests {
     fn sampling_strategies() {
         let recs: Vec<Record> = (0..10).map(rec).collect();
         assert_eq!(apply_sampling(recs.clone(), "all", 0).unwrap().len(), 10);
-        assert_eq!(apply_sampling(recs.clone(), "random:70%", 0).unwrap().len(), 7);
-        assert_eq!(apply_sampling(recs.clone(), "random:25%", 0).unwrap().len(), 3);
+        assert_eq!(
+            apply_sampling(recs.clone(), "random:70%", 0).unwrap().len(),
+            7
+        );
+        assert_eq!(
+            apply_sampling(recs.clone(), "random:25%", 0).unwrap().len(),
+            3
+        );
         let f = apply_sampling(recs.clone(), "first:4", 0).unwrap();
-        assert_eq!(f.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["0", "1", "2", "3"]);
+        assert_eq!(
+            f.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["0", "1", "2", "3"]
+        );
         assert!(apply_sampling(recs, "bogus:1", 0).is_err());
     }
 

@@ -37,9 +37,12 @@ impl JudgesRecipe {
     /// Reads a recipe file, or the embedded glyph-world recipe for `None`.
     pub fn load(path: Option<&Path>) -> Result<Self> {
         match path {
-            None => Self::from_yaml(JUDGES_GLYPHS_YAML).context("embedded recipes/judges-glyphs.yaml"),
+            None => {
+                Self::from_yaml(JUDGES_GLYPHS_YAML).context("embedded recipes/judges-glyphs.yaml")
+            }
             Some(p) => {
-                let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?;
                 Self::from_yaml(&text).with_context(|| format!("parsing {}", p.display()))
             }
         }

@@ -252,6 +252,9 @@ pub struct Report {
     pub first_loss: f64,
     pub final_loss: f64,
     pub seconds: f64,
+    /// Largest |ΔP(yes)|, |ΔP(no)| on the held-out records between the trained model in memory
+    /// and the saved checkpoint reloaded with `LlavaJudge::load`.
+    pub reload_max_abs_diff: f64,
     /// Held-out metrics of the saved checkpoint, reloaded from disk.
     pub heldout: BTreeMap<String, KindMetrics>,
     pub config: RewardFtConfig,
@@ -311,6 +314,12 @@ pub fn run(
 ) -> Result<Report> {
     let t0 = Instant::now();
     ensure!(cfg.batch_size >= 1, "batch_size must be ≥ 1");
+    ensure!(
+        !cfg.run_dir.starts_with(&cfg.out),
+        "run_dir {} lies inside the checkpoint folder {}, which is replaced on save",
+        cfg.run_dir.display(),
+        cfg.out.display()
+    );
     let (model, config_json, side) = initial_model(cfg.init.as_deref(), scratch, device, cfg.seed)?;
     check_side_dir(&side)?;
     let tok_path = side.join("tokenizer.json");
@@ -420,7 +429,11 @@ pub fn run(
                 ("train/lr", lr),
             ],
         );
-        if cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0 && step + 1 < total && !eval_items.is_empty() {
+        if cfg.eval_every > 0
+            && (step + 1) % cfg.eval_every == 0
+            && step + 1 < total
+            && !eval_items.is_empty()
+        {
             let s = score_items(&model, &eval_items, yes_no, 64)?;
             for (k, m) in metrics(&eval_items, &s) {
                 log.scalar(&format!("heldout/{k}/accuracy"), m.accuracy, step + 1);
@@ -438,18 +451,20 @@ pub fn run(
         }
     }
     let save_kind = crate::util::parse_dtype(&cfg.save_dtype)?;
+    let all: Vec<&Prepared> = held.iter().collect();
+    let in_memory = score_items(&model, &all, yes_no, 64)?;
     save_checkpoint(&model, config_json, &side, &cfg.out, save_kind)?;
     drop(model);
     // Metrics from the checkpoint as saved: proves it loads and scores as trained.
     let reloaded = crate::models::llava_ov::LlavaJudge::load(&cfg.out, device, Kind::Float)
         .with_context(|| format!("reloading {}", cfg.out.display()))?;
-    let all: Vec<&Prepared> = held.iter().collect();
-    let heldout = if all.is_empty() {
-        BTreeMap::new()
-    } else {
-        let s = score_items(reloaded.model(), &all, yes_no, 64)?;
-        metrics(&all, &s)
-    };
+    let scores = score_items(reloaded.model(), &all, yes_no, 64)?;
+    let reload_max_abs_diff = in_memory
+        .iter()
+        .zip(&scores)
+        .map(|(a, b)| (a.0 - b.0).abs().max((a.1 - b.1).abs()))
+        .fold(0.0, f64::max);
+    let heldout = metrics(&all, &scores);
     for (k, m) in &heldout {
         log.scalar(&format!("heldout/{k}/accuracy"), m.accuracy, total);
         if let Some(p) = m.pairwise {
@@ -473,6 +488,7 @@ pub fn run(
         first_loss,
         final_loss: last_loss,
         seconds: t0.elapsed().as_secs_f64(),
+        reload_max_abs_diff,
         heldout,
         config: cfg.clone(),
     };
@@ -481,9 +497,10 @@ pub fn run(
         serde_json::to_string_pretty(&report)?.as_bytes(),
     )?;
     log.info(format!(
-        "saved {} ({:.0}s)",
+        "saved {} ({:.0}s; reload max |Δp| {:.2e})",
         cfg.out.display(),
-        report.seconds
+        report.seconds,
+        report.reload_max_abs_diff
     ));
     log.finish();
     Ok(report)

@@ -10,13 +10,19 @@ pub fn python() -> String {
 
 /// Runs `tests/<script>` with args; panics with its output when it fails (never skips).
 pub fn run_python(script: &str, args: &[&str]) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join(script);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(script);
     let out = Command::new(python())
         .arg(&path)
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {} {}: {e}", python(), path.display()));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "{} failed:\n{text}", path.display());
     text
 }

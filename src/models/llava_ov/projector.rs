@@ -22,8 +22,10 @@ impl Projector {
     /// (name, tensor) under `prefix` (shallow clones), for training.
     pub fn named_tensors(&self, prefix: &str) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
-        self.linear_0.named_tensors(&format!("{prefix}.0"), &mut out);
-        self.linear_2.named_tensors(&format!("{prefix}.2"), &mut out);
+        self.linear_0
+            .named_tensors(&format!("{prefix}.0"), &mut out);
+        self.linear_2
+            .named_tensors(&format!("{prefix}.2"), &mut out);
         out
     }
 

@@ -231,17 +231,27 @@ impl Qwen2ForCausalLM {
                 l.input_layernorm.weight.shallow_clone(),
             ));
             let a = &l.self_attn;
-            a.q_proj.named_tensors(&format!("{p}.self_attn.q_proj"), &mut out);
-            a.k_proj.named_tensors(&format!("{p}.self_attn.k_proj"), &mut out);
-            a.v_proj.named_tensors(&format!("{p}.self_attn.v_proj"), &mut out);
-            a.o_proj.named_tensors(&format!("{p}.self_attn.o_proj"), &mut out);
+            a.q_proj
+                .named_tensors(&format!("{p}.self_attn.q_proj"), &mut out);
+            a.k_proj
+                .named_tensors(&format!("{p}.self_attn.k_proj"), &mut out);
+            a.v_proj
+                .named_tensors(&format!("{p}.self_attn.v_proj"), &mut out);
+            a.o_proj
+                .named_tensors(&format!("{p}.self_attn.o_proj"), &mut out);
             out.push((
                 format!("{p}.post_attention_layernorm.weight"),
                 l.post_attention_layernorm.weight.shallow_clone(),
             ));
-            l.mlp.gate_proj.named_tensors(&format!("{p}.mlp.gate_proj"), &mut out);
-            l.mlp.up_proj.named_tensors(&format!("{p}.mlp.up_proj"), &mut out);
-            l.mlp.down_proj.named_tensors(&format!("{p}.mlp.down_proj"), &mut out);
+            l.mlp
+                .gate_proj
+                .named_tensors(&format!("{p}.mlp.gate_proj"), &mut out);
+            l.mlp
+                .up_proj
+                .named_tensors(&format!("{p}.mlp.up_proj"), &mut out);
+            l.mlp
+                .down_proj
+                .named_tensors(&format!("{p}.mlp.down_proj"), &mut out);
         }
         out.push(("model.norm.weight".into(), self.norm.weight.shallow_clone()));
         if self.lm_head.data_ptr() != self.embed_tokens.data_ptr() {

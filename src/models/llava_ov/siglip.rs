@@ -190,12 +190,22 @@ impl SiglipVisionTower {
         ];
         for (i, l) in self.layers.iter().enumerate() {
             let p = format!("{prefix}encoder.layers.{i}");
-            l.layer_norm1.named_tensors(&format!("{p}.layer_norm1"), &mut out);
-            l.self_attn.q_proj.named_tensors(&format!("{p}.self_attn.q_proj"), &mut out);
-            l.self_attn.k_proj.named_tensors(&format!("{p}.self_attn.k_proj"), &mut out);
-            l.self_attn.v_proj.named_tensors(&format!("{p}.self_attn.v_proj"), &mut out);
-            l.self_attn.out_proj.named_tensors(&format!("{p}.self_attn.out_proj"), &mut out);
-            l.layer_norm2.named_tensors(&format!("{p}.layer_norm2"), &mut out);
+            l.layer_norm1
+                .named_tensors(&format!("{p}.layer_norm1"), &mut out);
+            l.self_attn
+                .q_proj
+                .named_tensors(&format!("{p}.self_attn.q_proj"), &mut out);
+            l.self_attn
+                .k_proj
+                .named_tensors(&format!("{p}.self_attn.k_proj"), &mut out);
+            l.self_attn
+                .v_proj
+                .named_tensors(&format!("{p}.self_attn.v_proj"), &mut out);
+            l.self_attn
+                .out_proj
+                .named_tensors(&format!("{p}.self_attn.out_proj"), &mut out);
+            l.layer_norm2
+                .named_tensors(&format!("{p}.layer_norm2"), &mut out);
             l.fc1.named_tensors(&format!("{p}.mlp.fc1"), &mut out);
             l.fc2.named_tensors(&format!("{p}.mlp.fc2"), &mut out);
         }

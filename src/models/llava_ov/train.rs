@@ -82,13 +82,10 @@ pub fn chat_tokens(
     let mut ids = Vec::new();
     let mut labels = Vec::new();
     let mut push = |seg: Vec<i64>, supervised: bool, ids: &mut Vec<i64>| {
-        labels.extend(seg.iter().map(|&t| {
-            if supervised {
-                t
-            } else {
-                IGNORE_INDEX
-            }
-        }));
+        labels.extend(
+            seg.iter()
+                .map(|&t| if supervised { t } else { IGNORE_INDEX }),
+        );
         ids.extend(seg);
     };
     push(
@@ -182,7 +179,10 @@ pub fn forward_batch(model: &LlavaOnevision, batch: &[BatchItem]) -> Result<Batc
     ensure!(!batch.is_empty(), "empty batch");
     let dev = model.device();
     let px = Tensor::stack(
-        &batch.iter().map(|b| b.image.shallow_clone()).collect::<Vec<_>>(),
+        &batch
+            .iter()
+            .map(|b| b.image.shallow_clone())
+            .collect::<Vec<_>>(),
         0,
     );
     let visual = model.encode_pad(&normalize_pixels(&px).to_device(dev))?;
@@ -386,7 +386,10 @@ impl Trainable {
                         .then(|| module.to_string())
                 });
                 if let (Some(module), Some(l)) = (target, lora) {
-                    ensure!(!trainable, "'{name}' is both a LoRA target and in train_also");
+                    ensure!(
+                        !trainable,
+                        "'{name}' is both a LoRA target and in train_also"
+                    );
                     // W gets grads (chain rule to A, B) but is not optimised itself.
                     let _ = t.set_requires_grad(true);
                     let ad = LoraAdapter::new(&module, &t, l.r, l.alpha)?;
@@ -652,7 +655,9 @@ pub fn save_checkpoint(
     }
     let old = dir.with_file_name(format!(
         ".{}.old-{}",
-        dir.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        dir.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
         std::process::id()
     ));
     if dir.exists() {
@@ -687,7 +692,8 @@ mod tests {
         let ad = LoraAdapter::new("m", &w, 2, 4.0).unwrap();
         let _ = w.set_requires_grad(true);
         tch::no_grad(|| {
-            let _ = ad.b.copy_(&Tensor::randn([6, 2], (Kind::Double, Device::Cpu)));
+            let mut b = ad.b.shallow_clone();
+            b.copy_(&Tensor::randn([6, 2], (Kind::Double, Device::Cpu)));
         });
         ad.merge();
         let x = Tensor::randn([3, 5], (Kind::Double, Device::Cpu));

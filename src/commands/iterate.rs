@@ -1,0 +1,284 @@
+//! `imgcot-train dpo --iter K --guide parm|orm|oracle|none`: the paper's verify-and-reinforce loop.
+//!
+//! Round r samples with the round-r policy, builds pairs with the guide judge (or the recipe's
+//! labeller for `--guide none`), trains DPO (reference = the policy at the start of the round, or
+//! the base model with `reference_base`), checkpoints `ckpts/<run>/iter-r/`, evaluates, and appends
+//! a row to `runs/<run>/summary.json`. Every stage checks for its finished output first, so the
+//! same command resumes an interrupted run at the right round and step.
+use crate::commands::{dpo::make_pairs, eval::evaluate_with, pretrain};
+use crate::dpo::trainer::{train_round, RoundSpec};
+use crate::eval::geneval::summary::Summary;
+use crate::judge::{OutcomeJudge, StepJudge};
+use crate::preference::build::ImageScorer;
+use crate::recipe::Recipe;
+use crate::verify::{OracleJudge, ParmConfig, Verifier};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// One row of `runs/<run>/summary.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Row {
+    pub stage: String,
+    pub single_object: Option<f64>,
+    pub two_object: Option<f64>,
+    pub counting: Option<f64>,
+    pub colors: Option<f64>,
+    pub position: Option<f64>,
+    pub color_attr: Option<f64>,
+    pub overall: f64,
+    pub strict: Option<f64>,
+    pub glyphs_per_image: Option<f64>,
+    pub eval_dir: String,
+}
+
+impl Row {
+    pub fn from_summary(stage: &str, s: &Summary, dir: &Path) -> Self {
+        let t = |n: &str| s.tag(n).map(|x| x.accuracy());
+        Row {
+            stage: stage.into(),
+            single_object: t("single_object"),
+            two_object: t("two_object"),
+            counting: t("counting"),
+            colors: t("colors"),
+            position: t("position"),
+            color_attr: t("color_attr"),
+            overall: s.overall(),
+            strict: s.strict,
+            glyphs_per_image: s.glyphs_per_image,
+            eval_dir: dir.display().to_string(),
+        }
+    }
+}
+
+/// Prints rows like the paper's tables.
+pub fn table(rows: &[Row]) -> String {
+    let f = |x: Option<f64>| x.map(|v| format!("{v:.2}")).unwrap_or_else(|| "  - ".into());
+    let mut s = format!("{:<22} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>8} {:>7} {:>7}\n", "stage", "single", "two", "count", "colors", "pos", "attr", "overall", "strict", "glyphs");
+    for r in rows {
+        s += &format!(
+            "{:<22} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>8.3} {:>7} {:>7}\n",
+            r.stage,
+            f(r.single_object),
+            f(r.two_object),
+            f(r.counting),
+            f(r.colors),
+            f(r.position),
+            f(r.color_attr),
+            r.overall,
+            f(r.strict),
+            r.glyphs_per_image.map(|v| format!("{v:.1}")).unwrap_or_default()
+        );
+    }
+    s
+}
+
+#[derive(Debug, clap::Args)]
+pub struct IterArgs {
+    #[arg(long)]
+    pub recipe: Option<PathBuf>,
+    /// Rounds of sample → judge → pairs → DPO → eval.
+    #[arg(long)]
+    pub iter: usize,
+    /// Judge for pairs and the online guidance term: parm, orm, oracle (the glyph world's exact
+    /// evaluator), or none (pairs from `iterate.labeller`, no guidance term).
+    #[arg(long, default_value = "parm")]
+    pub guide: String,
+    #[arg(long, default_value = "iter")]
+    pub run: String,
+    /// Reference = the base model in every round (default: the policy at the start of the round).
+    #[arg(long)]
+    pub reference_base: bool,
+}
+
+/// Settings of the loop (recipe section `iterate:`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IterateConfig {
+    /// Images per prompt for the evaluation rows (8 in the targets).
+    #[serde(default = "d_ipp")]
+    pub eval_images_per_prompt: usize,
+    /// Candidates per image for the best-of-N rows.
+    #[serde(default = "d_n")]
+    pub verify_n: usize,
+    /// Images per prompt for the best-of-N rows (each the pick of `verify_n`).
+    #[serde(default = "d_vipp")]
+    pub verify_images_per_prompt: usize,
+    /// Labeller for `--guide none`.
+    #[serde(default = "d_lab")]
+    pub labeller: String,
+    #[serde(default)]
+    pub parm: ParmConfig,
+    /// ORM and PARM checkpoints (trained by `reward-ft` when missing).
+    pub orm: PathBuf,
+    pub parm_model: PathBuf,
+}
+
+fn d_ipp() -> usize {
+    8
+}
+fn d_n() -> usize {
+    8
+}
+fn d_vipp() -> usize {
+    2
+}
+fn d_lab() -> String {
+    "orm".into()
+}
+
+/// Judges the loop may need, loaded once.
+pub struct Judges {
+    pub orm: Option<Box<dyn OutcomeJudge>>,
+    pub parm: Option<Box<dyn ParmJudge>>,
+}
+
+/// A PARM model: both a step judge and an outcome judge.
+pub trait ParmJudge: StepJudge + OutcomeJudge {}
+impl<T: StepJudge + OutcomeJudge> ParmJudge for T {}
+
+/// An outcome judge used as a pair labeller / guidance scorer.
+pub struct JudgeScorer<'a> {
+    pub name: String,
+    pub judge: &'a dyn OutcomeJudge,
+}
+
+impl ImageScorer for JudgeScorer<'_> {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+    fn score(&mut self, metas: &[&crate::eval::geneval::Metadata], images: &tch::Tensor, _codes: &tch::Tensor) -> Result<Vec<f64>> {
+        let prompts: Vec<String> = metas.iter().map(|m| m.prompt.clone()).collect();
+        self.judge.p_yes(&prompts, images)
+    }
+}
+
+fn load_rows(path: &Path) -> Result<Vec<Row>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_str(&std::fs::read_to_string(path)?).with_context(|| format!("reading {}", path.display()))
+}
+
+fn is_model_dir(p: &Path) -> bool {
+    p.join("config.json").exists() && p.join("pytorch_model.safetensors").exists()
+}
+
+/// Loads (training first when missing) the judges `names` needs.
+pub type JudgeLoader<'a> = dyn Fn(&Recipe, &IterateConfig, bool, bool) -> Result<Judges> + 'a;
+
+pub fn run(args: IterArgs, load_judges: &JudgeLoader) -> Result<()> {
+    let recipe = Recipe::load(args.recipe.as_deref())?;
+    let it = recipe.iterate.clone().context("the recipe has no `iterate:` section")?;
+    let t0 = std::time::Instant::now();
+    let run_dir = recipe.paths.runs.join(&args.run);
+    std::fs::create_dir_all(&run_dir)?;
+    let summary_path = run_dir.join("summary.json");
+    let mut rows = load_rows(&summary_path)?;
+
+    // The base generator, trained first when missing.
+    let base = recipe.paths.model.clone();
+    if !is_model_dir(&base) {
+        let pt = recipe.pretrain.clone().with_context(|| format!("{} is missing and the recipe has no pretrain section", base.display()))?;
+        println!("[iter] base generator {} missing: pretraining", base.display());
+        pretrain::pretrain(&recipe, &pt, &base, &format!("pretrain-{}", recipe.name), true, None)?;
+    }
+    let guide = args.guide.as_str();
+    if !["parm", "orm", "oracle", "none"].contains(&guide) {
+        bail!("unknown --guide '{guide}' (parm, orm, oracle, none)");
+    }
+    let labeller = if guide == "none" { it.labeller.as_str() } else { guide };
+    let need_orm = true; // the ORM best-of-N row
+    let need_parm = true; // the PARM rows
+    let judges = load_judges(&recipe, &it, need_orm, need_parm || labeller == "parm")?;
+    let oracle = OracleJudge;
+    let outcome_for = |name: &str| -> Result<&dyn OutcomeJudge> {
+        Ok(match name {
+            "oracle" => &oracle,
+            "orm" => judges.orm.as_deref().context("no ORM judge")?,
+            "parm" => judges.parm.as_deref().map(|p| p as &dyn OutcomeJudge).context("no PARM judge")?,
+            other => bail!("unknown judge '{other}'"),
+        })
+    };
+
+    let stage = |rows: &mut Vec<Row>, name: &str, ckpt: &Path, ipp: usize, verifier: Option<&Verifier>| -> Result<()> {
+        if rows.iter().any(|r| r.stage == name) {
+            return Ok(());
+        }
+        let dir = run_dir.join(format!("eval-{name}"));
+        println!("[iter] eval {name} ({} s so far)", t0.elapsed().as_secs());
+        let s = evaluate_with(&recipe, ckpt, &dir, ipp, false, verifier)?;
+        rows.push(Row::from_summary(name, &s, &dir));
+        crate::util::atomic_write(&summary_path, serde_json::to_string_pretty(rows)?.as_bytes())?;
+        Ok(())
+    };
+
+    stage(&mut rows, "base", &base, it.eval_images_per_prompt, None)?;
+    if let Some(orm) = judges.orm.as_deref() {
+        let v = Verifier::Orm { judge: orm, n: it.verify_n };
+        stage(&mut rows, &format!("base+orm@{}", it.verify_n), &base, it.verify_images_per_prompt, Some(&v))?;
+    }
+    if let Some(parm) = judges.parm.as_deref() {
+        let v = Verifier::Parm { step: parm, outcome: parm, n: it.verify_n, cfg: it.parm };
+        stage(&mut rows, &format!("base+parm@{}", it.verify_n), &base, it.verify_images_per_prompt, Some(&v))?;
+    }
+
+    let dpo_cfg = recipe.dpo.clone().context("the recipe has no `dpo:` section")?;
+    let mut policy = base.clone();
+    for r in 1..=args.iter {
+        let round_dir = run_dir.join(format!("iter-{r}"));
+        let pairs_dir = round_dir.join("pairs");
+        if !pairs_dir.join("stats.json").exists() {
+            println!("[iter] round {r}: sampling and judging with {labeller} ({} s so far)", t0.elapsed().as_secs());
+            let mut scorer = JudgeScorer { name: labeller.to_string(), judge: outcome_for(labeller)? };
+            let st = make_pairs(&recipe, &policy, &mut scorer, &pairs_dir, r as u64, None, None)?;
+            println!("[iter] round {r}: {} pairs, yes-rate {:.3}", st.pairs, st.yes_rate);
+        }
+        let ckpt_dir = recipe.paths.ckpts.join(&args.run).join(format!("iter-{r}"));
+        let final_dir = ckpt_dir.join("final");
+        if !is_model_dir(&final_dir) {
+            println!("[iter] round {r}: DPO ({} s so far)", t0.elapsed().as_secs());
+            let reference = if args.reference_base { base.clone() } else { policy.clone() };
+            let spec = RoundSpec {
+                pairs: &pairs_dir.join("pairs.jsonl"),
+                init: &policy,
+                reference: Some(&reference),
+                ckpt_dir: ckpt_dir.clone(),
+                run_dir: round_dir.join("train"),
+                resume: true,
+                max_steps: None,
+                skip_bad_rows: false,
+            };
+            let mut guide_scorer = if guide == "none" { None } else { Some(JudgeScorer { name: guide.into(), judge: outcome_for(guide)? }) };
+            let res = train_round(&recipe, &dpo_cfg, &spec, guide_scorer.as_mut().map(|g| g as &mut dyn ImageScorer))?;
+            println!(
+                "[iter] round {r}: held-out implicit-reward accuracy {:?} → {:?}",
+                res.eval_accuracy_start, res.eval_accuracy_end
+            );
+        }
+        policy = final_dir;
+        stage(&mut rows, &format!("dpo-{r}"), &policy, it.eval_images_per_prompt, None)?;
+    }
+    if let Some(parm) = judges.parm.as_deref() {
+        let v = Verifier::Parm { step: parm, outcome: parm, n: it.verify_n, cfg: it.parm };
+        stage(&mut rows, &format!("final+parm@{}", it.verify_n), &policy, it.verify_images_per_prompt, Some(&v))?;
+    }
+    println!("\n{}", table(&rows));
+    println!("[iter] done in {} s; summary {}", t0.elapsed().as_secs(), summary_path.display());
+    Ok(())
+}
+
+/// Loads the LLaVA-OneVision ORM and PARM judges named by the recipe.
+pub fn load_llava_judges(recipe: &Recipe, it: &IterateConfig, orm: bool, parm: bool) -> Result<Judges> {
+    let device = recipe.device()?;
+    let load = |dir: &Path| -> Result<crate::models::llava_ov::judge::LlavaJudge> {
+        if !dir.join("config.json").exists() {
+            bail!("judge checkpoint {} is missing: train it with `imgcot-train judge-data` and `imgcot-train reward-ft`", dir.display());
+        }
+        crate::models::llava_ov::judge::LlavaJudge::load(dir, device, tch::Kind::Float)
+    };
+    Ok(Judges {
+        orm: if orm { Some(Box::new(load(&it.orm)?)) } else { None },
+        parm: if parm { Some(Box::new(load(&it.parm_model)?)) } else { None },
+    })
+}

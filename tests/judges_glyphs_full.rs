@@ -1,0 +1,63 @@
+//! The full glyph-world judge training (`judge-data`, then `reward-ft` for the ORM and the PARM) with
+//! the embedded `recipes/judges-glyphs.yaml`, and its acceptance bar: held-out ORM accuracy ≥ 0.85
+//! and PARM potential accuracy on clear steps ≥ 0.75. About 10 minutes on 2 CPU cores, so it is
+//! opt-in: `cargo test --release --test judges_glyphs_full -- --ignored --nocapture`.
+//! `IMGCOT_JUDGES_RECIPE` selects another recipe file; `IMGCOT_JUDGES_GENERATOR` another generator
+//! checkpoint (default: the generator recipe's, ckpts/glyphs/base).
+use imgcot::judge::cli::{run_judge_data, run_reward_ft, JudgeDataArgs, RewardFtArgs};
+use imgcot::judge::recipe::JudgesRecipe;
+use imgcot::judge::reward_ft::Report;
+use std::path::PathBuf;
+
+fn stage_args(recipe: &Option<PathBuf>, stage: &str) -> RewardFtArgs {
+    RewardFtArgs {
+        recipe: recipe.clone(),
+        stage: stage.into(),
+        data: vec![],
+        heldout: vec![],
+        init: None,
+        out: None,
+        run_dir: None,
+        max_steps: None,
+        epochs: None,
+        lr: None,
+        batch_size: None,
+        lora_r: None,
+        lora_alpha: None,
+        device: None,
+    }
+}
+
+#[test]
+#[ignore = "full glyph-world judge training (~10 min on 2 CPU cores); run with --ignored"]
+fn glyph_judges_reach_the_accuracy_bar() {
+    std::env::set_current_dir(env!("CARGO_MANIFEST_DIR")).unwrap();
+    let recipe = std::env::var("IMGCOT_JUDGES_RECIPE")
+        .ok()
+        .map(PathBuf::from);
+    let r = JudgesRecipe::load(recipe.as_deref()).unwrap();
+    run_judge_data(JudgeDataArgs {
+        recipe: recipe.clone(),
+        model: std::env::var("IMGCOT_JUDGES_GENERATOR")
+            .ok()
+            .map(PathBuf::from),
+        out: None,
+        num_prompts: None,
+        n: None,
+        seed: None,
+        device: None,
+    })
+    .unwrap();
+    run_reward_ft(stage_args(&recipe, "orm")).unwrap();
+    run_reward_ft(stage_args(&recipe, "parm")).unwrap();
+    let report = |p: &PathBuf| -> Report {
+        serde_json::from_str(&std::fs::read_to_string(p.join("reward_ft.json")).unwrap()).unwrap()
+    };
+    let orm = report(&r.orm.out);
+    let parm = report(&r.parm.out);
+    let orm_acc = orm.heldout["orm"].accuracy;
+    let pot_acc = parm.heldout["potential"].accuracy;
+    println!("ORM held-out accuracy {orm_acc:.4}; PARM potential accuracy {pot_acc:.4}");
+    assert!(orm_acc >= 0.85, "ORM held-out accuracy {orm_acc}");
+    assert!(pot_acc >= 0.75, "PARM potential accuracy {pot_acc}");
+}

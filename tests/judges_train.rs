@@ -1,0 +1,414 @@
+//! Judge training on tiny configs: `judge-data` records from synthetic glyph paths (labels from the
+//! exact evaluator, the scaled clarity rule, the two-turn potential prompt), `reward-ft` reducing
+//! the loss, the saved checkpoint reloading through `LlavaJudge::load` with identical scores, and
+//! LoRA (merged on save) matching the in-memory model.
+mod common;
+
+use imgcot::eval::geneval::rules::RuleOptions;
+use imgcot::glyphs::detect::is_correct;
+use imgcot::glyphs::world::Codes;
+use imgcot::judge::data::{clarity_label, write_split, JudgeDataConfig, PathSample};
+use imgcot::judge::dataset::{load_records, DataSource};
+use imgcot::judge::reward_ft::{self, RewardFtConfig};
+use imgcot::judge::OutcomeJudge;
+use imgcot::models::llava_ov::prompt::{orm_prompt, parm_potential_prompt, tokenizer_image_token};
+use imgcot::models::llava_ov::train::{chat_tokens, ScratchConfig};
+use imgcot::models::llava_ov::{LlavaJudge, ScoreMode};
+use rand::RngExt;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+fn tokenizer_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/glyphs/tokenizer.json")
+}
+
+fn tiny_scratch() -> ScratchConfig {
+    ScratchConfig {
+        vision_hidden_size: 32,
+        vision_intermediate_size: 64,
+        vision_layers: 1,
+        vision_heads: 2,
+        image_size: 128,
+        patch_size: 16,
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_hidden_layers: 1,
+        num_attention_heads: 2,
+        num_key_value_heads: 1,
+        rope_theta: 10_000.0,
+    }
+}
+
+/// Synthetic paths: half end in a correct scene, half in a scene of another prompt; step s shows
+/// each final cell with probability s/T (else a random code), like a sharpening prediction.
+fn synthetic_paths(num_prompts: usize, n: usize, steps: usize, seed: u64) -> Vec<PathSample> {
+    let metas = imgcot::glyphs::prompts::load_train_set().unwrap();
+    let mut rng = imgcot::glyphs::rng::seeded(seed, 1);
+    let mut out = Vec::new();
+    for pi in 0..num_prompts {
+        let meta = metas[pi * 7 % metas.len()].clone();
+        for k in 0..n {
+            let fin: Codes = if k % 2 == 0 {
+                imgcot::glyphs::scene::sample_scene(&meta, &mut rng).unwrap()
+            } else {
+                let other = &metas[(pi * 7 + 3 + k) % metas.len()];
+                imgcot::glyphs::scene::sample_scene(other, &mut rng).unwrap()
+            };
+            let steps_codes = (1..=steps)
+                .map(|s| {
+                    let mut c = fin;
+                    for v in c.iter_mut() {
+                        if rng.random_range(0.0..1.0) > s as f64 / steps as f64 {
+                            *v = rng.random_range(0..37u8);
+                        }
+                    }
+                    c
+                })
+                .collect();
+            out.push(PathSample {
+                meta: meta.clone(),
+                prompt_index: pi,
+                candidate: k,
+                steps: steps_codes,
+            });
+        }
+    }
+    out
+}
+
+fn data_cfg(out: &Path) -> JudgeDataConfig {
+    JudgeDataConfig {
+        generator_recipe: None,
+        model: None,
+        prompts: "data/glyphs/train_prompts.jsonl".into(),
+        num_prompts: 0,
+        n: 4,
+        seed: 5,
+        heldout_fraction: 0.25,
+        clarity_per_path: 3,
+        potential_per_path: 2,
+        sampler: None,
+        batch_size: 8,
+        out: out.to_path_buf(),
+    }
+}
+
+fn build_tiny_data(dir: &Path, steps: usize) -> (Vec<PathSample>, Vec<PathSample>) {
+    let train = synthetic_paths(6, 4, steps, 1);
+    let held: Vec<PathSample> = synthetic_paths(8, 4, steps, 2)
+        .into_iter()
+        .skip(24)
+        .collect();
+    let cfg = data_cfg(dir);
+    write_split(dir, "train", &train, &cfg).unwrap();
+    write_split(dir, "heldout", &held, &cfg).unwrap();
+    (train, held)
+}
+
+#[test]
+fn judge_data_records_follow_the_paper() {
+    let dir = common::temp_dir("judges-data");
+    let steps = 12;
+    let (train, _) = build_tiny_data(&dir, steps);
+    let orm = load_records(&dir.join("orm_train.jsonl"), None).unwrap();
+    let parm = load_records(&dir.join("parm_train.jsonl"), None).unwrap();
+    assert_eq!(orm.len(), train.len());
+    let opts = RuleOptions::default();
+    let mut labels = [0usize; 2];
+    for (r, p) in orm.iter().zip(&train) {
+        let want = is_correct(&p.meta, p.steps.last().unwrap(), &opts);
+        assert_eq!(r.answer(), Some(want), "{}", r.id);
+        labels[want as usize] += 1;
+        assert!(Path::new(&r.image).exists(), "{}", r.image);
+        // The PNG decodes back to the final codes.
+        let (_, _, rgb) = imgcot::glyphs::png::read_rgb(Path::new(&r.image)).unwrap();
+        assert_eq!(
+            imgcot::glyphs::encode(&rgb).unwrap(),
+            *p.steps.last().unwrap()
+        );
+        assert_eq!(
+            r.conversations[0].value,
+            imgcot::models::llava_ov::prompt::orm_question(&p.meta.prompt)
+        );
+    }
+    assert!(
+        labels[0] > 0 && labels[1] > 0,
+        "both labels present: {labels:?}"
+    );
+    let (mut clar, mut pot) = (0, 0);
+    for r in &parm {
+        let m = r.meta.as_ref().unwrap();
+        match m.kind.as_str() {
+            "clarity" => {
+                clar += 1;
+                assert_eq!(r.conversations.len(), 2);
+                assert_eq!(r.answer(), clarity_label(m.step, steps));
+                assert_ne!(
+                    m.step, 7,
+                    "step 7 of 12 lies between 10/18 and 11/18: skipped"
+                );
+            }
+            "potential" => {
+                pot += 1;
+                assert_eq!(r.conversations.len(), 4);
+                assert_eq!(r.conversations[1].value, "yes");
+                assert_eq!(clarity_label(m.step, steps), Some(true));
+                assert_eq!(r.answer(), Some(m.final_label));
+            }
+            k => panic!("unexpected kind {k}"),
+        }
+        assert!(Path::new(&r.image).exists());
+    }
+    assert_eq!(clar, 3 * train.len());
+    assert_eq!(pot, 2 * train.len());
+    // Held-out prompts are disjoint from the training prompts.
+    let held = load_records(&dir.join("orm_heldout.jsonl"), None).unwrap();
+    let tp: std::collections::HashSet<_> = orm
+        .iter()
+        .map(|r| r.meta.as_ref().unwrap().prompt_index)
+        .collect();
+    assert!(held
+        .iter()
+        .all(|r| !tp.contains(&r.meta.as_ref().unwrap().prompt_index)));
+}
+
+#[test]
+fn training_ids_match_the_inference_prompts() {
+    let tok = tokenizers::Tokenizer::from_file(tokenizer_path()).unwrap();
+    let p = "a photo of a red circle";
+    let orm = chat_tokens(
+        &tok,
+        &[
+            (false, imgcot::models::llava_ov::prompt::orm_question(p)),
+            (true, "yes".into()),
+        ],
+        true,
+    )
+    .unwrap();
+    assert_eq!(
+        orm.prompt_ids(),
+        tokenizer_image_token(&tok, &orm_prompt(p)).unwrap()
+    );
+    assert_eq!(
+        orm.ids[orm.answer_pos],
+        tok.token_to_id("yes").unwrap() as i64
+    );
+    assert_eq!(orm.labels[orm.answer_pos], orm.ids[orm.answer_pos]);
+    assert!(
+        orm.labels[..orm.answer_pos - 4].iter().all(|&l| l == -100),
+        "system/user masked"
+    );
+    let pot = chat_tokens(
+        &tok,
+        &[
+            (
+                false,
+                imgcot::models::llava_ov::prompt::parm_clarity_question(p),
+            ),
+            (true, "yes".into()),
+            (
+                false,
+                imgcot::models::llava_ov::prompt::PARM_POTENTIAL_QUESTION.into(),
+            ),
+            (true, "no".into()),
+        ],
+        true,
+    )
+    .unwrap();
+    assert_eq!(
+        pot.prompt_ids(),
+        tokenizer_image_token(&tok, &parm_potential_prompt(p)).unwrap()
+    );
+    // Both assistant answers are supervised.
+    let yes = tok.token_to_id("yes").unwrap() as i64;
+    assert!(pot.labels.contains(&yes));
+    assert_eq!(
+        pot.labels[pot.answer_pos],
+        tok.token_to_id("no").unwrap() as i64
+    );
+}
+
+fn ft_cfg(dir: &Path, out: &str, steps: u64) -> RewardFtConfig {
+    RewardFtConfig {
+        data: vec![
+            DataSource {
+                path: dir.join("orm_train.jsonl"),
+                sampling: "all".into(),
+            },
+            DataSource {
+                path: dir.join("parm_train.jsonl"),
+                sampling: "random:50%".into(),
+            },
+        ],
+        heldout: vec![
+            DataSource {
+                path: dir.join("orm_heldout.jsonl"),
+                sampling: "all".into(),
+            },
+            DataSource {
+                path: dir.join("parm_heldout.jsonl"),
+                sampling: "all".into(),
+            },
+        ],
+        init: None,
+        out: dir.join(out),
+        run_dir: dir.join(format!("run-{out}")),
+        lr: 3e-3,
+        vision_lr_mult: 0.5,
+        weight_decay: 0.0,
+        warmup_ratio: 0.0,
+        min_lr_ratio: 1.0,
+        epochs: 1.0,
+        max_steps: Some(steps),
+        batch_size: 8,
+        max_grad_norm: 1.0,
+        seed: 0,
+        lora: None,
+        log_every: 5,
+        eval_every: 0,
+        eval_subset: 0,
+        image_to_front: true,
+        save_dtype: "fp32".into(),
+    }
+}
+
+/// P(yes) of the held-out ORM records through `LlavaJudge` (the API the DPO loop uses).
+fn judge_scores(dir: &Path, ckpt: &Path) -> Vec<f64> {
+    let mut judge = LlavaJudge::load(ckpt, Device::Cpu, Kind::Float).unwrap();
+    judge.mode = ScoreMode::Exact;
+    let recs = load_records(&dir.join("orm_heldout.jsonl"), None).unwrap();
+    let prompts: Vec<String> = recs
+        .iter()
+        .map(|r| r.meta.as_ref().unwrap().prompt.clone())
+        .collect();
+    let imgs: Vec<Tensor> = recs
+        .iter()
+        .map(|r| {
+            let (_, _, rgb) = imgcot::glyphs::png::read_rgb(Path::new(&r.image)).unwrap();
+            Tensor::from_slice(&rgb)
+                .view([128, 128, 3])
+                .permute([2, 0, 1])
+                .to_kind(Kind::Float)
+                / 127.5
+                - 1.0
+        })
+        .collect();
+    judge.p_yes(&prompts, &Tensor::stack(&imgs, 0)).unwrap()
+}
+
+#[test]
+fn reward_ft_reduces_loss_and_the_checkpoint_reloads_identically() {
+    let dir = common::temp_dir("judges-ft");
+    build_tiny_data(&dir, 12);
+    let sc = tiny_scratch();
+    let tok = tokenizer_path();
+    let mut cfg = ft_cfg(&dir, "full", 30);
+    let rep = reward_ft::run(&cfg, Some((&sc, &tok)), Device::Cpu).unwrap();
+    assert!(
+        rep.final_loss < 0.7 * rep.first_loss,
+        "loss {} → {}",
+        rep.first_loss,
+        rep.final_loss
+    );
+    assert!(rep.heldout.contains_key("orm") && rep.heldout.contains_key("potential"));
+    assert!(dir.join("run-full/tb").is_dir() && dir.join("run-full/log.txt").is_file());
+    assert!(
+        rep.reload_max_abs_diff < 1e-6,
+        "{}",
+        rep.reload_max_abs_diff
+    );
+    // Saved in the LLaVA-NeXT layout: loadable by LlavaJudge, and deterministic across loads.
+    let a = judge_scores(&dir, &dir.join("full"));
+    let b = judge_scores(&dir, &dir.join("full"));
+    assert_eq!(a, b);
+    // LlavaJudge's inference path (its own prompt text and preprocessing) gives the scores of the
+    // training-side scorer.
+    let recs = load_records(&dir.join("orm_heldout.jsonl"), None).unwrap();
+    let judge = LlavaJudge::load(&dir.join("full"), Device::Cpu, Kind::Float).unwrap();
+    let tk = tokenizers::Tokenizer::from_file(tok.as_path()).unwrap();
+    let prep = reward_ft::prepare(&recs, &tk, 128, true).unwrap();
+    let refs: Vec<_> = prep.iter().collect();
+    let s = reward_ft::score_items(judge.model(), &refs, judge.yes_no_ids(), 16).unwrap();
+    for (x, y) in a.iter().zip(&s) {
+        assert!(
+            (x - y.0).abs() < 1e-5,
+            "LlavaJudge {x} vs training scorer {}",
+            y.0
+        );
+    }
+    // --init continues from the checkpoint: a 0-LR run saves identical weights.
+    cfg.init = Some(dir.join("full"));
+    cfg.out = dir.join("again");
+    cfg.run_dir = dir.join("run-again");
+    cfg.lr = 0.0;
+    cfg.max_steps = Some(1);
+    reward_ft::run(&cfg, None, Device::Cpu).unwrap();
+    assert_eq!(judge_scores(&dir, &dir.join("again")), a);
+}
+
+#[test]
+fn lora_fine_tune_saves_merged_weights_that_score_like_the_trained_model() {
+    let dir = common::temp_dir("judges-lora");
+    build_tiny_data(&dir, 12);
+    let sc = tiny_scratch();
+    let tok = tokenizer_path();
+    let mut base = ft_cfg(&dir, "base", 4);
+    base.heldout.clear();
+    reward_ft::run(&base, Some((&sc, &tok)), Device::Cpu).unwrap();
+    let before = judge_scores(&dir, &dir.join("base"));
+    let mut cfg = ft_cfg(&dir, "lora", 20);
+    cfg.init = Some(dir.join("base"));
+    cfg.lora = Some(
+        serde_json::from_str(r#"{"r": 4, "alpha": 8, "train_also": ["mm_projector"]}"#).unwrap(),
+    );
+    let rep = reward_ft::run(&cfg, None, Device::Cpu).unwrap();
+    assert!(
+        rep.final_loss < rep.first_loss,
+        "loss {} → {}",
+        rep.first_loss,
+        rep.final_loss
+    );
+    // Adapters + projector only: far fewer trainable parameters than the model.
+    let n_model: i64 = LlavaJudge::load(&dir.join("base"), Device::Cpu, Kind::Float)
+        .unwrap()
+        .model()
+        .named_tensors()
+        .iter()
+        .map(|(_, t)| t.numel() as i64)
+        .sum();
+    assert!(
+        rep.trainable_params < n_model / 2,
+        "{} of {n_model}",
+        rep.trainable_params
+    );
+    let after = judge_scores(&dir, &dir.join("lora"));
+    assert_ne!(before, after, "merged LoRA changed the weights");
+    // The saved (merged) checkpoint scores exactly like the model that trained with the adapters.
+    assert!(
+        rep.reload_max_abs_diff < 1e-6,
+        "{}",
+        rep.reload_max_abs_diff
+    );
+    // Frozen weights outside the targets are untouched: the vision tower equals the base's.
+    let w = |d: &str| {
+        let t =
+            imgcot::train::ckpt::read_safetensors(&dir.join(d).join("model.safetensors")).unwrap();
+        t.into_iter()
+            .find(|(n, _)| n.ends_with("encoder.layers.0.mlp.fc1.weight"))
+            .unwrap()
+            .1
+    };
+    assert!(w("base").equal(&w("lora")));
+    let q = |d: &str| {
+        let t =
+            imgcot::train::ckpt::read_safetensors(&dir.join(d).join("model.safetensors")).unwrap();
+        t.into_iter()
+            .find(|(n, _)| n == "model.layers.0.self_attn.q_proj.weight")
+            .unwrap()
+            .1
+    };
+    assert!(
+        !q("base").equal(&q("lora")),
+        "q_proj got the merged LoRA delta"
+    );
+}
