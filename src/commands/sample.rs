@@ -52,6 +52,12 @@ pub struct SampleArgs {
     /// Rows decoded together.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
+    /// Test-time verification: keep the best of the --n candidates per prompt (orm, parm, oracle).
+    #[arg(long)]
+    pub verify: Option<String>,
+    /// Judge checkpoint for --verify (default: the recipe's iterate.orm / iterate.parm_model).
+    #[arg(long)]
+    pub judge: Option<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -131,6 +137,9 @@ pub fn run(args: SampleArgs) -> Result<()> {
     let layout = Layout::new(&model.cfg, &tok);
     let vq = crate::world::image_tokenizer(&vq_s, device)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    if let Some(v) = &args.verify {
+        return run_verified(&args, v, &recipe, &model, &layout, &tok, vq.as_ref(), &prompts, &sampler, device);
+    }
 
     let rows: Vec<(usize, usize)> = (0..prompts.len()).flat_map(|i| (0..args.n).map(move |k| (i, k))).collect();
     let names: Vec<String> = rows.iter().map(|(i, k)| format!("{i:05}-{k:03}")).collect();
@@ -180,4 +189,69 @@ pub fn count_pngs(dir: &Path) -> usize {
     std::fs::read_dir(dir)
         .map(|d| d.filter_map(|e| e.ok()).filter(|e| e.path().extension().is_some_and(|x| x == "png")).count())
         .unwrap_or(0)
+}
+
+/// `sample --verify`: one image per prompt, the best of `--n` candidates, plus the judgments of
+/// every candidate (`<name>.trajectory.json`) and the cost counters.
+#[allow(clippy::too_many_arguments)]
+fn run_verified(
+    args: &SampleArgs,
+    which: &str,
+    recipe: &Recipe,
+    model: &Showo,
+    layout: &Layout,
+    tok: &TextTokenizer,
+    vq: &dyn ImageTokenizer,
+    prompts: &[String],
+    sampler: &SamplerConfig,
+    device: tch::Device,
+) -> Result<()> {
+    use crate::models::llava_ov::judge::LlavaJudge;
+    use crate::verify::{OracleJudge, Verifier};
+    let it = recipe.iterate.clone();
+    let judge_dir = |default: Option<PathBuf>| -> Result<PathBuf> {
+        args.judge.clone().or(default).context("give --judge DIR (the recipe names no judge)")
+    };
+    let oracle = OracleJudge;
+    let llava;
+    let verifier = match which {
+        "oracle" => Verifier::Orm { judge: &oracle, n: args.n },
+        "orm" => {
+            llava = LlavaJudge::load(&judge_dir(it.as_ref().map(|i| i.orm.clone()))?, device, tch::Kind::Float)?;
+            Verifier::Orm { judge: &llava, n: args.n }
+        }
+        "parm" => {
+            llava = LlavaJudge::load(&judge_dir(it.as_ref().map(|i| i.parm_model.clone()))?, device, tch::Kind::Float)?;
+            Verifier::Parm { step: &llava, outcome: &llava, n: args.n, cfg: it.map(|i| i.parm).unwrap_or_default() }
+        }
+        _ => bail!("unknown --verify '{which}' (orm, parm, oracle)"),
+    };
+    let mut total = crate::verify::VerifyStats::default();
+    for (i, p) in prompts.iter().enumerate() {
+        let text = layout.text_batch(tok, std::slice::from_ref(p), device)?;
+        let seeds: Vec<u64> = (0..args.n).map(|k| derive_seed(args.seed, i as u64, k as u64)).collect();
+        let row_prompts = vec![p.clone(); args.n];
+        let sel = verifier.select(model, layout, vq, &text, &vec![0; args.n], &row_prompts, &seeds, sampler)?;
+        let images = vq.decode(&sel.codes.to_device(device))?;
+        let name = format!("{i:05}");
+        crate::util::atomic_write(&args.out.join(format!("{name}.png")), &crate::world::to_pngs(&images)?[0])?;
+        let trace = serde_json::json!({
+            "prompt": p, "verifier": verifier.name(), "chosen": sel.chosen[0], "seeds": seeds,
+            "paths": sel.paths, "stats": sel.stats, "sampler": sampler,
+        });
+        crate::util::atomic_write(&args.out.join(format!("{name}.trajectory.json")), serde_json::to_string_pretty(&trace)?.as_bytes())?;
+        total.add(&sel.stats);
+    }
+    println!(
+        "{}: {} prompts; sampler steps {} of {} ({:.0}% saved by pruning); judge calls: clarity {}, potential {}, outcome {}",
+        verifier.name(),
+        prompts.len(),
+        total.row_steps,
+        total.row_steps_full,
+        100.0 * (1.0 - total.row_steps as f64 / total.row_steps_full.max(1) as f64),
+        total.clarity_calls,
+        total.potential_calls,
+        total.outcome_calls
+    );
+    Ok(())
 }
