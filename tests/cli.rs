@@ -89,9 +89,9 @@ fn pretrain_sample_eval_pairs_dpo() {
     assert!(text.contains("Overall score"), "{text}");
     assert!(ev.join("00000/metadata.jsonl").exists() && ev.join("00000/samples/0001.png").exists());
     let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ev.join("summary.json")).unwrap()).unwrap();
-    assert_eq!(s["images"], 24);
+    assert_eq!(s["images"], 26, "13 prompts × 2 images");
     assert!(s["strict"].is_number() && s["glyphs_per_image"].is_number());
-    assert_eq!(std::fs::read_to_string(ev.join("results.jsonl")).unwrap().lines().count(), 24);
+    assert_eq!(std::fs::read_to_string(ev.join("results.jsonl")).unwrap().lines().count(), 26);
     // Score-only re-reads the same folder and gives the same summary.
     ok(&["eval", "--recipe", &r, "--out", ev.to_str().unwrap(), "--score-only"]);
     let s2: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ev.join("summary.json")).unwrap()).unwrap();
@@ -113,8 +113,13 @@ fn pretrain_sample_eval_pairs_dpo() {
     std::fs::write(stale.join("pytorch_model.safetensors"), b"partial").unwrap();
     let text = ok(&["dpo", "--recipe", &r, "--pairs", pf, "--run", "split", "--resume"]);
     assert!(text.contains("resumed from"), "{text}");
-    let a = tch::Tensor::read_safetensors(dir.join("ckpts/whole/final/pytorch_model.safetensors")).unwrap();
-    let b = tch::Tensor::read_safetensors(dir.join("ckpts/split/final/pytorch_model.safetensors")).unwrap();
+    let sorted = |p: PathBuf| {
+        let mut t = tch::Tensor::read_safetensors(p).unwrap();
+        t.sort_by(|x, y| x.0.cmp(&y.0));
+        t
+    };
+    let a = sorted(dir.join("ckpts/whole/final/pytorch_model.safetensors"));
+    let b = sorted(dir.join("ckpts/split/final/pytorch_model.safetensors"));
     assert_eq!(a.len(), b.len());
     let mut changed = 0.0f64;
     let base = tch::Tensor::read_safetensors(dir.join("ckpts/tiny/base/pytorch_model.safetensors")).unwrap();

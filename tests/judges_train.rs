@@ -89,6 +89,8 @@ fn data_cfg(out: &Path) -> JudgeDataConfig {
         potential_per_path: 2,
         sampler: None,
         batch_size: 8,
+        repair_random: 0,
+        repair_positive_tries: 0,
         out: out.to_path_buf(),
     }
 }
@@ -161,6 +163,31 @@ fn judge_data_records_follow_the_paper() {
     }
     assert_eq!(clar, 3 * train.len());
     assert_eq!(pot, 2 * train.len());
+    // Re-paired ORM records: the final image with other prompts, labelled by the evaluator.
+    let pool: Vec<_> = imgcot::glyphs::prompts::load_train_set()
+        .unwrap()
+        .into_iter()
+        .take(60)
+        .enumerate()
+        .collect();
+    let rep = imgcot::judge::data::repaired_records(&train, &pool, 2, 60, 9);
+    assert!(rep.len() >= 2 * train.len() - 2);
+    let mut yes = 0;
+    for r in &rep {
+        let m = r.meta.as_ref().unwrap();
+        let p = &train[orm
+            .iter()
+            .position(|o| dir.join(&r.image) == Path::new(&o.image))
+            .unwrap()];
+        assert_ne!(m.prompt, p.meta.prompt);
+        let meta = &pool[m.prompt_index].1;
+        assert_eq!(
+            r.answer(),
+            Some(is_correct(meta, p.steps.last().unwrap(), &opts))
+        );
+        yes += (r.answer() == Some(true)) as usize;
+    }
+    assert!(yes > 0, "the positive search found satisfied prompts");
     // Held-out prompts are disjoint from the training prompts.
     let held = load_records(&dir.join("orm_heldout.jsonl"), None).unwrap();
     let tp: std::collections::HashSet<_> = orm
@@ -410,5 +437,87 @@ fn lora_fine_tune_saves_merged_weights_that_score_like_the_trained_model() {
     assert!(
         !q("base").equal(&q("lora")),
         "q_proj got the merged LoRA delta"
+    );
+}
+
+#[test]
+fn inspect_judge_scores_prompt_and_input_ids_alike() {
+    use imgcot::judge::cli::{inspect_judge, InspectJudgeArgs};
+    let dir = common::temp_dir("judges-inspect");
+    build_tiny_data(&dir, 12);
+    let sc = tiny_scratch();
+    let tok = tokenizer_path();
+    let mut cfg = ft_cfg(&dir, "j", 3);
+    cfg.heldout.clear();
+    reward_ft::run(&cfg, Some((&sc, &tok)), Device::Cpu).unwrap();
+    let rec = &load_records(&dir.join("orm_heldout.jsonl"), None).unwrap()[0];
+    let prompt = rec.meta.as_ref().unwrap().prompt.clone();
+    let mut args = InspectJudgeArgs {
+        model: dir.join("j"),
+        image: PathBuf::from(&rec.image),
+        prompt: Some(prompt.clone()),
+        input_ids: None,
+        kind: "orm".into(),
+        device: "cpu".into(),
+        dtype: "fp32".into(),
+    };
+    let [exact, seed] = inspect_judge(&args).unwrap();
+    assert!(exact.0 > 0.0 && exact.0 + exact.1 <= 1.0 + 1e-9);
+    assert!(seed.0 + seed.1 <= 1.0 + 1e-6);
+    // Same question as token ids with −200 at the image.
+    let tk = tokenizers::Tokenizer::from_file(&tok).unwrap();
+    let ids = tokenizer_image_token(&tk, &orm_prompt(&prompt)).unwrap();
+    assert!(ids.contains(&-200));
+    let f = dir.join("ids.safetensors");
+    imgcot::train::ckpt::write_safetensors(
+        &f,
+        &[("input_ids".into(), Tensor::from_slice(&ids).unsqueeze(0))],
+    )
+    .unwrap();
+    args.prompt = None;
+    args.input_ids = Some(f);
+    assert_eq!(inspect_judge(&args).unwrap(), [exact, seed]);
+    // The judge's own outcome score agrees (LlavaJudge, exact mode).
+    let a = judge_scores(&dir, &dir.join("j"));
+    assert!((a[0] - exact.0).abs() < 1e-5, "{} vs {}", a[0], exact.0);
+    args.kind = "bogus".into();
+    args.prompt = Some(prompt);
+    args.input_ids = None;
+    assert!(inspect_judge(&args).is_err());
+}
+
+#[test]
+fn qwen2_logits_reads_a_text_only_checkpoint() {
+    use imgcot::models::llava_ov::config::LlavaOvConfig;
+    use imgcot::models::llava_ov::train::{init_weights, model_from_tensors};
+    let dir = common::temp_dir("judges-qwen2");
+    let json = tiny_scratch().config_json(50);
+    let cfg = LlavaOvConfig::from_json_str(&json.to_string()).unwrap();
+    let tensors = init_weights(&cfg, 4);
+    let lm_tensors: Vec<(String, Tensor)> = tensors
+        .iter()
+        .filter(|(n, _)| {
+            (n.starts_with("model.")
+                && !n.starts_with("model.vision_tower")
+                && !n.starts_with("model.mm_projector")
+                && n != "model.image_newline")
+                || n == "lm_head.weight"
+        })
+        .map(|(n, t)| (n.clone(), t.copy()))
+        .collect();
+    let model = model_from_tensors(cfg, tensors, Device::Cpu).unwrap();
+    imgcot::train::ckpt::write_safetensors(&dir.join("model.safetensors"), &lm_tensors).unwrap();
+    let mut qcfg = json.clone();
+    qcfg["model_type"] = "qwen2".into();
+    std::fs::write(dir.join("config.json"), qcfg.to_string()).unwrap();
+    assert!(imgcot::judge::cli::is_qwen2_dir(&dir));
+    let ids = Tensor::from_slice(&[1i64, 5, 7, 49, 3, 3]).view([2, 3]);
+    let got = imgcot::judge::cli::qwen2_logits(&dir, &ids).unwrap();
+    let want = tch::no_grad(|| model.language_model().forward(&ids).unwrap());
+    assert_eq!(got.size(), vec![2, 3, 50]);
+    assert!(got.allclose(&want, 1e-6, 1e-6, false));
+    assert!(
+        imgcot::judge::cli::qwen2_logits(&dir, &Tensor::from_slice(&[0i64, 50]).view([1, 2]))
+            .is_err()
     );
 }

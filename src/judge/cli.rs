@@ -63,6 +63,12 @@ pub fn run_judge_data(args: JudgeDataArgs) -> Result<()> {
             c.prompts, c.orm, c.orm_yes, c.clarity, c.clarity_yes, c.potential, c.potential_yes
         );
     }
+    if s.repaired_train > 0 {
+        println!(
+            "train re-paired ORM: {} ({} yes)",
+            s.repaired_train, s.repaired_train_yes
+        );
+    }
     println!(
         "wrote {} ({} steps per path) in {:.0}s",
         cfg.out.display(),

@@ -68,6 +68,15 @@ pub struct JudgeDataConfig {
     pub sampler: Option<SamplerConfig>,
     #[serde(default = "d_batch")]
     pub batch_size: usize,
+    /// Glyph-world augmentation (not in the paper; 0 = off): each training final image is also paired
+    /// with this many other training prompts, labelled by the exact evaluator, into
+    /// `orm_repaired_train.jsonl`. The generator is the data bottleneck on a CPU, the evaluator is free.
+    #[serde(default)]
+    pub repair_random: usize,
+    /// Also search this many distinct random training prompts of the split (all when the split has
+    /// fewer) for one the image satisfies and add the first found (balances the labels).
+    #[serde(default)]
+    pub repair_positive_tries: usize,
     /// Output folder.
     pub out: PathBuf,
 }
@@ -101,6 +110,9 @@ pub struct SplitCounts {
 pub struct Summary {
     pub train: SplitCounts,
     pub heldout: SplitCounts,
+    /// Records (and "yes" answers) of `orm_repaired_train.jsonl`.
+    pub repaired_train: usize,
+    pub repaired_train_yes: usize,
     pub steps: usize,
     pub sampler: SamplerConfig,
     pub generator: String,
@@ -295,6 +307,70 @@ pub fn sample_paths(
     Ok(out)
 }
 
+/// ORM records pairing each path's final image with other prompts of `pool` (see
+/// [`JudgeDataConfig::repair_random`]); `counts` gets them under `orm`.
+pub fn repaired_records(
+    paths: &[PathSample],
+    pool: &[(usize, Metadata)],
+    random: usize,
+    positive_tries: usize,
+    seed: u64,
+) -> Vec<Record> {
+    let opts = RuleOptions::default();
+    let mut out = Vec::new();
+    if pool.is_empty() {
+        return out;
+    }
+    for p in paths {
+        let t = p.steps.len();
+        let fin = &p.steps[t - 1];
+        let base = format!("{:05}-{:03}", p.prompt_index, p.candidate);
+        let mut rng = crate::glyphs::rng::seeded(
+            derive_seed(seed, p.prompt_index as u64, p.candidate as u64),
+            0x7265_7061_6972,
+        );
+        let mut chosen: Vec<&(usize, Metadata)> = Vec::new();
+        for _ in 0..random {
+            chosen.push(&pool[crate::glyphs::rng::below(&mut rng, pool.len())]);
+        }
+        // Without replacement, so a pool smaller than `positive_tries` is searched exhaustively.
+        let tries = positive_tries.min(pool.len());
+        for i in crate::glyphs::rng::sample_distinct(&mut rng, pool.len(), tries) {
+            let c = &pool[i];
+            if c.1.prompt != p.meta.prompt && crate::glyphs::detect::is_correct(&c.1, fin, &opts) {
+                chosen.push(c);
+                break;
+            }
+        }
+        for (j, (pi, m)) in chosen.into_iter().enumerate() {
+            if m.prompt == p.meta.prompt {
+                continue;
+            }
+            let label = crate::glyphs::detect::is_correct(m, fin, &opts);
+            out.push(Record {
+                id: format!("{base}-orm-r{j}"),
+                image: format!("images/{base}-s{t:02}.png"),
+                conversations: vec![
+                    turn("human", orm_question(&m.prompt)),
+                    turn("gpt", yes_no(label)),
+                ],
+                meta: Some(RecordMeta {
+                    kind: "orm".into(),
+                    prompt: m.prompt.clone(),
+                    prompt_index: *pi,
+                    candidate: p.candidate,
+                    step: t,
+                    steps: t,
+                    label,
+                    final_label: label,
+                    tag: m.tag.clone(),
+                }),
+            });
+        }
+    }
+    out
+}
+
 /// Splits prompt indices: (train, held-out), chosen with `seed`.
 pub fn split_prompts(
     total: usize,
@@ -303,7 +379,7 @@ pub fn split_prompts(
     seed: u64,
 ) -> (Vec<usize>, Vec<usize>) {
     let mut idx: Vec<usize> = (0..total).collect();
-    let mut rng = crate::glyphs::rng::seeded(seed, 0x73_706c_6974);
+    let mut rng = crate::glyphs::rng::seeded(seed, 0x0073_706c_6974);
     crate::glyphs::rng::shuffle(&mut rng, &mut idx);
     if num > 0 {
         idx.truncate(num);
@@ -370,6 +446,7 @@ pub fn build(cfg: &JudgeDataConfig, device_override: Option<&str>) -> Result<Sum
     std::fs::create_dir_all(cfg.out.join("images"))
         .with_context(|| format!("creating {}", cfg.out.display()))?;
     let mut counts = Vec::new();
+    let mut repaired = (0, 0);
     for (split, idx) in [("train", &train), ("heldout", &held)] {
         let chosen: Vec<(usize, Metadata)> = idx.iter().map(|&i| (i, metas[i].clone())).collect();
         let paths = sample_paths(
@@ -383,10 +460,26 @@ pub fn build(cfg: &JudgeDataConfig, device_override: Option<&str>) -> Result<Sum
             cfg.batch_size,
         )?;
         counts.push(write_split(&cfg.out, split, &paths, cfg)?);
+        if split == "train" && (cfg.repair_random > 0 || cfg.repair_positive_tries > 0) {
+            let rep = repaired_records(
+                &paths,
+                &chosen,
+                cfg.repair_random,
+                cfg.repair_positive_tries,
+                cfg.seed,
+            );
+            repaired = (
+                rep.len(),
+                rep.iter().filter(|r| r.answer() == Some(true)).count(),
+            );
+            write_jsonl(&cfg.out.join("orm_repaired_train.jsonl"), &rep)?;
+        }
     }
     let summary = Summary {
         heldout: counts.pop().expect("two splits"),
         train: counts.pop().expect("two splits"),
+        repaired_train: repaired.0,
+        repaired_train_yes: repaired.1,
         steps: sampler.steps,
         sampler,
         generator: model_dir.display().to_string(),

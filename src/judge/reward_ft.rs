@@ -377,7 +377,7 @@ pub fn run(
         if cfg.lora.is_some() { " (LoRA)" } else { "" }
     ));
     let vars = opt.vars();
-    let mut rng = crate::glyphs::rng::seeded(cfg.seed, 0x7266_74);
+    let mut rng = crate::glyphs::rng::seeded(cfg.seed, 0x0072_6674);
     let mut order: Vec<usize> = Vec::new();
     let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
     let eval_items: Vec<&Prepared> = if cfg.eval_subset > 0 {
