@@ -9,14 +9,14 @@ use tch::{Kind, Tensor};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// What to benchmark (only `sampler` for now).
+    /// What to benchmark: `sampler`, `vq` (MAGVIT-v2 decode), `dpo-step`.
     #[arg(default_value = "sampler")]
     pub what: String,
     #[arg(long, default_value = "cpu")]
     pub device: String,
     #[arg(long, default_value = "fp32")]
     pub dtype: String,
-    /// Candidates per prompt.
+    /// Candidates per prompt (sampler), images (vq), pairs (dpo-step).
     #[arg(long, default_value_t = 8)]
     pub n: usize,
     #[arg(long, default_value_t = 18)]
@@ -46,7 +46,78 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    anyhow::ensure!(args.what == "sampler", "unknown benchmark '{}' (sampler)", args.what);
+    match args.what.as_str() {
+        "sampler" => sampler(args),
+        "vq" => vq(args),
+        "dpo-step" => dpo_step(args),
+        other => anyhow::bail!("unknown benchmark '{other}' (sampler, vq, dpo-step)"),
+    }
+}
+
+fn sync(device: tch::Device) {
+    if let tch::Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// MAGVIT-v2 (full size, random weights) decode of `n` 256² images.
+fn vq(args: BenchArgs) -> Result<()> {
+    let device = crate::util::parse_device(&args.device)?;
+    tch::manual_seed(0);
+    let m = crate::models::magvit2::Magvit2::new(crate::models::magvit2::Config::default(), device)?;
+    let codes = Tensor::randint(8192, [args.n as i64, 256], (Kind::Int64, device));
+    let mut t = Vec::new();
+    for _ in 0..args.reps {
+        let s = Instant::now();
+        let _ = tch::no_grad(|| m.decode(&codes))?;
+        sync(device);
+        t.push(s.elapsed().as_secs_f64());
+    }
+    let med = median(t);
+    println!("bench vq: MAGVIT-v2 decode of {} codes grids (256²) on {device:?}: {med:.3} s ({:.1} images/s)", args.n, args.n as f64 / med);
+    Ok(())
+}
+
+/// One DPO optimizer step on `n` pairs (random codes) with a random Show-o of `--size`, with a
+/// frozen reference forward and with precomputed reference log-probs.
+fn dpo_step(args: BenchArgs) -> Result<()> {
+    use crate::dpo::logp::{pair_draws, LogpConfig, PairBatch};
+    use crate::dpo::loss::{dpo_loss, LossConfig, PairLogps};
+    let device = crate::util::parse_device(&args.device)?;
+    let kind = crate::util::parse_dtype(&args.dtype)?;
+    tch::manual_seed(0);
+    let policy = Showo::new(config(&args.size)?, device, kind)?;
+    let reference = Showo::new(config(&args.size)?, device, kind)?;
+    let layout = Layout::with_ids(&policy.cfg, 50256, 50256);
+    let b = args.n as i64;
+    let n = layout.num_vq_tokens;
+    let text = Tensor::from_slice(&layout.text_ids(&[64, 1402, 286, 257, 3797])).view([1, layout.text_len]).expand([b, layout.text_len], false).to_device(device);
+    let chosen = Tensor::randint(policy.cfg.codebook_size, [b, n], (Kind::Int64, device));
+    let rejected = Tensor::randint(policy.cfg.codebook_size, [b, n], (Kind::Int64, device));
+    let lcfg = LogpConfig { n_mc: 1, ..Default::default() };
+    let draws: Vec<_> = (0..b as u64).map(|i| pair_draws(0, 0, i, n as usize, &lcfg)).collect();
+    let batch = PairBatch::new(&layout, &text, &chosen, &rejected, &draws);
+    let mut opt = crate::train::optim::AdamW::new(&policy.vs, Default::default())?;
+    for precomputed in [false, true] {
+        let (rc0, rr0) = tch::no_grad(|| batch.logps(&reference, &layout, &lcfg));
+        let mut t = Vec::new();
+        for _ in 0..args.reps {
+            let s = Instant::now();
+            opt.zero_grad();
+            let (pc, pr) = batch.logps(&policy, &layout, &lcfg);
+            let (rc, rr) = if precomputed { (rc0.shallow_clone(), rr0.shallow_clone()) } else { tch::no_grad(|| batch.logps(&reference, &layout, &lcfg)) };
+            let out = dpo_loss(&LossConfig::default(), &PairLogps { policy_chosen: &pc, policy_rejected: &pr, ref_chosen: &rc, ref_rejected: &rr }, None)?;
+            out.loss.backward();
+            opt.step()?;
+            sync(device);
+            t.push(s.elapsed().as_secs_f64());
+        }
+        println!("bench dpo-step: {} pairs, {} params, {device:?} {kind:?}, reference {}: {:.3} s per step", b, policy.num_parameters(), if precomputed { "precomputed" } else { "frozen copy" }, median(t));
+    }
+    Ok(())
+}
+
+fn sampler(args: BenchArgs) -> Result<()> {
     let device = crate::util::parse_device(&args.device)?;
     let kind = crate::util::parse_dtype(&args.dtype)?;
     tch::manual_seed(0);
@@ -64,11 +135,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         cfg.cfg_scale,
         tch::get_num_threads()
     );
-    let sync = || {
-        if let tch::Device::Cuda(i) = device {
-            tch::Cuda::synchronize(i as i64);
-        }
-    };
+    let sync = || sync(device);
     let mut batched = Vec::new();
     let mut looped = Vec::new();
     for _ in 0..args.reps {
