@@ -26,6 +26,10 @@ enum Cmd {
     Pairs(commands::dpo::PairsArgs),
     /// DPO on masked image tokens: one round on given pairs.
     Dpo(commands::dpo::DpoArgs),
+    /// Build ORM/PARM training data from a generator (labels from the glyph world's exact evaluator).
+    JudgeData(imgcot::judge::cli::JudgeDataArgs),
+    /// Fine-tune (or train from scratch) a LLaVA-OneVision judge on LLaVA-format yes/no data.
+    RewardFt(imgcot::judge::cli::RewardFtArgs),
     /// Benchmarks (speed targets live here, not in tests).
     Bench(commands::bench::BenchArgs),
     /// Regenerate the glyph world's committed data files (eval set, training prompts, tokenizer).
@@ -43,6 +47,8 @@ enum Inspect {
     Encode(commands::inspect_vq::EncodeArgs),
     /// MAGVIT-v2: codes → image.
     Decode(commands::inspect_vq::DecodeArgs),
+    /// A judge's P(yes) and P(no) for an image and a prompt (or ready-made input ids).
+    Judge(imgcot::judge::cli::InspectJudgeArgs),
 }
 
 fn main() {
@@ -53,6 +59,9 @@ fn main() {
         Cmd::Inspect(Inspect::Logits(a)) => commands::inspect::logits(a),
         Cmd::Inspect(Inspect::Encode(a)) => commands::inspect_vq::run_encode(a),
         Cmd::Inspect(Inspect::Decode(a)) => commands::inspect_vq::run_decode(a),
+        Cmd::Inspect(Inspect::Judge(a)) => imgcot::judge::cli::run_inspect_judge(a),
+        Cmd::JudgeData(a) => imgcot::judge::cli::run_judge_data(a),
+        Cmd::RewardFt(a) => imgcot::judge::cli::run_reward_ft(a),
         Cmd::Pretrain(a) => commands::pretrain::run(a),
         Cmd::Eval(a) => commands::eval::run(a),
         Cmd::Bench(a) => commands::bench::run(a),

@@ -97,6 +97,26 @@ fn pretrain_sample_eval_pairs_dpo() {
     let s2: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ev.join("summary.json")).unwrap()).unwrap();
     assert_eq!(s, s2);
 
+    // GenEval-layout generation: two shards merge into exactly the unsharded set.
+    let meta = dir.join("eval_metadata.jsonl");
+    let base = dir.join("ckpts/tiny/base");
+    for (name, shard) in [("g-all", None), ("g-0", Some("0/2")), ("g-1", Some("1/2"))] {
+        let img = dir.join(name);
+        let mut a = vec!["eval", "geneval", "--ckpt", base.to_str().unwrap(), "--recipe", &r, "--metadata", meta.to_str().unwrap()];
+        a.extend(["--images", img.to_str().unwrap(), "--images-per-prompt", "2", "--seed", "3"]);
+        if let Some(s) = shard {
+            a.extend(["--shard", s]);
+        }
+        ok(&a);
+    }
+    let merged = dir.join("g-merged");
+    imgcot::eval::geneval::layout::merge_shards(&[&dir.join("g-0"), &dir.join("g-1")], &merged).unwrap();
+    imgcot::eval::geneval::layout::compare_sets(&dir.join("g-all"), &merged).unwrap();
+    let t = ok(&["eval", "geneval", "--score", "glyph", "--images", dir.join("g-all").to_str().unwrap()]);
+    assert!(t.contains("Overall score"), "{t}");
+    let t = fails(&["eval", "geneval", "--ckpt", base.to_str().unwrap(), "--recipe", &r, "--metadata", "/nonexistent/evaluation_metadata.jsonl", "--images", "/tmp/x"]);
+    assert!(t.contains("djghosh13/geneval"), "{t}");
+
     // Pairs with the exact evaluator, then DPO.
     let pairs = dir.join("pairs");
     ok(&["pairs", "--recipe", &r, "--out", pairs.to_str().unwrap(), "--num-prompts", "40", "--n", "6"]);

@@ -33,9 +33,34 @@ impl ScoreBackend {
 /// defaults.
 #[derive(Debug, Clone, Args)]
 pub struct GenevalArgs {
-    /// Backend that decides correctness.
+    /// Backend that decides correctness (omit to only generate).
     #[arg(long, value_enum)]
-    pub score: ScoreBackend,
+    pub score: Option<ScoreBackend>,
+    /// Generate the images first with this generator checkpoint (Show-o layout).
+    #[arg(long)]
+    pub ckpt: Option<PathBuf>,
+    /// Recipe for generation (tokenizer, image tokenizer, sampler, device).
+    #[arg(long)]
+    pub recipe: Option<PathBuf>,
+    /// GenEval metadata to generate for.
+    #[arg(long, default_value = "data/geneval/evaluation_metadata.jsonl")]
+    pub metadata: PathBuf,
+    #[arg(long, default_value_t = 4)]
+    pub images_per_prompt: usize,
+    /// Generate only shard i of n (prompt i goes to shard i mod n), e.g. `0/2`.
+    #[arg(long)]
+    pub shard: Option<String>,
+    /// Base seed: image k of prompt i uses derive_seed(seed, i, k).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Test-time verification per image: orm, parm or oracle (best of --n).
+    #[arg(long)]
+    pub verify: Option<String>,
+    #[arg(long, default_value_t = 20)]
+    pub n: usize,
+    /// Judge checkpoint for --verify.
+    #[arg(long)]
+    pub judge: Option<PathBuf>,
     /// GenEval image folder (`<digits>/metadata.jsonl`, `<digits>/samples/<digits>.png`).
     #[arg(long)]
     pub images: PathBuf,
@@ -87,7 +112,7 @@ impl GenevalArgs {
     pub fn out_dir(&self) -> PathBuf {
         self.out
             .clone()
-            .unwrap_or_else(|| self.images.join(format!("scores-{}", self.score.name())))
+            .unwrap_or_else(|| self.images.join(format!("scores-{}", self.score.map(|s| s.name()).unwrap_or("none"))))
     }
 }
 
@@ -102,9 +127,18 @@ pub fn run(args: GenevalArgs) -> Result<()> {
 /// Scores `--images` with the chosen backend, writes results.jsonl + summary.json and prints
 /// the summary in summary_scores.py's format.
 pub fn run_score(args: GenevalArgs) -> Result<()> {
+    if let Some(ckpt) = &args.ckpt {
+        generate(&args, ckpt)?;
+    }
+    let Some(score) = args.score else {
+        if args.ckpt.is_none() {
+            bail!("give --score BACKEND, --ckpt DIR (generate), or both");
+        }
+        return Ok(());
+    };
     let opts = args.rule_options();
     let out = args.out_dir();
-    let summary = match args.score {
+    let summary = match score {
         ScoreBackend::Detections => {
             let Some(path) = &args.detections else {
                 bail!("--score detections needs --detections FILE");
@@ -154,5 +188,70 @@ pub fn run_summary(args: SummaryArgs) -> Result<()> {
             serde_json::to_string_pretty(&summary.to_json()).context("serialising the summary")?;
         crate::util::atomic_write(path, format!("{json}\n").as_bytes())?;
     }
+    Ok(())
+}
+
+/// Generates `--images-per-prompt` images per prompt of `--metadata` (this shard's prompts) into
+/// `--images` in GenEval's layout, skipping complete prompt folders, and records the settings.
+pub fn generate(args: &GenevalArgs, ckpt: &std::path::Path) -> Result<()> {
+    use crate::eval::geneval::layout::{load_metadata_jsonl, Shard};
+    use crate::models::showo::{Layout, Showo, TextTokenizer};
+    if !args.metadata.exists() {
+        bail!(
+            "GenEval metadata {} not found: get evaluation_metadata.jsonl from the GenEval repository \
+             (djghosh13/geneval, prompts/evaluation_metadata.jsonl; MIT) and pass --metadata FILE",
+            args.metadata.display()
+        );
+    }
+    let recipe = crate::recipe::Recipe::load(args.recipe.as_deref())?;
+    let metas = load_metadata_jsonl(&args.metadata)?;
+    let shard: Shard = match &args.shard {
+        Some(s) => s.parse()?,
+        None => Shard::default(),
+    };
+    let indices = shard.prompt_indices(metas.len());
+    let device = recipe.device()?;
+    let model = Showo::load(ckpt, device, recipe.kind()?)?;
+    let tok = TextTokenizer::from_file(&recipe.paths.tokenizer)?;
+    let layout = Layout::new(&model.cfg, &tok);
+    let vq = crate::world::image_tokenizer(&recipe.paths.vq, device)?;
+    let oracle = crate::verify::OracleJudge;
+    let llava;
+    let verifier = match args.verify.as_deref() {
+        None => None,
+        Some("oracle") => Some(crate::verify::Verifier::Orm { judge: &oracle, n: args.n }),
+        Some(v @ ("orm" | "parm")) => {
+            let dir = args.judge.clone().context("--verify orm|parm needs --judge DIR")?;
+            llava = crate::models::llava_ov::judge::LlavaJudge::load(&dir, device, tch::Kind::Float)?;
+            Some(if v == "orm" {
+                crate::verify::Verifier::Orm { judge: &llava, n: args.n }
+            } else {
+                crate::verify::Verifier::Parm { step: &llava, outcome: &llava, n: args.n, cfg: Default::default() }
+            })
+        }
+        Some(v) => bail!("unknown --verify '{v}' (orm, parm, oracle)"),
+    };
+    std::fs::create_dir_all(&args.images)?;
+    let settings = serde_json::json!({
+        "checkpoint": ckpt.display().to_string(), "metadata": args.metadata.display().to_string(),
+        "images_per_prompt": args.images_per_prompt, "seed": args.seed, "shard": shard.to_string(),
+        "sampler": recipe.sampler, "verifier": verifier.as_ref().map(|v| v.name()),
+    });
+    crate::util::atomic_write(&args.images.join(format!("settings-shard{}.json", shard.to_string().replace('/', "of"))), serde_json::to_string_pretty(&settings)?.as_bytes())?;
+    let (done, _) = crate::commands::eval::generate_layout(
+        &model,
+        &layout,
+        &tok,
+        vq.as_ref(),
+        &metas,
+        &indices,
+        args.images_per_prompt,
+        args.seed,
+        &recipe.sampler,
+        recipe.eval.batch_size,
+        &args.images,
+        verifier.as_ref(),
+    )?;
+    println!("generated {done} prompt folders (shard {shard}, {} prompts) into {}", indices.len(), args.images.display());
     Ok(())
 }
