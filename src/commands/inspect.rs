@@ -1,4 +1,4 @@
-//! `imgcot-train inspect logits`: a checkpoint doctor — runs a Show-o checkpoint on given token ids
+//! `imgcot-train inspect logits`: a checkpoint doctor — runs a Show-o (or Qwen2) checkpoint on given token ids
 //! so users can prove a converted checkpoint against their Python stack.
 use crate::models::showo::{omni_attention_mask, Showo};
 use anyhow::{ensure, Context, Result};
@@ -24,7 +24,6 @@ pub struct LogitsArgs {
 
 pub fn logits(args: LogitsArgs) -> Result<()> {
     let device = crate::util::parse_device(&args.device)?;
-    let model = Showo::load(&args.model, device, crate::util::parse_dtype(&args.dtype)?)?;
     let tensors = crate::nn::weights::read_state_dict(&args.input_ids)?;
     let ids = tensors
         .into_iter()
@@ -33,6 +32,14 @@ pub fn logits(args: LogitsArgs) -> Result<()> {
         .with_context(|| format!("{}: no tensor named 'input_ids'", args.input_ids.display()))?;
     ensure!(ids.dim() == 2, "input_ids must be [B, L], found {:?}", ids.size());
     ensure!(ids.kind() == Kind::Int64, "input_ids must be int64, found {:?}", ids.kind());
+    // A Qwen2 (judge language model) checkpoint: text-only ids, causal.
+    if crate::judge::cli::is_qwen2_dir(&args.model) {
+        let logits = crate::judge::cli::qwen2_logits(&args.model, &ids)?;
+        crate::nn::weights::write_safetensors(&args.out, &[("logits".to_string(), logits.to_kind(Kind::Float))])?;
+        println!("wrote logits {:?} to {}", logits.size(), args.out.display());
+        return Ok(());
+    }
+    let model = Showo::load(&args.model, device, crate::util::parse_dtype(&args.dtype)?)?;
     let v = model.cfg.vocab_size;
     let (lo, hi) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
     ensure!(lo >= 0 && hi < v, "input_ids out of range [0, {v}): min {lo}, max {hi}");
