@@ -6,16 +6,16 @@
 //! glyph world, a small exactly specified task on which the whole loop runs on a CPU.
 
 pub mod commands;
+pub mod dpo;
 pub mod eval;
 pub mod generate;
 pub mod glyphs;
 pub mod judge;
 pub mod models;
 pub mod nn;
+pub mod preference;
+pub mod recipe;
 pub mod train;
 pub mod util;
 pub mod verify;
-pub mod dpo;
-pub mod preference;
-pub mod recipe;
 pub mod world;

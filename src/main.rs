@@ -3,7 +3,11 @@ use clap::{Parser, Subcommand};
 use imgcot::commands;
 
 #[derive(Parser)]
-#[command(name = "imgcot-train", version, about = "Verify and preference-align masked-token text-to-image generators")]
+#[command(
+    name = "imgcot-train",
+    version,
+    about = "Verify and preference-align masked-token text-to-image generators"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -67,7 +71,9 @@ fn main() {
         Cmd::Bench(a) => commands::bench::run(a),
         Cmd::Pairs(a) => commands::dpo::run_pairs(a),
         Cmd::Dpo(a) => commands::dpo::run(a),
-        Cmd::GlyphData { out } => imgcot::glyphs::write_data_files(&out).map(|_| println!("wrote {}", out.display())),
+        Cmd::GlyphData { out } => {
+            imgcot::glyphs::write_data_files(&out).map(|_| println!("wrote {}", out.display()))
+        }
     };
     if let Err(e) = res {
         eprintln!("error: {e:#}");

@@ -163,7 +163,8 @@ impl Recipe {
         match path {
             None => Self::from_yaml(GLYPHS_YAML).context("embedded recipes/glyphs.yaml"),
             Some(p) => {
-                let text = std::fs::read_to_string(p).with_context(|| format!("reading recipe {}", p.display()))?;
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading recipe {}", p.display()))?;
                 Self::from_yaml(&text).with_context(|| format!("recipe {}", p.display()))
             }
         }

@@ -35,7 +35,11 @@ fn half() -> f64 {
 
 impl Default for ParmConfig {
     fn default() -> Self {
-        Self { clarity_threshold: 0.5, potential_threshold: None, no_prune: false }
+        Self {
+            clarity_threshold: 0.5,
+            potential_threshold: None,
+            no_prune: false,
+        }
     }
 }
 
@@ -106,14 +110,22 @@ struct ParmHook<'a> {
 impl StepHook for ParmHook<'_> {
     fn on_step(&mut self, s: &StepState) -> Result<Vec<usize>> {
         // Only paths not yet clear need a judgment.
-        let need: Vec<usize> = (0..s.live.len()).filter(|&i| self.paths[s.live[i]].clear_at.is_none()).collect();
+        let need: Vec<usize> = (0..s.live.len())
+            .filter(|&i| self.paths[s.live[i]].clear_at.is_none())
+            .collect();
         if need.is_empty() {
             return Ok(vec![]);
         }
-        let idx = Tensor::from_slice(&need.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(s.sampled.device());
-        let images = self.vq.decode(&s.sampled.index_select(0, &idx).to_device(self.device))?;
+        let idx = Tensor::from_slice(&need.iter().map(|&i| i as i64).collect::<Vec<_>>())
+            .to_device(s.sampled.device());
+        let images = self
+            .vq
+            .decode(&s.sampled.index_select(0, &idx).to_device(self.device))?;
         self.stats.decoded_intermediates += need.len();
-        let prompts: Vec<String> = need.iter().map(|&i| self.prompts[s.live[i]].clone()).collect();
+        let prompts: Vec<String> = need
+            .iter()
+            .map(|&i| self.prompts[s.live[i]].clone())
+            .collect();
         let clear = self.judge.clarity(&prompts, &images)?;
         self.stats.clarity_calls += need.len();
         let mut newly: Vec<usize> = Vec::new();
@@ -128,9 +140,12 @@ impl StepHook for ParmHook<'_> {
         if newly.is_empty() {
             return Ok(vec![]);
         }
-        let sel = Tensor::from_slice(&newly.iter().map(|&j| j as i64).collect::<Vec<_>>()).to_device(images.device());
+        let sel = Tensor::from_slice(&newly.iter().map(|&j| j as i64).collect::<Vec<_>>())
+            .to_device(images.device());
         let pprompts: Vec<String> = newly.iter().map(|&j| prompts[j].clone()).collect();
-        let pot = self.judge.potential(&pprompts, &images.index_select(0, &sel))?;
+        let pot = self
+            .judge
+            .potential(&pprompts, &images.index_select(0, &sel))?;
         self.stats.potential_calls += newly.len();
         let mut drop = Vec::new();
         for (k, &j) in newly.iter().enumerate() {
@@ -153,7 +168,10 @@ impl StepHook for ParmHook<'_> {
 }
 
 fn group_rows(prompt_of: &[usize], group_size: usize) -> Result<usize> {
-    ensure!(group_size > 0 && prompt_of.len() % group_size == 0, "rows must come in groups of {group_size}");
+    ensure!(
+        group_size > 0 && prompt_of.len() % group_size == 0,
+        "rows must come in groups of {group_size}"
+    );
     Ok(prompt_of.len() / group_size)
 }
 
@@ -173,14 +191,24 @@ pub fn best_of_n_orm(
     cfg: &SamplerConfig,
 ) -> Result<Selection> {
     let groups = group_rows(prompt_of, n)?;
-    let out = generate::sample(model, layout, text, prompt_of, seeds, cfg, &mut generate::NoHook)?;
+    let out = generate::sample(
+        model,
+        layout,
+        text,
+        prompt_of,
+        seeds,
+        cfg,
+        &mut generate::NoHook,
+    )?;
     let images = vq.decode(&out.codes.to_device(model.device()))?;
     let scores = judge.p_yes(prompts, &images)?;
     let mut paths = vec![PathRecord::default(); seeds.len()];
     for (p, s) in paths.iter_mut().zip(&scores) {
         p.outcome = Some(*s);
     }
-    let chosen: Vec<usize> = (0..groups).map(|g| argmax(&scores[g * n..(g + 1) * n])).collect();
+    let chosen: Vec<usize> = (0..groups)
+        .map(|g| argmax(&scores[g * n..(g + 1) * n]))
+        .collect();
     let stats = VerifyStats {
         candidates: seeds.len(),
         row_steps: out.row_steps,
@@ -224,7 +252,9 @@ pub fn best_of_n_parm(
     stats.row_steps = out.row_steps;
     stats.row_steps_full = seeds.len() * cfg.steps;
     // Best-of-N′ among survivors: score only the survivors' final images.
-    let survivors: Vec<usize> = (0..seeds.len()).filter(|&r| paths[r].pruned_at.is_none()).collect();
+    let survivors: Vec<usize> = (0..seeds.len())
+        .filter(|&r| paths[r].pruned_at.is_none())
+        .collect();
     if !survivors.is_empty() {
         let idx = Tensor::from_slice(&survivors.iter().map(|&r| r as i64).collect::<Vec<_>>());
         let images = vq.decode(&out.codes.index_select(0, &idx).to_device(model.device()))?;
@@ -238,14 +268,24 @@ pub fn best_of_n_parm(
     let mut chosen = Vec::with_capacity(groups);
     for g in 0..groups {
         let rows = g * n..(g + 1) * n;
-        let alive: Vec<usize> = rows.clone().filter(|&r| paths[r].pruned_at.is_none()).collect();
+        let alive: Vec<usize> = rows
+            .clone()
+            .filter(|&r| paths[r].pruned_at.is_none())
+            .collect();
         let pick = if alive.is_empty() {
             stats.fallbacks += 1;
-            rows.min_by(|&a, &b| p_no(&paths[a]).total_cmp(&p_no(&paths[b])).then(a.cmp(&b))).unwrap_or(g * n)
+            rows.min_by(|&a, &b| p_no(&paths[a]).total_cmp(&p_no(&paths[b])).then(a.cmp(&b)))
+                .unwrap_or(g * n)
         } else {
             *alive
                 .iter()
-                .max_by(|&&a, &&b| paths[a].outcome.unwrap_or(0.0).total_cmp(&paths[b].outcome.unwrap_or(0.0)).then(b.cmp(&a)))
+                .max_by(|&&a, &&b| {
+                    paths[a]
+                        .outcome
+                        .unwrap_or(0.0)
+                        .total_cmp(&paths[b].outcome.unwrap_or(0.0))
+                        .then(b.cmp(&a))
+                })
                 .unwrap_or(&alive[0])
         };
         chosen.push(pick - g * n);
@@ -258,19 +298,47 @@ fn p_no(p: &PathRecord) -> f64 {
 }
 
 fn argmax(v: &[f64]) -> usize {
-    (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b]).then(b.cmp(&a))).unwrap_or(0)
+    (0..v.len())
+        .max_by(|&a, &b| v[a].total_cmp(&v[b]).then(b.cmp(&a)))
+        .unwrap_or(0)
 }
 
-fn select(all: Tensor, chosen: Vec<usize>, n: usize, paths: Vec<PathRecord>, stats: VerifyStats) -> Selection {
-    let idx: Vec<i64> = chosen.iter().enumerate().map(|(g, &c)| (g * n + c) as i64).collect();
-    let codes = all.index_select(0, &Tensor::from_slice(&idx)).to_kind(Kind::Int64);
-    Selection { codes, chosen, all_codes: all, paths, stats }
+fn select(
+    all: Tensor,
+    chosen: Vec<usize>,
+    n: usize,
+    paths: Vec<PathRecord>,
+    stats: VerifyStats,
+) -> Selection {
+    let idx: Vec<i64> = chosen
+        .iter()
+        .enumerate()
+        .map(|(g, &c)| (g * n + c) as i64)
+        .collect();
+    let codes = all
+        .index_select(0, &Tensor::from_slice(&idx))
+        .to_kind(Kind::Int64);
+    Selection {
+        codes,
+        chosen,
+        all_codes: all,
+        paths,
+        stats,
+    }
 }
 
 /// A test-time verifier for generation: which judge picks one image out of `n` candidates.
 pub enum Verifier<'a> {
-    Orm { judge: &'a dyn OutcomeJudge, n: usize },
-    Parm { step: &'a dyn StepJudge, outcome: &'a dyn OutcomeJudge, n: usize, cfg: ParmConfig },
+    Orm {
+        judge: &'a dyn OutcomeJudge,
+        n: usize,
+    },
+    Parm {
+        step: &'a dyn StepJudge,
+        outcome: &'a dyn OutcomeJudge,
+        n: usize,
+        cfg: ParmConfig,
+    },
 }
 
 impl Verifier<'_> {
@@ -289,10 +357,29 @@ impl Verifier<'_> {
 
     /// Selects one image per group of `n()` consecutive rows.
     #[allow(clippy::too_many_arguments)]
-    pub fn select(&self, model: &Showo, layout: &Layout, vq: &dyn ImageTokenizer, text: &Tensor, prompt_of: &[usize], prompts: &[String], seeds: &[u64], cfg: &SamplerConfig) -> Result<Selection> {
+    pub fn select(
+        &self,
+        model: &Showo,
+        layout: &Layout,
+        vq: &dyn ImageTokenizer,
+        text: &Tensor,
+        prompt_of: &[usize],
+        prompts: &[String],
+        seeds: &[u64],
+        cfg: &SamplerConfig,
+    ) -> Result<Selection> {
         match self {
-            Verifier::Orm { judge, n } => best_of_n_orm(model, layout, vq, *judge, text, prompt_of, prompts, seeds, *n, cfg),
-            Verifier::Parm { step, outcome, n, cfg: pc } => best_of_n_parm(model, layout, vq, *step, *outcome, text, prompt_of, prompts, seeds, *n, cfg, pc),
+            Verifier::Orm { judge, n } => best_of_n_orm(
+                model, layout, vq, *judge, text, prompt_of, prompts, seeds, *n, cfg,
+            ),
+            Verifier::Parm {
+                step,
+                outcome,
+                n,
+                cfg: pc,
+            } => best_of_n_parm(
+                model, layout, vq, *step, *outcome, text, prompt_of, prompts, seeds, *n, cfg, pc,
+            ),
         }
     }
 }
@@ -309,7 +396,19 @@ impl OutcomeJudge for OracleJudge {
         prompts
             .iter()
             .zip(&codes)
-            .map(|(p, c)| Ok(if crate::glyphs::detect::is_correct(&crate::glyphs::prompts::parse_prompt(p)?, c, &opts) { 1.0 } else { 0.0 }))
+            .map(|(p, c)| {
+                Ok(
+                    if crate::glyphs::detect::is_correct(
+                        &crate::glyphs::prompts::parse_prompt(p)?,
+                        c,
+                        &opts,
+                    ) {
+                        1.0
+                    } else {
+                        0.0
+                    },
+                )
+            })
             .collect()
     }
 }
@@ -374,7 +473,10 @@ mod tests {
         let (model, layout) = tiny();
         let vq = GlyphTokenizer::new();
         let steps = 6;
-        let cfg = SamplerConfig { steps, ..Default::default() };
+        let cfg = SamplerConfig {
+            steps,
+            ..Default::default()
+        };
         // Two groups of 3 paths. Group 0: path a clear at step 1 hopeful (outcome .4), b clear at
         // step 2 hopeless, c never clear (survives unassessed, outcome .7) → c wins.
         // Group 1: every path hopeless → fallback to the lowest P(no) (f).
@@ -389,12 +491,33 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        let judge = Scripted { script, calls: RefCell::new(HashMap::new()) };
-        let prompts: Vec<String> = ["a", "b", "c", "d", "e", "f"].iter().map(|s| s.to_string()).collect();
-        let text = Tensor::from_slice(&[layout.text_ids(&[1]), layout.text_ids(&[2])].concat()).view([2, layout.text_len]);
+        let judge = Scripted {
+            script,
+            calls: RefCell::new(HashMap::new()),
+        };
+        let prompts: Vec<String> = ["a", "b", "c", "d", "e", "f"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let text = Tensor::from_slice(&[layout.text_ids(&[1]), layout.text_ids(&[2])].concat())
+            .view([2, layout.text_len]);
         let prompt_of = [0, 0, 0, 1, 1, 1];
         let seeds = [1, 2, 3, 4, 5, 6];
-        let sel = best_of_n_parm(&model, &layout, &vq, &judge, &judge, &text, &prompt_of, &prompts, &seeds, 3, &cfg, &ParmConfig::default()).unwrap();
+        let sel = best_of_n_parm(
+            &model,
+            &layout,
+            &vq,
+            &judge,
+            &judge,
+            &text,
+            &prompt_of,
+            &prompts,
+            &seeds,
+            3,
+            &cfg,
+            &ParmConfig::default(),
+        )
+        .unwrap();
         assert_eq!(sel.chosen, vec![2, 2]);
         let p = &sel.paths;
         assert_eq!((p[0].clear_at, p[0].pruned_at), (Some(1), None));
@@ -409,7 +532,10 @@ mod tests {
         // Clarity is asked until a path is clear: a 2, b 3, c 6 (never clear), d 1, e 1, f 4.
         assert_eq!(s.clarity_calls, 2 + 3 + 6 + 1 + 1 + 4);
         assert_eq!(s.potential_calls, 5);
-        assert_eq!(s.outcome_calls, 2, "only survivors a and c get the final score");
+        assert_eq!(
+            s.outcome_calls, 2,
+            "only survivors a and c get the final score"
+        );
         // Pruned paths stop decoding: b after step 2 (3 steps), d/e after step 0, f after step 3.
         assert_eq!(s.row_steps, 6 + 3 + 6 + 1 + 1 + 4);
         assert_eq!(s.row_steps_full, 36);
@@ -418,15 +544,32 @@ mod tests {
         assert!(bool::try_from(sel.codes.get(0).eq_tensor(&sel.all_codes.get(2)).all()).unwrap());
 
         // Without pruning (the paper's code), the same judge keeps every path.
-        let judge2 = Scripted { script: judge.script.clone(), calls: RefCell::new(HashMap::new()) };
-        let np = ParmConfig { no_prune: true, ..Default::default() };
-        let sel2 = best_of_n_parm(&model, &layout, &vq, &judge2, &judge2, &text, &prompt_of, &prompts, &seeds, 3, &cfg, &np).unwrap();
+        let judge2 = Scripted {
+            script: judge.script.clone(),
+            calls: RefCell::new(HashMap::new()),
+        };
+        let np = ParmConfig {
+            no_prune: true,
+            ..Default::default()
+        };
+        let sel2 = best_of_n_parm(
+            &model, &layout, &vq, &judge2, &judge2, &text, &prompt_of, &prompts, &seeds, 3, &cfg,
+            &np,
+        )
+        .unwrap();
         assert_eq!(sel2.stats.row_steps, 36);
         assert_eq!(sel2.stats.pruned, 0);
-        assert_eq!(sel2.chosen, vec![1, 0], "b (0.99) and d (0.9, first of ties) win when nothing is pruned");
+        assert_eq!(
+            sel2.chosen,
+            vec![1, 0],
+            "b (0.99) and d (0.9, first of ties) win when nothing is pruned"
+        );
 
         // ORM best-of-N picks the highest P(yes).
-        let orm = best_of_n_orm(&model, &layout, &vq, &judge, &text, &prompt_of, &prompts, &seeds, 3, &cfg).unwrap();
+        let orm = best_of_n_orm(
+            &model, &layout, &vq, &judge, &text, &prompt_of, &prompts, &seeds, 3, &cfg,
+        )
+        .unwrap();
         assert_eq!(orm.chosen, vec![1, 0]);
         assert_eq!(orm.stats.outcome_calls, 6);
     }

@@ -13,7 +13,10 @@ pub fn image_tokenizer(spec: &str, device: Device) -> Result<Box<dyn ImageTokeni
     if spec == "glyph" {
         Ok(Box::new(GlyphTokenizer::new()))
     } else {
-        Ok(Box::new(Magvit2::load(Path::new(spec), device).with_context(|| format!("loading MAGVIT-v2 from {spec}"))?))
+        Ok(Box::new(
+            Magvit2::load(Path::new(spec), device)
+                .with_context(|| format!("loading MAGVIT-v2 from {spec}"))?,
+        ))
     }
 }
 
@@ -22,7 +25,12 @@ pub fn image_tokenizer(spec: &str, device: Device) -> Result<Box<dyn ImageTokeni
 /// the glyph world's exact colours.
 pub fn to_rgb8(images: &Tensor) -> Result<Vec<Vec<u8>>> {
     let x = ((images.to_kind(Kind::Float) + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0;
-    let x = x.round().to_kind(Kind::Uint8).permute([0, 2, 3, 1]).contiguous().to_device(Device::Cpu);
+    let x = x
+        .round()
+        .to_kind(Kind::Uint8)
+        .permute([0, 2, 3, 1])
+        .contiguous()
+        .to_device(Device::Cpu);
     let b = x.size()[0];
     (0..b)
         .map(|i| {
@@ -35,7 +43,10 @@ pub fn to_rgb8(images: &Tensor) -> Result<Vec<Vec<u8>>> {
 /// PNG bytes of every image of a batch.
 pub fn to_pngs(images: &Tensor) -> Result<Vec<Vec<u8>>> {
     let (_, _, h, w) = images.size4().context("images must be [B, 3, H, W]")?;
-    to_rgb8(images)?.into_iter().map(|rgb| crate::glyphs::png::encode_png(w as u32, h as u32, &rgb)).collect()
+    to_rgb8(images)?
+        .into_iter()
+        .map(|rgb| crate::glyphs::png::encode_png(w as u32, h as u32, &rgb))
+        .collect()
 }
 
 /// A square grid of images (for TensorBoard and previews): RGB bytes and side length.
@@ -43,10 +54,16 @@ pub fn grid(images: &Tensor, cols: i64) -> Result<(Vec<u8>, usize)> {
     let (b, c, h, w) = images.size4()?;
     let rows = (b + cols - 1) / cols;
     let side = (rows.max(cols) * h.max(w)) as usize;
-    let canvas = Tensor::ones([c, side as i64, side as i64], (Kind::Float, images.device()));
+    let canvas = Tensor::ones(
+        [c, side as i64, side as i64],
+        (Kind::Float, images.device()),
+    );
     for i in 0..b {
         let (r, cc) = (i / cols, i % cols);
-        canvas.narrow(1, r * h, h).narrow(2, cc * w, w).copy_(&images.get(i).to_kind(Kind::Float));
+        canvas
+            .narrow(1, r * h, h)
+            .narrow(2, cc * w, w)
+            .copy_(&images.get(i).to_kind(Kind::Float));
     }
     let rgb = to_rgb8(&canvas.unsqueeze(0))?.remove(0);
     Ok((rgb, side))

@@ -15,32 +15,47 @@ fn run(args: &[&str]) -> Output {
 
 fn ok(args: &[&str]) -> String {
     let o = run(args);
-    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(o.status.success(), "imgcot-train {args:?} failed:\n{text}");
     text
 }
 
 fn fails(args: &[&str]) -> String {
     let o = run(args);
-    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert!(!o.status.success(), "imgcot-train {args:?} should fail:\n{text}");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        !o.status.success(),
+        "imgcot-train {args:?} should fail:\n{text}"
+    );
     text
 }
 
 /// A tiny recipe under a fresh folder, with a 12-prompt evaluation set; pretrained once.
 fn tiny(name: &str, pretrain: bool) -> (PathBuf, String) {
     let dir = common::temp_dir(name);
-    let recipe = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny.yaml"))
-        .unwrap()
-        .replace("TMP", dir.to_str().unwrap());
+    let recipe = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny.yaml"),
+    )
+    .unwrap()
+    .replace("TMP", dir.to_str().unwrap());
     let r = dir.join("recipe.yaml");
     std::fs::write(&r, recipe).unwrap();
-    let eval: String = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("data/glyphs/eval_metadata.jsonl"))
-        .unwrap()
-        .lines()
-        .step_by(12)
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let eval: String = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("data/glyphs/eval_metadata.jsonl"),
+    )
+    .unwrap()
+    .lines()
+    .step_by(12)
+    .map(|l| format!("{l}\n"))
+    .collect();
     std::fs::write(dir.join("eval_metadata.jsonl"), eval).unwrap();
     let r = r.to_str().unwrap().to_string();
     if pretrain {
@@ -64,37 +79,96 @@ fn pretrain_sample_eval_pairs_dpo() {
     // Loss falls.
     let l = losses(&dir.join("runs/pretrain-tiny/log.txt"));
     assert!(l.len() >= 3, "{l:?}");
-    assert!(l[l.len() - 1] < l[0] * 0.85, "pretrain loss did not fall: {l:?}");
+    assert!(
+        l[l.len() - 1] < l[0] * 0.85,
+        "pretrain loss did not fall: {l:?}"
+    );
     assert!(dir.join("ckpts/tiny/base/config.json").exists());
-    assert!(dir.join("ckpts/tiny/base/pytorch_model.safetensors").exists());
+    assert!(dir
+        .join("ckpts/tiny/base/pytorch_model.safetensors")
+        .exists());
 
     // Sample: PNGs + sidecars; the same seed gives the same image.
     let out = dir.join("samples");
     let o = out.to_str().unwrap();
-    ok(&["sample", "--recipe", &r, "--prompt", "a photo of a red circle", "--n", "3", "--seed", "5", "--out", o, "--save-steps"]);
+    ok(&[
+        "sample",
+        "--recipe",
+        &r,
+        "--prompt",
+        "a photo of a red circle",
+        "--n",
+        "3",
+        "--seed",
+        "5",
+        "--out",
+        o,
+        "--save-steps",
+    ]);
     assert_eq!(imgcot::commands::sample::count_pngs(&out), 3 + 3 * 4);
-    let side: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("00000-001.json")).unwrap()).unwrap();
+    let side: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("00000-001.json")).unwrap())
+            .unwrap();
     assert_eq!(side["prompt"], "a photo of a red circle");
     assert_eq!(side["sampler"]["steps"], 4);
     let again = dir.join("samples2");
-    ok(&["sample", "--recipe", &r, "--prompt", "a photo of a red circle", "--n", "3", "--seed", "5", "--out", again.to_str().unwrap()]);
+    ok(&[
+        "sample",
+        "--recipe",
+        &r,
+        "--prompt",
+        "a photo of a red circle",
+        "--n",
+        "3",
+        "--seed",
+        "5",
+        "--out",
+        again.to_str().unwrap(),
+    ]);
     for k in 0..3 {
         let f = format!("00000-00{k}.png");
-        assert_eq!(std::fs::read(out.join(&f)).unwrap(), std::fs::read(again.join(&f)).unwrap(), "{f}");
+        assert_eq!(
+            std::fs::read(out.join(&f)).unwrap(),
+            std::fs::read(again.join(&f)).unwrap(),
+            "{f}"
+        );
     }
 
     // Eval writes GenEval's layout, results and summary.
     let ev = dir.join("eval");
-    let text = ok(&["eval", "--recipe", &r, "--out", ev.to_str().unwrap(), "--images-per-prompt", "2"]);
+    let text = ok(&[
+        "eval",
+        "--recipe",
+        &r,
+        "--out",
+        ev.to_str().unwrap(),
+        "--images-per-prompt",
+        "2",
+    ]);
     assert!(text.contains("Overall score"), "{text}");
     assert!(ev.join("00000/metadata.jsonl").exists() && ev.join("00000/samples/0001.png").exists());
-    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ev.join("summary.json")).unwrap()).unwrap();
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ev.join("summary.json")).unwrap()).unwrap();
     assert_eq!(s["images"], 26, "13 prompts × 2 images");
     assert!(s["strict"].is_number() && s["glyphs_per_image"].is_number());
-    assert_eq!(std::fs::read_to_string(ev.join("results.jsonl")).unwrap().lines().count(), 26);
+    assert_eq!(
+        std::fs::read_to_string(ev.join("results.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        26
+    );
     // Score-only re-reads the same folder and gives the same summary.
-    ok(&["eval", "--recipe", &r, "--out", ev.to_str().unwrap(), "--score-only"]);
-    let s2: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ev.join("summary.json")).unwrap()).unwrap();
+    ok(&[
+        "eval",
+        "--recipe",
+        &r,
+        "--out",
+        ev.to_str().unwrap(),
+        "--score-only",
+    ]);
+    let s2: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ev.join("summary.json")).unwrap()).unwrap();
     assert_eq!(s, s2);
 
     // GenEval-layout generation: two shards merge into exactly the unsharded set.
@@ -102,24 +176,69 @@ fn pretrain_sample_eval_pairs_dpo() {
     let base = dir.join("ckpts/tiny/base");
     for (name, shard) in [("g-all", None), ("g-0", Some("0/2")), ("g-1", Some("1/2"))] {
         let img = dir.join(name);
-        let mut a = vec!["eval", "geneval", "--ckpt", base.to_str().unwrap(), "--recipe", &r, "--metadata", meta.to_str().unwrap()];
-        a.extend(["--images", img.to_str().unwrap(), "--images-per-prompt", "2", "--seed", "3"]);
+        let mut a = vec![
+            "eval",
+            "geneval",
+            "--ckpt",
+            base.to_str().unwrap(),
+            "--recipe",
+            &r,
+            "--metadata",
+            meta.to_str().unwrap(),
+        ];
+        a.extend([
+            "--images",
+            img.to_str().unwrap(),
+            "--images-per-prompt",
+            "2",
+            "--seed",
+            "3",
+        ]);
         if let Some(s) = shard {
             a.extend(["--shard", s]);
         }
         ok(&a);
     }
     let merged = dir.join("g-merged");
-    imgcot::eval::geneval::layout::merge_shards(&[&dir.join("g-0"), &dir.join("g-1")], &merged).unwrap();
+    imgcot::eval::geneval::layout::merge_shards(&[&dir.join("g-0"), &dir.join("g-1")], &merged)
+        .unwrap();
     imgcot::eval::geneval::layout::compare_sets(&dir.join("g-all"), &merged).unwrap();
-    let t = ok(&["eval", "geneval", "--score", "glyph", "--images", dir.join("g-all").to_str().unwrap()]);
+    let t = ok(&[
+        "eval",
+        "geneval",
+        "--score",
+        "glyph",
+        "--images",
+        dir.join("g-all").to_str().unwrap(),
+    ]);
     assert!(t.contains("Overall score"), "{t}");
-    let t = fails(&["eval", "geneval", "--ckpt", base.to_str().unwrap(), "--recipe", &r, "--metadata", "/nonexistent/evaluation_metadata.jsonl", "--images", "/tmp/x"]);
+    let t = fails(&[
+        "eval",
+        "geneval",
+        "--ckpt",
+        base.to_str().unwrap(),
+        "--recipe",
+        &r,
+        "--metadata",
+        "/nonexistent/evaluation_metadata.jsonl",
+        "--images",
+        "/tmp/x",
+    ]);
     assert!(t.contains("djghosh13/geneval"), "{t}");
 
     // Pairs with the exact evaluator, then DPO.
     let pairs = dir.join("pairs");
-    ok(&["pairs", "--recipe", &r, "--out", pairs.to_str().unwrap(), "--num-prompts", "40", "--n", "6"]);
+    ok(&[
+        "pairs",
+        "--recipe",
+        &r,
+        "--out",
+        pairs.to_str().unwrap(),
+        "--num-prompts",
+        "40",
+        "--n",
+        "6",
+    ]);
     let pf = pairs.join("pairs.jsonl");
     let n_pairs = std::fs::read_to_string(&pf).unwrap().lines().count();
     assert!(n_pairs >= 4, "only {n_pairs} pairs");
@@ -127,11 +246,23 @@ fn pretrain_sample_eval_pairs_dpo() {
 
     // k steps + resume + k steps == 2k steps, and a stale half-written checkpoint is ignored.
     ok(&["dpo", "--recipe", &r, "--pairs", pf, "--run", "whole"]);
-    ok(&["dpo", "--recipe", &r, "--pairs", pf, "--run", "split", "--max-steps", "3"]);
+    ok(&[
+        "dpo",
+        "--recipe",
+        &r,
+        "--pairs",
+        pf,
+        "--run",
+        "split",
+        "--max-steps",
+        "3",
+    ]);
     let stale = dir.join("ckpts/split").join("step-6.tmp-999999");
     std::fs::create_dir_all(&stale).unwrap();
     std::fs::write(stale.join("pytorch_model.safetensors"), b"partial").unwrap();
-    let text = ok(&["dpo", "--recipe", &r, "--pairs", pf, "--run", "split", "--resume"]);
+    let text = ok(&[
+        "dpo", "--recipe", &r, "--pairs", pf, "--run", "split", "--resume",
+    ]);
     assert!(text.contains("resumed from"), "{text}");
     let sorted = |p: PathBuf| {
         let mut t = tch::Tensor::read_safetensors(p).unwrap();
@@ -142,7 +273,8 @@ fn pretrain_sample_eval_pairs_dpo() {
     let b = sorted(dir.join("ckpts/split/final/pytorch_model.safetensors"));
     assert_eq!(a.len(), b.len());
     let mut changed = 0.0f64;
-    let base = tch::Tensor::read_safetensors(dir.join("ckpts/tiny/base/pytorch_model.safetensors")).unwrap();
+    let base = tch::Tensor::read_safetensors(dir.join("ckpts/tiny/base/pytorch_model.safetensors"))
+        .unwrap();
     for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
         assert_eq!(na, nb);
         let d = common::max_abs_diff(ta, tb);
@@ -154,13 +286,36 @@ fn pretrain_sample_eval_pairs_dpo() {
 
     // A bad pairs file fails before any training step, naming file and line; nothing under ckpts/.
     let bad = dir.join("pairs/bad.jsonl");
-    let lines: Vec<String> = std::fs::read_to_string(pf).unwrap().lines().map(String::from).collect();
+    let lines: Vec<String> = std::fs::read_to_string(pf)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
     let broken = lines[1].replacen("images/", "images/missing-", 1);
     std::fs::write(&bad, format!("{}\n{}\n{}\n", lines[0], broken, lines[2])).unwrap();
-    let text = fails(&["dpo", "--recipe", &r, "--pairs", bad.to_str().unwrap(), "--run", "bad"]);
+    let text = fails(&[
+        "dpo",
+        "--recipe",
+        &r,
+        "--pairs",
+        bad.to_str().unwrap(),
+        "--run",
+        "bad",
+    ]);
     assert!(text.contains("bad.jsonl:2"), "{text}");
     assert!(!dir.join("ckpts/bad").exists());
-    ok(&["dpo", "--recipe", &r, "--pairs", bad.to_str().unwrap(), "--run", "skip", "--skip-bad-rows", "--max-steps", "1"]);
+    ok(&[
+        "dpo",
+        "--recipe",
+        &r,
+        "--pairs",
+        bad.to_str().unwrap(),
+        "--run",
+        "skip",
+        "--skip-bad-rows",
+        "--max-steps",
+        "1",
+    ]);
 }
 
 #[test]
@@ -169,24 +324,58 @@ fn bad_input_gets_clear_errors() {
     let model = dir.join("m");
     std::fs::create_dir_all(&model).unwrap();
     // Missing checkpoint directory / file.
-    let t = fails(&["sample", "--recipe", &r, "--model", "/nonexistent/ckpt", "--prompt", "x", "--out", "/tmp/x"]);
+    let t = fails(&[
+        "sample",
+        "--recipe",
+        &r,
+        "--model",
+        "/nonexistent/ckpt",
+        "--prompt",
+        "x",
+        "--out",
+        "/tmp/x",
+    ]);
     assert!(t.contains("/nonexistent/ckpt/config.json"), "{t}");
     std::fs::write(model.join("config.json"), r#"{"llm_vocab_size":20,"codebook_size":12,"num_vq_tokens":16,"vocab_size":43,"hidden_size":64,"intermediate_size":128,"num_hidden_layers":1,"num_attention_heads":2}"#).unwrap();
     let m = model.to_str().unwrap();
-    let t = fails(&["sample", "--recipe", &r, "--model", m, "--prompt", "x", "--out", "/tmp/x"]);
-    assert!(t.contains("no weights in") && t.contains("pytorch_model.safetensors"), "{t}");
+    let t = fails(&[
+        "sample", "--recipe", &r, "--model", m, "--prompt", "x", "--out", "/tmp/x",
+    ]);
+    assert!(
+        t.contains("no weights in") && t.contains("pytorch_model.safetensors"),
+        "{t}"
+    );
     // Unknown config key type.
     std::fs::write(model.join("config.json"), r#"{"hidden_size":"big"}"#).unwrap();
-    let t = fails(&["sample", "--recipe", &r, "--model", m, "--prompt", "x", "--out", "/tmp/x"]);
-    assert!(t.contains("config.json") && t.contains("invalid type"), "{t}");
+    let t = fails(&[
+        "sample", "--recipe", &r, "--model", m, "--prompt", "x", "--out", "/tmp/x",
+    ]);
+    assert!(
+        t.contains("config.json") && t.contains("invalid type"),
+        "{t}"
+    );
     // Empty prompt file.
     let pf = dir.join("empty.txt");
     std::fs::write(&pf, "\n  \n").unwrap();
-    let t = fails(&["sample", "--recipe", &r, "--prompts", pf.to_str().unwrap(), "--out", "/tmp/x"]);
+    let t = fails(&[
+        "sample",
+        "--recipe",
+        &r,
+        "--prompts",
+        pf.to_str().unwrap(),
+        "--out",
+        "/tmp/x",
+    ]);
     assert!(t.contains("holds no prompt"), "{t}");
     // A recipe with a typo.
     let bad = dir.join("bad.yaml");
-    std::fs::write(&bad, std::fs::read_to_string(&r).unwrap().replace("cfg_scale", "cfg_scal")).unwrap();
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&r)
+            .unwrap()
+            .replace("cfg_scale", "cfg_scal"),
+    )
+    .unwrap();
     let t = fails(&["eval", "--recipe", bad.to_str().unwrap()]);
     assert!(t.contains("cfg_scal"), "{t}");
 }
@@ -197,7 +386,16 @@ fn inspect_logits_matches_the_python_reference() {
     let d = dir.to_str().unwrap();
     common::run_python("showo_ref.py", &[d]);
     let out = dir.join("logits.safetensors");
-    ok(&["inspect", "logits", "--model", d, "--input-ids", dir.join("reference.safetensors").to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    ok(&[
+        "inspect",
+        "logits",
+        "--model",
+        d,
+        "--input-ids",
+        dir.join("reference.safetensors").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     let got = tch::Tensor::read_safetensors(&out).unwrap();
     let want = tch::Tensor::read_safetensors(dir.join("reference.safetensors")).unwrap();
     let want = &want.iter().find(|(n, _)| n == "logits").unwrap().1;
@@ -211,6 +409,15 @@ fn inspect_logits_matches_the_python_reference() {
         }
     }
     tch::Tensor::write_safetensors(&t, &f).unwrap();
-    let t = fails(&["inspect", "logits", "--model", d, "--input-ids", dir.join("reference.safetensors").to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let t = fails(&[
+        "inspect",
+        "logits",
+        "--model",
+        d,
+        "--input-ids",
+        dir.join("reference.safetensors").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(t.contains("showo.model.layers.0.self_attn.q_proj.weight': expected shape [256, 256], found [3, 3]"), "{t}");
 }

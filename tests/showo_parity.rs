@@ -64,15 +64,37 @@ fn strict_loading_names_the_bad_tensors() {
             *v = Tensor::zeros([7], (Kind::Float, Device::Cpu));
         }
     }
-    t.push(("showo.extra.weight".into(), Tensor::zeros([2], (Kind::Float, Device::Cpu))));
+    t.push((
+        "showo.extra.weight".into(),
+        Tensor::zeros([2], (Kind::Float, Device::Cpu)),
+    ));
     Tensor::write_safetensors(&t, &file).unwrap();
-    let err = format!("{:#}", Showo::load(&dir, Device::Cpu, Kind::Float).err().expect("must fail"));
-    assert!(err.contains("missing tensor 'showo.model.layers.1.mlp.fc2.bias'"), "{err}");
-    assert!(err.contains("tensor 'showo.lm_head.bias': expected shape [175], found [7]"), "{err}");
-    assert!(err.contains("unexpected tensor 'showo.extra.weight'"), "{err}");
+    let err = format!(
+        "{:#}",
+        Showo::load(&dir, Device::Cpu, Kind::Float)
+            .err()
+            .expect("must fail")
+    );
+    assert!(
+        err.contains("missing tensor 'showo.model.layers.1.mlp.fc2.bias'"),
+        "{err}"
+    );
+    assert!(
+        err.contains("tensor 'showo.lm_head.bias': expected shape [175], found [7]"),
+        "{err}"
+    );
+    assert!(
+        err.contains("unexpected tensor 'showo.extra.weight'"),
+        "{err}"
+    );
 
     std::fs::remove_file(&file).unwrap();
-    let err = format!("{:#}", Showo::load(&dir, Device::Cpu, Kind::Float).err().expect("must fail"));
+    let err = format!(
+        "{:#}",
+        Showo::load(&dir, Device::Cpu, Kind::Float)
+            .err()
+            .expect("must fail")
+    );
     assert!(err.contains("no weights in"), "{err}");
 }
 

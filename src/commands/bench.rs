@@ -64,7 +64,8 @@ fn sync(device: tch::Device) {
 fn vq(args: BenchArgs) -> Result<()> {
     let device = crate::util::parse_device(&args.device)?;
     tch::manual_seed(0);
-    let m = crate::models::magvit2::Magvit2::new(crate::models::magvit2::Config::default(), device)?;
+    let m =
+        crate::models::magvit2::Magvit2::new(crate::models::magvit2::Config::default(), device)?;
     let codes = Tensor::randint(8192, [args.n as i64, 256], (Kind::Int64, device));
     let mut t = Vec::new();
     for _ in 0..args.reps {
@@ -91,11 +92,19 @@ fn dpo_step(args: BenchArgs) -> Result<()> {
     let layout = Layout::with_ids(&policy.cfg, 50256, 50256);
     let b = args.n as i64;
     let n = layout.num_vq_tokens;
-    let text = Tensor::from_slice(&layout.text_ids(&[64, 1402, 286, 257, 3797])).view([1, layout.text_len]).expand([b, layout.text_len], false).to_device(device);
+    let text = Tensor::from_slice(&layout.text_ids(&[64, 1402, 286, 257, 3797]))
+        .view([1, layout.text_len])
+        .expand([b, layout.text_len], false)
+        .to_device(device);
     let chosen = Tensor::randint(policy.cfg.codebook_size, [b, n], (Kind::Int64, device));
     let rejected = Tensor::randint(policy.cfg.codebook_size, [b, n], (Kind::Int64, device));
-    let lcfg = LogpConfig { n_mc: 1, ..Default::default() };
-    let draws: Vec<_> = (0..b as u64).map(|i| pair_draws(0, 0, i, n as usize, &lcfg)).collect();
+    let lcfg = LogpConfig {
+        n_mc: 1,
+        ..Default::default()
+    };
+    let draws: Vec<_> = (0..b as u64)
+        .map(|i| pair_draws(0, 0, i, n as usize, &lcfg))
+        .collect();
     let batch = PairBatch::new(&layout, &text, &chosen, &rejected, &draws);
     let mut opt = crate::train::optim::AdamW::new(&policy.vs, Default::default())?;
     for precomputed in [false, true] {
@@ -105,8 +114,21 @@ fn dpo_step(args: BenchArgs) -> Result<()> {
             let s = Instant::now();
             opt.zero_grad();
             let (pc, pr) = batch.logps(&policy, &layout, &lcfg);
-            let (rc, rr) = if precomputed { (rc0.shallow_clone(), rr0.shallow_clone()) } else { tch::no_grad(|| batch.logps(&reference, &layout, &lcfg)) };
-            let out = dpo_loss(&LossConfig::default(), &PairLogps { policy_chosen: &pc, policy_rejected: &pr, ref_chosen: &rc, ref_rejected: &rr }, None)?;
+            let (rc, rr) = if precomputed {
+                (rc0.shallow_clone(), rr0.shallow_clone())
+            } else {
+                tch::no_grad(|| batch.logps(&reference, &layout, &lcfg))
+            };
+            let out = dpo_loss(
+                &LossConfig::default(),
+                &PairLogps {
+                    policy_chosen: &pc,
+                    policy_rejected: &pr,
+                    ref_chosen: &rc,
+                    ref_rejected: &rr,
+                },
+                None,
+            )?;
             out.loss.backward();
             opt.step()?;
             sync(device);
@@ -123,8 +145,13 @@ fn sampler(args: BenchArgs) -> Result<()> {
     tch::manual_seed(0);
     let model = Showo::new(config(&args.size)?, device, kind)?;
     let layout = Layout::with_ids(&model.cfg, 50256, 50256);
-    let text = Tensor::from_slice(&layout.text_ids(&[64, 1402, 286, 257, 3797])).view([1, layout.text_len]);
-    let cfg = SamplerConfig { steps: args.steps, cfg_scale: 1.75, ..Default::default() };
+    let text = Tensor::from_slice(&layout.text_ids(&[64, 1402, 286, 257, 3797]))
+        .view([1, layout.text_len]);
+    let cfg = SamplerConfig {
+        steps: args.steps,
+        cfg_scale: 1.75,
+        ..Default::default()
+    };
     let seeds: Vec<u64> = (0..args.n as u64).map(|k| derive_seed(0, 0, k)).collect();
     println!(
         "bench sampler: {} params, {} image tokens, best-of-{} × {} steps, CFG {}, {device:?} {kind:?}, {} threads",
@@ -140,7 +167,15 @@ fn sampler(args: BenchArgs) -> Result<()> {
     let mut looped = Vec::new();
     for _ in 0..args.reps {
         let t = Instant::now();
-        let out = generate::sample(&model, &layout, &text, &vec![0; args.n], &seeds, &cfg, &mut NoHook)?;
+        let out = generate::sample(
+            &model,
+            &layout,
+            &text,
+            &vec![0; args.n],
+            &seeds,
+            &cfg,
+            &mut NoHook,
+        )?;
         sync();
         batched.push(t.elapsed().as_secs_f64());
         let t = Instant::now();
@@ -152,13 +187,23 @@ fn sampler(args: BenchArgs) -> Result<()> {
         looped.push(t.elapsed().as_secs_f64());
         // Same seeds → same images on both paths (fp32; bf16 may differ in rare near-ties).
         if kind == Kind::Float {
-            let same = out.codes.eq_tensor(&Tensor::cat(&codes, 0).to_device(tch::Device::Cpu)).all().int64_value(&[]);
+            let same = out
+                .codes
+                .eq_tensor(&Tensor::cat(&codes, 0).to_device(tch::Device::Cpu))
+                .all()
+                .int64_value(&[]);
             anyhow::ensure!(same == 1, "batched and sequential paths disagree");
         }
     }
     let (b, l) = (median(batched), median(looped));
-    println!("batched + cached prefix: {b:.3} s per prompt ({:.2} images/s)", args.n as f64 / b);
-    println!("sequential, uncached:    {l:.3} s per prompt ({:.2} images/s)", args.n as f64 / l);
+    println!(
+        "batched + cached prefix: {b:.3} s per prompt ({:.2} images/s)",
+        args.n as f64 / b
+    );
+    println!(
+        "sequential, uncached:    {l:.3} s per prompt ({:.2} images/s)",
+        args.n as f64 / l
+    );
     println!("speed-up: {:.2}×", l / b);
     Ok(())
 }

@@ -6,13 +6,19 @@ pub fn run() -> Result<()> {
     println!("imgcot {}", env!("CARGO_PKG_VERSION"));
     println!("libtorch: {} (tch 0.24 expects 2.11.0)", libtorch_version());
     println!("cuda available: {}", tch::Cuda::is_available());
-    println!("cudnn available: {} (version {v})", tch::Cuda::cudnn_is_available());
+    println!(
+        "cudnn available: {} (version {v})",
+        tch::Cuda::cudnn_is_available()
+    );
     let n = tch::Cuda::device_count();
     println!("gpus: {n}");
     for i in 0..n {
         println!("  cuda:{i}");
     }
-    println!("default dtype: {:?}", tch::Tensor::zeros([1], tch::kind::FLOAT_CPU).kind());
+    println!(
+        "default dtype: {:?}",
+        tch::Tensor::zeros([1], tch::kind::FLOAT_CPU).kind()
+    );
     println!("cpu threads: {}", tch::get_num_threads());
     Ok(())
 }
@@ -20,5 +26,7 @@ pub fn run() -> Result<()> {
 /// The version of the libtorch the binary is linked against, from the Python package that
 /// supplied it at build time (torch-sys checks it is exactly 2.11.0).
 fn libtorch_version() -> String {
-    option_env!("IMGCOT_LIBTORCH_VERSION").unwrap_or("2.11.0").to_string()
+    option_env!("IMGCOT_LIBTORCH_VERSION")
+        .unwrap_or("2.11.0")
+        .to_string()
 }

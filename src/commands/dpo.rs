@@ -70,7 +70,10 @@ pub fn choose_prompts(cfg: &PairsConfig, round: u64) -> Result<Vec<Metadata>> {
             None => by_tag.push((m.tag.clone(), vec![m])),
         }
     }
-    let w: Vec<f64> = by_tag.iter().map(|(t, _)| *cfg.tag_weights.get(t).unwrap_or(&1.0)).collect();
+    let w: Vec<f64> = by_tag
+        .iter()
+        .map(|(t, _)| *cfg.tag_weights.get(t).unwrap_or(&1.0))
+        .collect();
     let total: f64 = w.iter().sum();
     if total <= 0.0 {
         bail!("pairs.tag_weights give every tag weight 0");
@@ -78,7 +81,10 @@ pub fn choose_prompts(cfg: &PairsConfig, round: u64) -> Result<Vec<Metadata>> {
     let mut out = Vec::new();
     for (i, (_, metas)) in by_tag.iter().enumerate() {
         let k = (cfg.num_prompts as f64 * w[i] / total).round() as usize;
-        let mut rng = crate::train::rng::DataRng::with_stream(cfg.seed ^ round.wrapping_mul(0x9E37), i as u64);
+        let mut rng = crate::train::rng::DataRng::with_stream(
+            cfg.seed ^ round.wrapping_mul(0x9E37),
+            i as u64,
+        );
         let mut order = rng.permutation(metas.len());
         while order.len() < k {
             order.extend(rng.permutation(metas.len()));
@@ -97,8 +103,19 @@ pub fn scorer(name: &str) -> Result<Box<dyn ImageScorer>> {
 }
 
 /// Samples and judges with `init`, writing pairs under `out`.
-pub fn make_pairs(recipe: &Recipe, init: &Path, scorer: &mut dyn ImageScorer, out: &Path, round: u64, num_prompts: Option<usize>, n: Option<usize>) -> Result<PairStats> {
-    let mut cfg = recipe.pairs.clone().context("the recipe has no `pairs:` section")?;
+pub fn make_pairs(
+    recipe: &Recipe,
+    init: &Path,
+    scorer: &mut dyn ImageScorer,
+    out: &Path,
+    round: u64,
+    num_prompts: Option<usize>,
+    n: Option<usize>,
+) -> Result<PairStats> {
+    let mut cfg = recipe
+        .pairs
+        .clone()
+        .context("the recipe has no `pairs:` section")?;
     if let Some(k) = num_prompts {
         cfg.num_prompts = k;
     }
@@ -112,7 +129,20 @@ pub fn make_pairs(recipe: &Recipe, init: &Path, scorer: &mut dyn ImageScorer, ou
     let vq = crate::world::image_tokenizer(&recipe.paths.vq, device)?;
     let metas = choose_prompts(&cfg, round)?;
     let seed = crate::generate::derive_seed(cfg.seed, round, 0xA11);
-    build_pairs(&model, &layout, &tok, vq.as_ref(), &metas, cfg.n, seed, &recipe.sampler, scorer, &cfg.rule, cfg.batch_size, out)
+    build_pairs(
+        &model,
+        &layout,
+        &tok,
+        vq.as_ref(),
+        &metas,
+        cfg.n,
+        seed,
+        &recipe.sampler,
+        scorer,
+        &cfg.rule,
+        cfg.batch_size,
+        out,
+    )
 }
 
 pub fn run_pairs(args: PairsArgs) -> Result<()> {
@@ -120,7 +150,15 @@ pub fn run_pairs(args: PairsArgs) -> Result<()> {
     let init = args.init.clone().unwrap_or(recipe.paths.model.clone());
     let mut s = scorer(&args.judge)?;
     let t0 = std::time::Instant::now();
-    let st = make_pairs(&recipe, &init, s.as_mut(), &args.out, args.round, args.num_prompts, args.n)?;
+    let st = make_pairs(
+        &recipe,
+        &init,
+        s.as_mut(),
+        &args.out,
+        args.round,
+        args.num_prompts,
+        args.n,
+    )?;
     println!(
         "pairs: {} from {} prompts × {} images (yes-rate {:.3}, {} prompts all-agree) by {} in {:.1}s → {}",
         st.pairs,
@@ -137,13 +175,29 @@ pub fn run_pairs(args: PairsArgs) -> Result<()> {
 
 pub fn run(args: DpoArgs) -> Result<()> {
     if let Some(k) = args.iter {
-        let run = if args.run == "dpo" { format!("iter-{}", args.guide) } else { args.run.clone() };
-        let it = crate::commands::iterate::IterArgs { recipe: args.recipe.clone(), iter: k, guide: args.guide.clone(), run, reference_base: args.reference_base };
+        let run = if args.run == "dpo" {
+            format!("iter-{}", args.guide)
+        } else {
+            args.run.clone()
+        };
+        let it = crate::commands::iterate::IterArgs {
+            recipe: args.recipe.clone(),
+            iter: k,
+            guide: args.guide.clone(),
+            run,
+            reference_base: args.reference_base,
+        };
         return crate::commands::iterate::run(it, &crate::commands::iterate::load_llava_judges);
     }
     let recipe = Recipe::load(args.recipe.as_deref())?;
-    let cfg = recipe.dpo.clone().context("the recipe has no `dpo:` section")?;
-    let pairs = args.pairs.clone().context("give --pairs FILE (one round) or --iter K (the full loop)")?;
+    let cfg = recipe
+        .dpo
+        .clone()
+        .context("the recipe has no `dpo:` section")?;
+    let pairs = args
+        .pairs
+        .clone()
+        .context("give --pairs FILE (one round) or --iter K (the full loop)")?;
     let init = args.init.clone().unwrap_or(recipe.paths.model.clone());
     let spec = RoundSpec {
         pairs: &pairs,

@@ -1,7 +1,9 @@
 //! `imgcot-train eval`: generate an evaluation set in GenEval's folder layout with a checkpoint,
 //! score every image with a detector and GenEval's exact rules, write `results.jsonl` and
 //! `summary.json`, print the table and log it to TensorBoard. With no arguments: the glyph world.
-use crate::eval::geneval::{self, detectors::Detector, layout, rules::RuleOptions, summary::Summary, Detection, Metadata};
+use crate::eval::geneval::{
+    self, detectors::Detector, layout, rules::RuleOptions, summary::Summary, Detection, Metadata,
+};
 use crate::generate::{self, derive_seed, NoHook, SamplerConfig};
 use crate::glyphs;
 use crate::models::showo::{Layout, Showo, TextTokenizer};
@@ -70,7 +72,9 @@ pub fn generate_layout(
     let todo: Vec<usize> = indices
         .iter()
         .copied()
-        .filter(|&i| !layout::prompt_folder_complete(out, i, &metas[i], images_per_prompt).unwrap_or(false))
+        .filter(|&i| {
+            !layout::prompt_folder_complete(out, i, &metas[i], images_per_prompt).unwrap_or(false)
+        })
         .collect();
     let pb = crate::train::logging::progress_bar(todo.len() as u64, true);
     pb.set_message("generating");
@@ -92,9 +96,29 @@ pub fn generate_layout(
             }
         }
         let codes = match verifier {
-            None => generate::sample(model, layout_ids, &text, &prompt_of, &seeds, sampler, &mut NoHook)?.codes,
+            None => {
+                generate::sample(
+                    model,
+                    layout_ids,
+                    &text,
+                    &prompt_of,
+                    &seeds,
+                    sampler,
+                    &mut NoHook,
+                )?
+                .codes
+            }
             Some(v) => {
-                let sel = v.select(model, layout_ids, vq, &text, &prompt_of, &row_prompts, &seeds, sampler)?;
+                let sel = v.select(
+                    model,
+                    layout_ids,
+                    vq,
+                    &text,
+                    &prompt_of,
+                    &row_prompts,
+                    &seeds,
+                    sampler,
+                )?;
                 stats.add(&sel.stats);
                 sel.codes
             }
@@ -143,14 +167,20 @@ pub fn score_glyph_folder(images: &Path, out: &Path) -> Result<Summary> {
     let mut glyphs = 0usize;
     for (f, dets) in folders.iter().zip(&detections) {
         for d in dets {
-            strict.push((f.metadata.tag.as_str(), glyphs::detect::strict(&f.metadata, d, &opts)));
+            strict.push((
+                f.metadata.tag.as_str(),
+                glyphs::detect::strict(&f.metadata, d, &opts),
+            ));
             glyphs += d.len();
         }
     }
     let mut summary = Summary::from_records(&records)?;
     summary.strict = geneval::summary::macro_average(strict.iter().map(|(t, s)| (*t, *s)));
     summary.glyphs_per_image = Some(glyphs as f64 / strict.len().max(1) as f64);
-    crate::util::atomic_write(&out.join("results.jsonl"), geneval::score::records_jsonl(&records)?.as_bytes())?;
+    crate::util::atomic_write(
+        &out.join("results.jsonl"),
+        geneval::score::records_jsonl(&records)?.as_bytes(),
+    )?;
     let json = serde_json::to_string_pretty(&summary.to_json())?;
     crate::util::atomic_write(&out.join("summary.json"), format!("{json}\n").as_bytes())?;
     Ok(summary)
@@ -161,26 +191,51 @@ pub fn run(args: EvalArgs) -> Result<()> {
         return crate::commands::geneval::run_score(g);
     }
     let recipe = Recipe::load(args.recipe.as_deref())?;
-    let ckpt = args.ckpt.clone().unwrap_or_else(|| recipe.paths.model.clone());
-    let name = ckpt.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
-    let out = args.out.clone().unwrap_or_else(|| recipe.paths.runs.join(format!("eval-{name}")));
-    let ipp = args.images_per_prompt.unwrap_or(recipe.eval.images_per_prompt);
+    let ckpt = args
+        .ckpt
+        .clone()
+        .unwrap_or_else(|| recipe.paths.model.clone());
+    let name = ckpt
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| recipe.paths.runs.join(format!("eval-{name}")));
+    let ipp = args
+        .images_per_prompt
+        .unwrap_or(recipe.eval.images_per_prompt);
     let summary = evaluate(&recipe, &ckpt, &out, ipp, args.score_only)?;
     println!("{}", summary.table());
     Ok(())
 }
 
 /// Generates (unless `score_only`) and scores the recipe's evaluation set; logs to TensorBoard.
-pub fn evaluate(recipe: &Recipe, ckpt: &Path, out: &Path, ipp: usize, score_only: bool) -> Result<Summary> {
+pub fn evaluate(
+    recipe: &Recipe,
+    ckpt: &Path,
+    out: &Path,
+    ipp: usize,
+    score_only: bool,
+) -> Result<Summary> {
     evaluate_with(recipe, ckpt, out, ipp, score_only, None)
 }
 
 /// [`evaluate`] with an optional test-time verifier (best-of-N per image).
-pub fn evaluate_with(recipe: &Recipe, ckpt: &Path, out: &Path, ipp: usize, score_only: bool, verifier: Option<&crate::verify::Verifier>) -> Result<Summary> {
+pub fn evaluate_with(
+    recipe: &Recipe,
+    ckpt: &Path,
+    out: &Path,
+    ipp: usize,
+    score_only: bool,
+    verifier: Option<&crate::verify::Verifier>,
+) -> Result<Summary> {
     let t0 = std::time::Instant::now();
     if !score_only {
         let device = recipe.device()?;
-        let model = Showo::load(ckpt, device, recipe.kind()?).with_context(|| format!("loading {}", ckpt.display()))?;
+        let model = Showo::load(ckpt, device, recipe.kind()?)
+            .with_context(|| format!("loading {}", ckpt.display()))?;
         let tok = TextTokenizer::from_file(&recipe.paths.tokenizer)?;
         let ids = Layout::new(&model.cfg, &tok);
         let vq = crate::world::image_tokenizer(&recipe.paths.vq, device)?;
@@ -195,10 +250,29 @@ pub fn evaluate_with(recipe: &Recipe, ckpt: &Path, out: &Path, ipp: usize, score
             sampler: &recipe.sampler,
             verifier: verifier.map(|v| v.name()),
         };
-        crate::util::atomic_write(&out.join("settings.json"), serde_json::to_string_pretty(&settings)?.as_bytes())?;
-        let (_, stats) = generate_layout(&model, &ids, &tok, vq.as_ref(), &metas, &indices, ipp, recipe.eval.seed, &recipe.sampler, recipe.eval.batch_size, out, verifier)?;
+        crate::util::atomic_write(
+            &out.join("settings.json"),
+            serde_json::to_string_pretty(&settings)?.as_bytes(),
+        )?;
+        let (_, stats) = generate_layout(
+            &model,
+            &ids,
+            &tok,
+            vq.as_ref(),
+            &metas,
+            &indices,
+            ipp,
+            recipe.eval.seed,
+            &recipe.sampler,
+            recipe.eval.batch_size,
+            out,
+            verifier,
+        )?;
         if verifier.is_some() {
-            crate::util::atomic_write(&out.join("verify_stats.json"), serde_json::to_string_pretty(&stats)?.as_bytes())?;
+            crate::util::atomic_write(
+                &out.join("verify_stats.json"),
+                serde_json::to_string_pretty(&stats)?.as_bytes(),
+            )?;
         }
     }
     let summary = if recipe.is_glyph() {
@@ -206,12 +280,20 @@ pub fn evaluate_with(recipe: &Recipe, ckpt: &Path, out: &Path, ipp: usize, score
     } else {
         anyhow::bail!("scoring real images needs a detector backend: use `imgcot-train eval geneval --score …`")
     };
-    let mut tb = crate::train::logging::Logger::new(out, 0, crate::train::logging::LoggerOptions::default())?;
+    let mut tb = crate::train::logging::Logger::new(
+        out,
+        0,
+        crate::train::logging::LoggerOptions::default(),
+    )?;
     for t in &summary.tags {
         tb.scalar(&format!("eval/{}", t.tag), t.accuracy(), 0);
     }
     tb.scalar("eval/overall", summary.overall(), 0);
-    tb.info(format!("eval of {} in {:.1}s", ckpt.display(), t0.elapsed().as_secs_f64()));
+    tb.info(format!(
+        "eval of {} in {:.1}s",
+        ckpt.display(),
+        t0.elapsed().as_secs_f64()
+    ));
     tb.finish();
     Ok(summary)
 }

@@ -110,9 +110,12 @@ impl GenevalArgs {
 
     /// `--out`, or `<images>/scores-<backend>` (not a digit folder, so never listed as a prompt).
     pub fn out_dir(&self) -> PathBuf {
-        self.out
-            .clone()
-            .unwrap_or_else(|| self.images.join(format!("scores-{}", self.score.map(|s| s.name()).unwrap_or("none"))))
+        self.out.clone().unwrap_or_else(|| {
+            self.images.join(format!(
+                "scores-{}",
+                self.score.map(|s| s.name()).unwrap_or("none")
+            ))
+        })
     }
 }
 
@@ -219,14 +222,29 @@ pub fn generate(args: &GenevalArgs, ckpt: &std::path::Path) -> Result<()> {
     let llava;
     let verifier = match args.verify.as_deref() {
         None => None,
-        Some("oracle") => Some(crate::verify::Verifier::Orm { judge: &oracle, n: args.n }),
+        Some("oracle") => Some(crate::verify::Verifier::Orm {
+            judge: &oracle,
+            n: args.n,
+        }),
         Some(v @ ("orm" | "parm")) => {
-            let dir = args.judge.clone().context("--verify orm|parm needs --judge DIR")?;
-            llava = crate::models::llava_ov::judge::LlavaJudge::load(&dir, device, tch::Kind::Float)?;
+            let dir = args
+                .judge
+                .clone()
+                .context("--verify orm|parm needs --judge DIR")?;
+            llava =
+                crate::models::llava_ov::judge::LlavaJudge::load(&dir, device, tch::Kind::Float)?;
             Some(if v == "orm" {
-                crate::verify::Verifier::Orm { judge: &llava, n: args.n }
+                crate::verify::Verifier::Orm {
+                    judge: &llava,
+                    n: args.n,
+                }
             } else {
-                crate::verify::Verifier::Parm { step: &llava, outcome: &llava, n: args.n, cfg: Default::default() }
+                crate::verify::Verifier::Parm {
+                    step: &llava,
+                    outcome: &llava,
+                    n: args.n,
+                    cfg: Default::default(),
+                }
             })
         }
         Some(v) => bail!("unknown --verify '{v}' (orm, parm, oracle)"),
@@ -237,7 +255,13 @@ pub fn generate(args: &GenevalArgs, ckpt: &std::path::Path) -> Result<()> {
         "images_per_prompt": args.images_per_prompt, "seed": args.seed, "shard": shard.to_string(),
         "sampler": recipe.sampler, "verifier": verifier.as_ref().map(|v| v.name()),
     });
-    crate::util::atomic_write(&args.images.join(format!("settings-shard{}.json", shard.to_string().replace('/', "of"))), serde_json::to_string_pretty(&settings)?.as_bytes())?;
+    crate::util::atomic_write(
+        &args.images.join(format!(
+            "settings-shard{}.json",
+            shard.to_string().replace('/', "of")
+        )),
+        serde_json::to_string_pretty(&settings)?.as_bytes(),
+    )?;
     let (done, _) = crate::commands::eval::generate_layout(
         &model,
         &layout,
@@ -252,6 +276,10 @@ pub fn generate(args: &GenevalArgs, ckpt: &std::path::Path) -> Result<()> {
         &args.images,
         verifier.as_ref(),
     )?;
-    println!("generated {done} prompt folders (shard {shard}, {} prompts) into {}", indices.len(), args.images.display());
+    println!(
+        "generated {done} prompt folders (shard {shard}, {} prompts) into {}",
+        indices.len(),
+        args.images.display()
+    );
     Ok(())
 }

@@ -30,22 +30,40 @@ pub fn logits(args: LogitsArgs) -> Result<()> {
         .find(|(n, _)| n == "input_ids")
         .map(|(_, t)| t)
         .with_context(|| format!("{}: no tensor named 'input_ids'", args.input_ids.display()))?;
-    ensure!(ids.dim() == 2, "input_ids must be [B, L], found {:?}", ids.size());
-    ensure!(ids.kind() == Kind::Int64, "input_ids must be int64, found {:?}", ids.kind());
+    ensure!(
+        ids.dim() == 2,
+        "input_ids must be [B, L], found {:?}",
+        ids.size()
+    );
+    ensure!(
+        ids.kind() == Kind::Int64,
+        "input_ids must be int64, found {:?}",
+        ids.kind()
+    );
     // A Qwen2 (judge language model) checkpoint: text-only ids, causal.
     if crate::judge::cli::is_qwen2_dir(&args.model) {
         let logits = crate::judge::cli::qwen2_logits(&args.model, &ids)?;
-        crate::nn::weights::write_safetensors(&args.out, &[("logits".to_string(), logits.to_kind(Kind::Float))])?;
+        crate::nn::weights::write_safetensors(
+            &args.out,
+            &[("logits".to_string(), logits.to_kind(Kind::Float))],
+        )?;
         println!("wrote logits {:?} to {}", logits.size(), args.out.display());
         return Ok(());
     }
     let model = Showo::load(&args.model, device, crate::util::parse_dtype(&args.dtype)?)?;
     let v = model.cfg.vocab_size;
     let (lo, hi) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
-    ensure!(lo >= 0 && hi < v, "input_ids out of range [0, {v}): min {lo}, max {hi}");
+    ensure!(
+        lo >= 0 && hi < v,
+        "input_ids out of range [0, {v}): min {lo}, max {hi}"
+    );
     let ids = ids.to_device(device);
-    let logits = tch::no_grad(|| model.forward(&ids, &omni_attention_mask(&ids, &model.cfg.specials())));
-    crate::nn::weights::write_safetensors(&args.out, &[("logits".to_string(), logits.to_kind(Kind::Float))])?;
+    let logits =
+        tch::no_grad(|| model.forward(&ids, &omni_attention_mask(&ids, &model.cfg.specials())));
+    crate::nn::weights::write_safetensors(
+        &args.out,
+        &[("logits".to_string(), logits.to_kind(Kind::Float))],
+    )?;
     println!("wrote logits {:?} to {}", logits.size(), args.out.display());
     Ok(())
 }

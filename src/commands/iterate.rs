@@ -53,8 +53,14 @@ impl Row {
 
 /// Prints rows like the paper's tables.
 pub fn table(rows: &[Row]) -> String {
-    let f = |x: Option<f64>| x.map(|v| format!("{v:.2}")).unwrap_or_else(|| "  - ".into());
-    let mut s = format!("{:<22} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>8} {:>7} {:>7}\n", "stage", "single", "two", "count", "colors", "pos", "attr", "overall", "strict", "glyphs");
+    let f = |x: Option<f64>| {
+        x.map(|v| format!("{v:.2}"))
+            .unwrap_or_else(|| "  - ".into())
+    };
+    let mut s = format!(
+        "{:<22} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>8} {:>7} {:>7}\n",
+        "stage", "single", "two", "count", "colors", "pos", "attr", "overall", "strict", "glyphs"
+    );
     for r in rows {
         s += &format!(
             "{:<22} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>8.3} {:>7} {:>7}\n",
@@ -67,7 +73,9 @@ pub fn table(rows: &[Row]) -> String {
             f(r.color_attr),
             r.overall,
             f(r.strict),
-            r.glyphs_per_image.map(|v| format!("{v:.1}")).unwrap_or_default()
+            r.glyphs_per_image
+                .map(|v| format!("{v:.1}"))
+                .unwrap_or_default()
         );
     }
     s
@@ -147,7 +155,12 @@ impl ImageScorer for JudgeScorer<'_> {
     fn name(&self) -> String {
         self.name.clone()
     }
-    fn score(&mut self, metas: &[&crate::eval::geneval::Metadata], images: &tch::Tensor, _codes: &tch::Tensor) -> Result<Vec<f64>> {
+    fn score(
+        &mut self,
+        metas: &[&crate::eval::geneval::Metadata],
+        images: &tch::Tensor,
+        _codes: &tch::Tensor,
+    ) -> Result<Vec<f64>> {
         let prompts: Vec<String> = metas.iter().map(|m| m.prompt.clone()).collect();
         self.judge.p_yes(&prompts, images)
     }
@@ -157,7 +170,8 @@ fn load_rows(path: &Path) -> Result<Vec<Row>> {
     if !path.exists() {
         return Ok(Vec::new());
     }
-    serde_json::from_str(&std::fs::read_to_string(path)?).with_context(|| format!("reading {}", path.display()))
+    serde_json::from_str(&std::fs::read_to_string(path)?)
+        .with_context(|| format!("reading {}", path.display()))
 }
 
 fn is_model_dir(p: &Path) -> bool {
@@ -169,7 +183,10 @@ pub type JudgeLoader<'a> = dyn Fn(&Recipe, &IterateConfig, bool, bool) -> Result
 
 pub fn run(args: IterArgs, load_judges: &JudgeLoader) -> Result<()> {
     let recipe = Recipe::load(args.recipe.as_deref())?;
-    let it = recipe.iterate.clone().context("the recipe has no `iterate:` section")?;
+    let it = recipe
+        .iterate
+        .clone()
+        .context("the recipe has no `iterate:` section")?;
     let t0 = std::time::Instant::now();
     let run_dir = recipe.paths.runs.join(&args.run);
     std::fs::create_dir_all(&run_dir)?;
@@ -179,15 +196,34 @@ pub fn run(args: IterArgs, load_judges: &JudgeLoader) -> Result<()> {
     // The base generator, trained first when missing.
     let base = recipe.paths.model.clone();
     if !is_model_dir(&base) {
-        let pt = recipe.pretrain.clone().with_context(|| format!("{} is missing and the recipe has no pretrain section", base.display()))?;
-        println!("[iter] base generator {} missing: pretraining", base.display());
-        pretrain::pretrain(&recipe, &pt, &base, &format!("pretrain-{}", recipe.name), true, None)?;
+        let pt = recipe.pretrain.clone().with_context(|| {
+            format!(
+                "{} is missing and the recipe has no pretrain section",
+                base.display()
+            )
+        })?;
+        println!(
+            "[iter] base generator {} missing: pretraining",
+            base.display()
+        );
+        pretrain::pretrain(
+            &recipe,
+            &pt,
+            &base,
+            &format!("pretrain-{}", recipe.name),
+            true,
+            None,
+        )?;
     }
     let guide = args.guide.as_str();
     if !["parm", "orm", "oracle", "none"].contains(&guide) {
         bail!("unknown --guide '{guide}' (parm, orm, oracle, none)");
     }
-    let labeller = if guide == "none" { it.labeller.as_str() } else { guide };
+    let labeller = if guide == "none" {
+        it.labeller.as_str()
+    } else {
+        guide
+    };
     let need_orm = true; // the ORM best-of-N row
     let need_parm = true; // the PARM rows
     let judges = load_judges(&recipe, &it, need_orm, need_parm || labeller == "parm")?;
@@ -196,12 +232,21 @@ pub fn run(args: IterArgs, load_judges: &JudgeLoader) -> Result<()> {
         Ok(match name {
             "oracle" => &oracle,
             "orm" => judges.orm.as_deref().context("no ORM judge")?,
-            "parm" => judges.parm.as_deref().map(|p| p as &dyn OutcomeJudge).context("no PARM judge")?,
+            "parm" => judges
+                .parm
+                .as_deref()
+                .map(|p| p as &dyn OutcomeJudge)
+                .context("no PARM judge")?,
             other => bail!("unknown judge '{other}'"),
         })
     };
 
-    let stage = |rows: &mut Vec<Row>, name: &str, ckpt: &Path, ipp: usize, verifier: Option<&Verifier>| -> Result<()> {
+    let stage = |rows: &mut Vec<Row>,
+                 name: &str,
+                 ckpt: &Path,
+                 ipp: usize,
+                 verifier: Option<&Verifier>|
+     -> Result<()> {
         if rows.iter().any(|r| r.stage == name) {
             return Ok(());
         }
@@ -209,36 +254,86 @@ pub fn run(args: IterArgs, load_judges: &JudgeLoader) -> Result<()> {
         println!("[iter] eval {name} ({} s so far)", t0.elapsed().as_secs());
         let s = evaluate_with(&recipe, ckpt, &dir, ipp, false, verifier)?;
         rows.push(Row::from_summary(name, &s, &dir));
-        crate::util::atomic_write(&summary_path, serde_json::to_string_pretty(rows)?.as_bytes())?;
+        crate::util::atomic_write(
+            &summary_path,
+            serde_json::to_string_pretty(rows)?.as_bytes(),
+        )?;
         Ok(())
     };
 
     stage(&mut rows, "base", &base, it.eval_images_per_prompt, None)?;
     if let Some(orm) = judges.orm.as_deref() {
-        let v = Verifier::Orm { judge: orm, n: it.verify_n };
-        stage(&mut rows, &format!("base+orm@{}", it.verify_n), &base, it.verify_images_per_prompt, Some(&v))?;
+        let v = Verifier::Orm {
+            judge: orm,
+            n: it.verify_n,
+        };
+        stage(
+            &mut rows,
+            &format!("base+orm@{}", it.verify_n),
+            &base,
+            it.verify_images_per_prompt,
+            Some(&v),
+        )?;
     }
     if let Some(parm) = judges.parm.as_deref() {
-        let v = Verifier::Parm { step: parm, outcome: parm, n: it.verify_n, cfg: it.parm };
-        stage(&mut rows, &format!("base+parm@{}", it.verify_n), &base, it.verify_images_per_prompt, Some(&v))?;
+        let v = Verifier::Parm {
+            step: parm,
+            outcome: parm,
+            n: it.verify_n,
+            cfg: it.parm,
+        };
+        stage(
+            &mut rows,
+            &format!("base+parm@{}", it.verify_n),
+            &base,
+            it.verify_images_per_prompt,
+            Some(&v),
+        )?;
     }
 
-    let dpo_cfg = recipe.dpo.clone().context("the recipe has no `dpo:` section")?;
+    let dpo_cfg = recipe
+        .dpo
+        .clone()
+        .context("the recipe has no `dpo:` section")?;
     let mut policy = base.clone();
     for r in 1..=args.iter {
         let round_dir = run_dir.join(format!("iter-{r}"));
         let pairs_dir = round_dir.join("pairs");
         if !pairs_dir.join("stats.json").exists() {
-            println!("[iter] round {r}: sampling and judging with {labeller} ({} s so far)", t0.elapsed().as_secs());
-            let mut scorer = JudgeScorer { name: labeller.to_string(), judge: outcome_for(labeller)? };
-            let st = make_pairs(&recipe, &policy, &mut scorer, &pairs_dir, r as u64, None, None)?;
-            println!("[iter] round {r}: {} pairs, yes-rate {:.3}", st.pairs, st.yes_rate);
+            println!(
+                "[iter] round {r}: sampling and judging with {labeller} ({} s so far)",
+                t0.elapsed().as_secs()
+            );
+            let mut scorer = JudgeScorer {
+                name: labeller.to_string(),
+                judge: outcome_for(labeller)?,
+            };
+            let st = make_pairs(
+                &recipe,
+                &policy,
+                &mut scorer,
+                &pairs_dir,
+                r as u64,
+                None,
+                None,
+            )?;
+            println!(
+                "[iter] round {r}: {} pairs, yes-rate {:.3}",
+                st.pairs, st.yes_rate
+            );
         }
         let ckpt_dir = recipe.paths.ckpts.join(&args.run).join(format!("iter-{r}"));
         let final_dir = ckpt_dir.join("final");
         if !is_model_dir(&final_dir) {
-            println!("[iter] round {r}: DPO ({} s so far)", t0.elapsed().as_secs());
-            let reference = if args.reference_base { base.clone() } else { policy.clone() };
+            println!(
+                "[iter] round {r}: DPO ({} s so far)",
+                t0.elapsed().as_secs()
+            );
+            let reference = if args.reference_base {
+                base.clone()
+            } else {
+                policy.clone()
+            };
             let spec = RoundSpec {
                 pairs: &pairs_dir.join("pairs.jsonl"),
                 init: &policy,
@@ -249,27 +344,65 @@ pub fn run(args: IterArgs, load_judges: &JudgeLoader) -> Result<()> {
                 max_steps: None,
                 skip_bad_rows: false,
             };
-            let mut guide_scorer = if guide == "none" { None } else { Some(JudgeScorer { name: guide.into(), judge: outcome_for(guide)? }) };
-            let res = train_round(&recipe, &dpo_cfg, &spec, guide_scorer.as_mut().map(|g| g as &mut dyn ImageScorer))?;
+            let mut guide_scorer = if guide == "none" {
+                None
+            } else {
+                Some(JudgeScorer {
+                    name: guide.into(),
+                    judge: outcome_for(guide)?,
+                })
+            };
+            let res = train_round(
+                &recipe,
+                &dpo_cfg,
+                &spec,
+                guide_scorer.as_mut().map(|g| g as &mut dyn ImageScorer),
+            )?;
             println!(
                 "[iter] round {r}: held-out implicit-reward accuracy {:?} → {:?}",
                 res.eval_accuracy_start, res.eval_accuracy_end
             );
         }
         policy = final_dir;
-        stage(&mut rows, &format!("dpo-{r}"), &policy, it.eval_images_per_prompt, None)?;
+        stage(
+            &mut rows,
+            &format!("dpo-{r}"),
+            &policy,
+            it.eval_images_per_prompt,
+            None,
+        )?;
     }
     if let Some(parm) = judges.parm.as_deref() {
-        let v = Verifier::Parm { step: parm, outcome: parm, n: it.verify_n, cfg: it.parm };
-        stage(&mut rows, &format!("final+parm@{}", it.verify_n), &policy, it.verify_images_per_prompt, Some(&v))?;
+        let v = Verifier::Parm {
+            step: parm,
+            outcome: parm,
+            n: it.verify_n,
+            cfg: it.parm,
+        };
+        stage(
+            &mut rows,
+            &format!("final+parm@{}", it.verify_n),
+            &policy,
+            it.verify_images_per_prompt,
+            Some(&v),
+        )?;
     }
     println!("\n{}", table(&rows));
-    println!("[iter] done in {} s; summary {}", t0.elapsed().as_secs(), summary_path.display());
+    println!(
+        "[iter] done in {} s; summary {}",
+        t0.elapsed().as_secs(),
+        summary_path.display()
+    );
     Ok(())
 }
 
 /// Loads the LLaVA-OneVision ORM and PARM judges named by the recipe.
-pub fn load_llava_judges(recipe: &Recipe, it: &IterateConfig, orm: bool, parm: bool) -> Result<Judges> {
+pub fn load_llava_judges(
+    recipe: &Recipe,
+    it: &IterateConfig,
+    orm: bool,
+    parm: bool,
+) -> Result<Judges> {
     let device = recipe.device()?;
     let load = |dir: &Path| -> Result<crate::models::llava_ov::judge::LlavaJudge> {
         if !dir.join("config.json").exists() {
@@ -278,7 +411,15 @@ pub fn load_llava_judges(recipe: &Recipe, it: &IterateConfig, orm: bool, parm: b
         crate::models::llava_ov::judge::LlavaJudge::load(dir, device, tch::Kind::Float)
     };
     Ok(Judges {
-        orm: if orm { Some(Box::new(load(&it.orm)?)) } else { None },
-        parm: if parm { Some(Box::new(load(&it.parm_model)?)) } else { None },
+        orm: if orm {
+            Some(Box::new(load(&it.orm)?))
+        } else {
+            None
+        },
+        parm: if parm {
+            Some(Box::new(load(&it.parm_model)?))
+        } else {
+            None
+        },
     })
 }

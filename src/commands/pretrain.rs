@@ -36,7 +36,10 @@ pub struct PretrainArgs {
 /// The small Show-o config of a glyph recipe: the recipe's Phi overrides plus the vocabulary
 /// sizes implied by the prompt tokenizer and the 37-code image tokenizer.
 pub fn glyph_model_config(recipe: &Recipe, tok: &TextTokenizer) -> Result<Config> {
-    let llm = tok.inner().token_to_id("[PAD]").context("tokenizer has no [PAD]")? as i64;
+    let llm = tok
+        .inner()
+        .token_to_id("[PAD]")
+        .context("tokenizer has no [PAD]")? as i64;
     let vq = GlyphTokenizer::new();
     let mut map = recipe.model.clone();
     let codebook = vq.codebook_size();
@@ -71,16 +74,28 @@ fn make_batch(
         let tag = &by_tag[data.below(by_tag.len() as u64) as usize];
         let meta = &tag[data.below(tag.len() as u64) as usize];
         codes.push(glyphs::scene::sample_scene(meta, data.rng_mut())?);
-        let toks = if data.uniform() < pt.cond_dropout { Vec::new() } else { tok.encode(&meta.prompt)? };
+        let toks = if data.uniform() < pt.cond_dropout {
+            Vec::new()
+        } else {
+            tok.encode(&meta.prompt)?
+        };
         text.extend(layout.text_ids(&toks));
     }
-    let text = Tensor::from_slice(&text).view([b as i64, layout.text_len]).to_device(device);
+    let text = Tensor::from_slice(&text)
+        .view([b as i64, layout.text_len])
+        .to_device(device);
     let codes = codes_to_tensor(&codes, device);
     // Show-o §5: t ~ U[0,1), ratio = cos(tπ/2), k = round(N·ratio) ≥ 1 masked positions.
     let n = layout.num_vq_tokens;
     let t = Tensor::rand([b as i64], (Kind::Float, device));
-    let k = (t * std::f64::consts::FRAC_PI_2).cos().multiply_scalar(n as f64).round().clamp_min(1.0);
-    let order = Tensor::rand([b as i64, n], (Kind::Float, device)).argsort(-1, false).argsort(-1, false);
+    let k = (t * std::f64::consts::FRAC_PI_2)
+        .cos()
+        .multiply_scalar(n as f64)
+        .round()
+        .clamp_min(1.0);
+    let order = Tensor::rand([b as i64, n], (Kind::Float, device))
+        .argsort(-1, false)
+        .argsort(-1, false);
     let mask = order.lt_tensor(&k.unsqueeze(1));
     let (ids, labels) = layout.training_ids(&text, &codes, &mask);
     Ok(Batch { ids, labels })
@@ -91,19 +106,41 @@ pub fn t2i_loss(model: &Showo, ids: &Tensor, labels: &Tensor, text_len: i64) -> 
     let hidden = model.hidden(ids, &omni_attention_mask(ids, &model.cfg.specials()));
     let s = ids.size()[1] - text_len;
     let logits = model.logits_cols(&hidden.narrow(1, text_len, s), 0, model.cfg.vocab_size);
-    logits.flatten(0, 1).cross_entropy_loss::<Tensor>(&labels.narrow(1, text_len, s).flatten(0, 1), None, tch::Reduction::Mean, -100, 0.0)
+    logits.flatten(0, 1).cross_entropy_loss::<Tensor>(
+        &labels.narrow(1, text_len, s).flatten(0, 1),
+        None,
+        tch::Reduction::Mean,
+        -100,
+        0.0,
+    )
 }
 
 pub fn run(args: PretrainArgs) -> Result<()> {
     let recipe = Recipe::load(args.recipe.as_deref())?;
     ensure!(recipe.is_glyph(), "pretrain trains the glyph world's small Show-o (paths.vq: glyph); real Show-o comes from its checkpoint");
-    let pt = recipe.pretrain.clone().context("the recipe has no `pretrain:` section")?;
-    let out = args.out.clone().unwrap_or_else(|| recipe.paths.model.clone());
-    let run = args.run.clone().unwrap_or_else(|| format!("pretrain-{}", recipe.name));
+    let pt = recipe
+        .pretrain
+        .clone()
+        .context("the recipe has no `pretrain:` section")?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| recipe.paths.model.clone());
+    let run = args
+        .run
+        .clone()
+        .unwrap_or_else(|| format!("pretrain-{}", recipe.name));
     pretrain(&recipe, &pt, &out, &run, args.resume, args.max_steps)
 }
 
-pub fn pretrain(recipe: &Recipe, pt: &Pretrain, out: &Path, run: &str, resume: bool, max_steps: Option<u64>) -> Result<()> {
+pub fn pretrain(
+    recipe: &Recipe,
+    pt: &Pretrain,
+    out: &Path,
+    run: &str,
+    resume: bool,
+    max_steps: Option<u64>,
+) -> Result<()> {
     let device = recipe.device()?;
     let tok = TextTokenizer::from_file(&recipe.paths.tokenizer)?;
     let cfg = glyph_model_config(recipe, &tok)?;
@@ -116,9 +153,17 @@ pub fn pretrain(recipe: &Recipe, pt: &Pretrain, out: &Path, run: &str, resume: b
     let model = Showo::new(cfg.clone(), device, Kind::Float)?;
     let mut opt = optim::AdamW::new(
         &model.vs,
-        optim::AdamWConfig { lr: pt.lr, weight_decay: pt.weight_decay, ..Default::default() },
+        optim::AdamWConfig {
+            lr: pt.lr,
+            weight_decay: pt.weight_decay,
+            ..Default::default()
+        },
     )?;
-    let sched = LrSchedule::Cosine { warmup_steps: pt.warmup_steps, total_steps: pt.steps, min_lr_ratio: pt.min_lr_ratio };
+    let sched = LrSchedule::Cosine {
+        warmup_steps: pt.warmup_steps,
+        total_steps: pt.steps,
+        min_lr_ratio: pt.min_lr_ratio,
+    };
     let mut start = 0;
     if resume {
         if let Some(c) = ckpt::Checkpoint::latest(&ckpt_dir)? {
@@ -131,7 +176,14 @@ pub fn pretrain(recipe: &Recipe, pt: &Pretrain, out: &Path, run: &str, resume: b
         .iter()
         .map(|t| glyphs::prompts::enumerate(t))
         .collect::<Result<_>>()?;
-    let mut log = logging::Logger::new(&run_dir, total, logging::LoggerOptions { print_every: pt.log_every, ..Default::default() })?;
+    let mut log = logging::Logger::new(
+        &run_dir,
+        total,
+        logging::LoggerOptions {
+            print_every: pt.log_every,
+            ..Default::default()
+        },
+    )?;
     log.info(format!(
         "pretrain {run}: {} parameters, steps {start}..{total}, batch {}, device {device:?}",
         model.num_parameters(),
@@ -151,14 +203,25 @@ pub fn pretrain(recipe: &Recipe, pt: &Pretrain, out: &Path, run: &str, resume: b
         opt.set_lr(lr);
         opt.step()?;
         last_loss = loss.double_value(&[]);
-        log.step(step + 1, &[("loss", last_loss), ("lr", lr), ("grad_norm", gnorm)]);
+        log.step(
+            step + 1,
+            &[("loss", last_loss), ("lr", lr), ("grad_norm", gnorm)],
+        );
         let done = step + 1;
         if done % pt.ckpt_every == 0 || done == total {
-            let state = ckpt::TrainerState { step: done, seed: pt.seed, ..Default::default() };
+            let state = ckpt::TrainerState {
+                step: done,
+                seed: pt.seed,
+                ..Default::default()
+            };
             ckpt::save_checkpoint(&ckpt_dir, &model.vs, Some(&model.cfg), &opt, &state)?;
         }
     }
-    log.info(format!("pretrain done: {} steps in {:.1}s, final loss {last_loss:.4}", total - start, t0.elapsed().as_secs_f64()));
+    log.info(format!(
+        "pretrain done: {} steps in {:.1}s, final loss {last_loss:.4}",
+        total - start,
+        t0.elapsed().as_secs_f64()
+    ));
     if total == pt.steps {
         save_model_dir(&model, out)?;
         log.info(format!("saved {}", out.display()));
@@ -178,13 +241,29 @@ pub fn save_model_dir(model: &Showo, out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn sample_grid(model: &Showo, layout: &Layout, tok: &TextTokenizer, recipe: &Recipe) -> Result<(Vec<u8>, usize)> {
+fn sample_grid(
+    model: &Showo,
+    layout: &Layout,
+    tok: &TextTokenizer,
+    recipe: &Recipe,
+) -> Result<(Vec<u8>, usize)> {
     let metas = crate::eval::geneval::layout::load_metadata_jsonl(&recipe.eval.metadata)?;
     let prompts: Vec<String> = metas.iter().take(16).map(|m| m.prompt.clone()).collect();
     let text = layout.text_batch(tok, &prompts, model.device())?;
     let rows: Vec<usize> = (0..prompts.len()).collect();
-    let seeds: Vec<u64> = rows.iter().map(|&i| derive_seed(recipe.eval.seed, i as u64, 0)).collect();
-    let out = generate::sample(model, layout, &text, &rows, &seeds, &recipe.sampler, &mut NoHook)?;
+    let seeds: Vec<u64> = rows
+        .iter()
+        .map(|&i| derive_seed(recipe.eval.seed, i as u64, 0))
+        .collect();
+    let out = generate::sample(
+        model,
+        layout,
+        &text,
+        &rows,
+        &seeds,
+        &recipe.sampler,
+        &mut NoHook,
+    )?;
     let images = GlyphTokenizer::new().decode(&out.codes)?;
     crate::world::grid(&images, 4)
 }

@@ -84,7 +84,9 @@ impl StepHook for SaveSteps<'_> {
     fn on_step(&mut self, s: &StepState) -> Result<Vec<usize>> {
         let images = self.vq.decode(s.sampled)?;
         for (png, &row) in crate::world::to_pngs(&images)?.iter().zip(s.live) {
-            let p = self.dir.join(format!("{}-step{:02}.png", self.names[row], s.step));
+            let p = self
+                .dir
+                .join(format!("{}-step{:02}.png", self.names[row], s.step));
             crate::util::atomic_write(&p, png)?;
         }
         Ok(Vec::new())
@@ -95,8 +97,14 @@ fn read_prompts(args: &SampleArgs) -> Result<Vec<String>> {
     match (&args.prompt, &args.prompts) {
         (Some(p), None) => Ok(vec![p.clone()]),
         (None, Some(f)) => {
-            let text = std::fs::read_to_string(f).with_context(|| format!("reading prompts file {}", f.display()))?;
-            let prompts: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("reading prompts file {}", f.display()))?;
+            let prompts: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect();
             if prompts.is_empty() {
                 bail!("prompts file {} holds no prompt", f.display());
             }
@@ -118,7 +126,10 @@ pub fn run(args: SampleArgs) -> Result<()> {
     let kind = crate::util::parse_dtype(&dtype_s)?;
     let model_dir = args.model.clone().unwrap_or(recipe.paths.model.clone());
     let vq_s = args.vq.clone().unwrap_or(recipe.paths.vq.clone());
-    let tok_path = args.tokenizer.clone().unwrap_or(recipe.paths.tokenizer.clone());
+    let tok_path = args
+        .tokenizer
+        .clone()
+        .unwrap_or(recipe.paths.tokenizer.clone());
     let mut sampler = recipe.sampler.clone();
     if let Some(s) = args.steps {
         sampler.steps = s;
@@ -136,27 +147,65 @@ pub fn run(args: SampleArgs) -> Result<()> {
     let tok = TextTokenizer::from_file(&tok_path)?;
     let layout = Layout::new(&model.cfg, &tok);
     let vq = crate::world::image_tokenizer(&vq_s, device)?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     if let Some(v) = &args.verify {
-        return run_verified(&args, v, &recipe, &model, &layout, &tok, vq.as_ref(), &prompts, &sampler, device);
+        return run_verified(
+            &args,
+            v,
+            &recipe,
+            &model,
+            &layout,
+            &tok,
+            vq.as_ref(),
+            &prompts,
+            &sampler,
+            device,
+        );
     }
 
-    let rows: Vec<(usize, usize)> = (0..prompts.len()).flat_map(|i| (0..args.n).map(move |k| (i, k))).collect();
+    let rows: Vec<(usize, usize)> = (0..prompts.len())
+        .flat_map(|i| (0..args.n).map(move |k| (i, k)))
+        .collect();
     let names: Vec<String> = rows.iter().map(|(i, k)| format!("{i:05}-{k:03}")).collect();
     let pb = crate::train::logging::progress_bar(rows.len() as u64, true);
     for chunk_start in (0..rows.len()).step_by(args.batch.max(1)) {
         let chunk = &rows[chunk_start..(chunk_start + args.batch.max(1)).min(rows.len())];
         let mut uniq: Vec<usize> = chunk.iter().map(|r| r.0).collect();
         uniq.dedup();
-        let text = layout.text_batch(&tok, &uniq.iter().map(|&i| prompts[i].clone()).collect::<Vec<_>>(), device)?;
-        let prompt_of: Vec<usize> = chunk.iter().map(|r| uniq.iter().position(|&u| u == r.0).unwrap_or(0)).collect();
-        let seeds: Vec<u64> = chunk.iter().map(|&(i, k)| derive_seed(args.seed, i as u64, k as u64)).collect();
+        let text = layout.text_batch(
+            &tok,
+            &uniq.iter().map(|&i| prompts[i].clone()).collect::<Vec<_>>(),
+            device,
+        )?;
+        let prompt_of: Vec<usize> = chunk
+            .iter()
+            .map(|r| uniq.iter().position(|&u| u == r.0).unwrap_or(0))
+            .collect();
+        let seeds: Vec<u64> = chunk
+            .iter()
+            .map(|&(i, k)| derive_seed(args.seed, i as u64, k as u64))
+            .collect();
         let out = if args.save_steps {
             let chunk_names = names[chunk_start..chunk_start + chunk.len()].to_vec();
-            let mut hook = SaveSteps { vq: vq.as_ref(), dir: args.out.clone(), names: chunk_names };
-            generate::sample(&model, &layout, &text, &prompt_of, &seeds, &sampler, &mut hook)?
+            let mut hook = SaveSteps {
+                vq: vq.as_ref(),
+                dir: args.out.clone(),
+                names: chunk_names,
+            };
+            generate::sample(
+                &model, &layout, &text, &prompt_of, &seeds, &sampler, &mut hook,
+            )?
         } else {
-            generate::sample(&model, &layout, &text, &prompt_of, &seeds, &sampler, &mut generate::NoHook)?
+            generate::sample(
+                &model,
+                &layout,
+                &text,
+                &prompt_of,
+                &seeds,
+                &sampler,
+                &mut generate::NoHook,
+            )?
         };
         let images = vq.decode(&out.codes.to_device(device))?;
         for (j, png) in crate::world::to_pngs(&images)?.iter().enumerate() {
@@ -175,7 +224,10 @@ pub fn run(args: SampleArgs) -> Result<()> {
                 device: &device_s,
                 dtype: &dtype_s,
             };
-            crate::util::atomic_write(&args.out.join(format!("{name}.json")), serde_json::to_string_pretty(&side)?.as_bytes())?;
+            crate::util::atomic_write(
+                &args.out.join(format!("{name}.json")),
+                serde_json::to_string_pretty(&side)?.as_bytes(),
+            )?;
         }
         pb.inc(chunk.len() as u64);
     }
@@ -187,7 +239,11 @@ pub fn run(args: SampleArgs) -> Result<()> {
 /// Used by tests: whether a folder holds `n` PNGs.
 pub fn count_pngs(dir: &Path) -> usize {
     std::fs::read_dir(dir)
-        .map(|d| d.filter_map(|e| e.ok()).filter(|e| e.path().extension().is_some_and(|x| x == "png")).count())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.path().extension().is_some_and(|x| x == "png"))
+                .count()
+        })
         .unwrap_or(0)
 }
 
@@ -210,36 +266,75 @@ fn run_verified(
     use crate::verify::{OracleJudge, Verifier};
     let it = recipe.iterate.clone();
     let judge_dir = |default: Option<PathBuf>| -> Result<PathBuf> {
-        args.judge.clone().or(default).context("give --judge DIR (the recipe names no judge)")
+        args.judge
+            .clone()
+            .or(default)
+            .context("give --judge DIR (the recipe names no judge)")
     };
     let oracle = OracleJudge;
     let llava;
     let verifier = match which {
-        "oracle" => Verifier::Orm { judge: &oracle, n: args.n },
+        "oracle" => Verifier::Orm {
+            judge: &oracle,
+            n: args.n,
+        },
         "orm" => {
-            llava = LlavaJudge::load(&judge_dir(it.as_ref().map(|i| i.orm.clone()))?, device, tch::Kind::Float)?;
-            Verifier::Orm { judge: &llava, n: args.n }
+            llava = LlavaJudge::load(
+                &judge_dir(it.as_ref().map(|i| i.orm.clone()))?,
+                device,
+                tch::Kind::Float,
+            )?;
+            Verifier::Orm {
+                judge: &llava,
+                n: args.n,
+            }
         }
         "parm" => {
-            llava = LlavaJudge::load(&judge_dir(it.as_ref().map(|i| i.parm_model.clone()))?, device, tch::Kind::Float)?;
-            Verifier::Parm { step: &llava, outcome: &llava, n: args.n, cfg: it.map(|i| i.parm).unwrap_or_default() }
+            llava = LlavaJudge::load(
+                &judge_dir(it.as_ref().map(|i| i.parm_model.clone()))?,
+                device,
+                tch::Kind::Float,
+            )?;
+            Verifier::Parm {
+                step: &llava,
+                outcome: &llava,
+                n: args.n,
+                cfg: it.map(|i| i.parm).unwrap_or_default(),
+            }
         }
         _ => bail!("unknown --verify '{which}' (orm, parm, oracle)"),
     };
     let mut total = crate::verify::VerifyStats::default();
     for (i, p) in prompts.iter().enumerate() {
         let text = layout.text_batch(tok, std::slice::from_ref(p), device)?;
-        let seeds: Vec<u64> = (0..args.n).map(|k| derive_seed(args.seed, i as u64, k as u64)).collect();
+        let seeds: Vec<u64> = (0..args.n)
+            .map(|k| derive_seed(args.seed, i as u64, k as u64))
+            .collect();
         let row_prompts = vec![p.clone(); args.n];
-        let sel = verifier.select(model, layout, vq, &text, &vec![0; args.n], &row_prompts, &seeds, sampler)?;
+        let sel = verifier.select(
+            model,
+            layout,
+            vq,
+            &text,
+            &vec![0; args.n],
+            &row_prompts,
+            &seeds,
+            sampler,
+        )?;
         let images = vq.decode(&sel.codes.to_device(device))?;
         let name = format!("{i:05}");
-        crate::util::atomic_write(&args.out.join(format!("{name}.png")), &crate::world::to_pngs(&images)?[0])?;
+        crate::util::atomic_write(
+            &args.out.join(format!("{name}.png")),
+            &crate::world::to_pngs(&images)?[0],
+        )?;
         let trace = serde_json::json!({
             "prompt": p, "verifier": verifier.name(), "chosen": sel.chosen[0], "seeds": seeds,
             "paths": sel.paths, "stats": sel.stats, "sampler": sampler,
         });
-        crate::util::atomic_write(&args.out.join(format!("{name}.trajectory.json")), serde_json::to_string_pretty(&trace)?.as_bytes())?;
+        crate::util::atomic_write(
+            &args.out.join(format!("{name}.trajectory.json")),
+            serde_json::to_string_pretty(&trace)?.as_bytes(),
+        )?;
         total.add(&sel.stats);
     }
     println!(

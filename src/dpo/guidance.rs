@@ -46,7 +46,15 @@ fn d_one() -> f64 {
 
 /// Log-probabilities [R] of sampled trajectories: `text` [R, T], `codes` [R, N], `commit` [R, N]
 /// (the step each position was committed at, from the sampler), `steps` T, CFG scale `s`.
-pub fn trajectory_logps(model: &Showo, layout: &Layout, text: &Tensor, codes: &Tensor, commit: &Tensor, steps: usize, cfg_scale: f64) -> Tensor {
+pub fn trajectory_logps(
+    model: &Showo,
+    layout: &Layout,
+    text: &Tensor,
+    codes: &Tensor,
+    commit: &Tensor,
+    steps: usize,
+    cfg_scale: f64,
+) -> Tensor {
     let (r, n) = codes.size2().expect("[R, N]");
     let dev = codes.device();
     let t = steps as i64;
@@ -56,21 +64,37 @@ pub fn trajectory_logps(model: &Showo, layout: &Layout, text: &Tensor, codes: &T
     let known = c.lt_tensor(&s_idx); // [R, T, N]
     let target = c.eq_tensor(&s_idx);
     let ids_img = (codes.unsqueeze(1) + layout.sp.image_offset).expand([r, t, n], false);
-    let ids_img = ids_img.where_self(&known, &Tensor::from(layout.mask_id).to_device(dev)).reshape([r * t, n]);
-    let text_rows = text.unsqueeze(1).expand([r, t, layout.text_len], false).reshape([r * t, layout.text_len]);
+    let ids_img = ids_img
+        .where_self(&known, &Tensor::from(layout.mask_id).to_device(dev))
+        .reshape([r * t, n]);
+    let text_rows = text
+        .unsqueeze(1)
+        .expand([r, t, layout.text_len], false)
+        .reshape([r * t, layout.text_len]);
     let k = model.cfg.codebook_size;
     let logits_of = |txt: &Tensor| -> Tensor {
         let ids = layout.sequence(txt, &ids_img);
-        let h = model.hidden(&ids, &omni_attention_mask(&ids, &layout.sp)).narrow(1, layout.text_len + 1, n);
+        let h = model
+            .hidden(&ids, &omni_attention_mask(&ids, &layout.sp))
+            .narrow(1, layout.text_len + 1, n);
         model.logits_cols(&h, layout.sp.image_offset, k)
     };
     let logits = if cfg_scale != 0.0 {
-        let unc = layout.uncond_text(dev).expand([r * t, layout.text_len], false);
+        let unc = layout
+            .uncond_text(dev)
+            .expand([r * t, layout.text_len], false);
         logits_of(&text_rows) * (1.0 + cfg_scale) - logits_of(&unc) * cfg_scale
     } else {
         logits_of(&text_rows)
     };
-    let lp = logits.log_softmax(-1, Kind::Float).gather(2, &codes.unsqueeze(1).expand([r, t, n], false).reshape([r * t, n, 1]), false);
+    let lp = logits.log_softmax(-1, Kind::Float).gather(
+        2,
+        &codes
+            .unsqueeze(1)
+            .expand([r, t, n], false)
+            .reshape([r * t, n, 1]),
+        false,
+    );
     let lp = lp.squeeze_dim(-1).view([r, t, n]) * target.to_kind(Kind::Float);
     lp.sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Float)
 }
@@ -83,14 +107,22 @@ pub fn rloo_advantages(rewards: &[f64], group: usize) -> Vec<f64> {
         .flat_map(|g| {
             let sum: f64 = g.iter().sum();
             let k = g.len() as f64;
-            g.iter().map(move |&x| if k > 1.0 { x - (sum - x) / (k - 1.0) } else { 0.0 })
+            g.iter().map(move |&x| {
+                if k > 1.0 {
+                    x - (sum - x) / (k - 1.0)
+                } else {
+                    0.0
+                }
+            })
         })
         .collect()
 }
 
 /// The guidance loss −coef·mean(A·log π(trajectory))/N, to be added to the DPO loss.
 pub fn guidance_loss(traj_logps: &Tensor, advantages: &[f64], n_tokens: i64, coef: f64) -> Tensor {
-    let a = Tensor::from_slice(advantages).to_kind(Kind::Float).to_device(traj_logps.device());
+    let a = Tensor::from_slice(advantages)
+        .to_kind(Kind::Float)
+        .to_device(traj_logps.device());
     -(traj_logps * a).mean(Kind::Float) * (coef / n_tokens as f64)
 }
 
@@ -105,7 +137,10 @@ mod tests {
     fn rloo_baseline() {
         let a = rloo_advantages(&[1.0, 0.0, 0.0, 1.0, 1.0, 1.0], 3);
         assert!((a[0] - 1.0).abs() < 1e-12 && (a[1] + 0.5).abs() < 1e-12);
-        assert!(a[3..].iter().all(|x| x.abs() < 1e-12), "all equal → zero advantage");
+        assert!(
+            a[3..].iter().all(|x| x.abs() < 1e-12),
+            "all equal → zero advantage"
+        );
     }
 
     #[test]
@@ -125,13 +160,28 @@ mod tests {
         });
         let layout = Layout::with_ids(&model.cfg, 0, 0);
         let text = Tensor::from_slice(&layout.text_ids(&[3, 4])).view([1, layout.text_len]);
-        let sc = SamplerConfig { steps: 5, ..Default::default() };
-        let out = sample(&model, &layout, &text, &[0, 0, 0], &[1, 2, 3], &sc, &mut NoHook).unwrap();
+        let sc = SamplerConfig {
+            steps: 5,
+            ..Default::default()
+        };
+        let out = sample(
+            &model,
+            &layout,
+            &text,
+            &[0, 0, 0],
+            &[1, 2, 3],
+            &sc,
+            &mut NoHook,
+        )
+        .unwrap();
         // Every step commits at least one position; all positions are accounted for.
         let c = &out.commit_step;
         assert!(bool::try_from(c.ge(0).logical_and(&c.lt(5)).all()).unwrap());
         for s in 0..5 {
-            assert!(bool::try_from(c.eq(s).any()).unwrap(), "step {s} committed nothing");
+            assert!(
+                bool::try_from(c.eq(s).any()).unwrap(),
+                "step {s} committed nothing"
+            );
         }
         let texts = text.expand([3, layout.text_len], false);
         let lp = trajectory_logps(&model, &layout, &texts, &out.codes, c, 5, sc.cfg_scale);
@@ -140,7 +190,12 @@ mod tests {
         let adv = rloo_advantages(&[1.0, 0.0, 0.5], 3);
         let loss = guidance_loss(&lp, &adv, 16, 1.0);
         loss.backward();
-        let g: f64 = model.vs.trainable_variables().iter().map(|v| v.grad().abs().sum(Kind::Float).double_value(&[])).sum();
+        let g: f64 = model
+            .vs
+            .trainable_variables()
+            .iter()
+            .map(|v| v.grad().abs().sum(Kind::Float).double_value(&[]))
+            .sum();
         assert!(g > 0.0, "guidance term has no gradient");
     }
 }

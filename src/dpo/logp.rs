@@ -9,8 +9,8 @@
 //! pure function of (seed, epoch, pair, draw), so reference log-probs can be precomputed and cached.
 use crate::generate::Schedule;
 use crate::models::showo::{omni_attention_mask, Layout, Showo};
-use rand::{Rng, SeedableRng};
 use rand::rngs::ChaCha8Rng;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -68,7 +68,14 @@ fn d_sched() -> Schedule {
 
 impl Default for LogpConfig {
     fn default() -> Self {
-        Self { n_mc: 4, shared_mask: true, reduction: Reduction::Sum, columns: Columns::Full, cond_dropout: 0.0, schedule: Schedule::Cosine }
+        Self {
+            n_mc: 4,
+            shared_mask: true,
+            reduction: Reduction::Sum,
+            columns: Columns::Full,
+            cond_dropout: 0.0,
+            schedule: Schedule::Cosine,
+        }
     }
 }
 
@@ -92,18 +99,29 @@ fn draw(rng: &mut ChaCha8Rng, n: usize, cfg: &LogpConfig) -> Draw {
     for &i in &idx[..k] {
         mask[i] = true;
     }
-    let drop_prompt = cfg.cond_dropout > 0.0 && ((rng.next_u32() >> 8) as f64 / (1u32 << 24) as f64) < cfg.cond_dropout;
+    let drop_prompt = cfg.cond_dropout > 0.0
+        && ((rng.next_u32() >> 8) as f64 / (1u32 << 24) as f64) < cfg.cond_dropout;
     Draw { mask, drop_prompt }
 }
 
 /// The draws of pair `pair` in `epoch`: `n_mc` (chosen, rejected) draws, identical when `shared_mask`.
-pub fn pair_draws(seed: u64, epoch: u64, pair: u64, n: usize, cfg: &LogpConfig) -> Vec<(Draw, Draw)> {
+pub fn pair_draws(
+    seed: u64,
+    epoch: u64,
+    pair: u64,
+    n: usize,
+    cfg: &LogpConfig,
+) -> Vec<(Draw, Draw)> {
     let key = crate::generate::derive_seed(seed ^ 0xD0D0_5EED, epoch, pair);
     let mut rng = ChaCha8Rng::seed_from_u64(key);
     (0..cfg.n_mc)
         .map(|_| {
             let c = draw(&mut rng, n, cfg);
-            let r = if cfg.shared_mask { c.clone() } else { draw(&mut rng, n, cfg) };
+            let r = if cfg.shared_mask {
+                c.clone()
+            } else {
+                draw(&mut rng, n, cfg)
+            };
             (c, r)
         })
         .collect()
@@ -112,17 +130,33 @@ pub fn pair_draws(seed: u64, epoch: u64, pair: u64, n: usize, cfg: &LogpConfig) 
 /// Log-likelihoods [R] of R images: `text` int64 [R, T] (prompt rows, already with dropout applied
 /// by the caller when needed), `codes` int64 [R, N], `masks` bool [R, N]. Runs with gradient when
 /// the caller does.
-pub fn image_logps(model: &Showo, layout: &Layout, text: &Tensor, codes: &Tensor, masks: &Tensor, cfg: &LogpConfig) -> Tensor {
+pub fn image_logps(
+    model: &Showo,
+    layout: &Layout,
+    text: &Tensor,
+    codes: &Tensor,
+    masks: &Tensor,
+    cfg: &LogpConfig,
+) -> Tensor {
     let (ids, _) = layout.training_ids(text, codes, masks);
     let hidden = model.hidden(&ids, &omni_attention_mask(&ids, &layout.sp));
     let n = layout.num_vq_tokens;
     let h = hidden.narrow(1, layout.text_len + 1, n);
     let k = model.cfg.codebook_size;
     let (logits, target) = match cfg.columns {
-        Columns::Codebook => (model.logits_cols(&h, layout.sp.image_offset, k), codes.shallow_clone()),
-        Columns::Full => (model.logits_cols(&h, 0, model.cfg.vocab_size), codes + layout.sp.image_offset),
+        Columns::Codebook => (
+            model.logits_cols(&h, layout.sp.image_offset, k),
+            codes.shallow_clone(),
+        ),
+        Columns::Full => (
+            model.logits_cols(&h, 0, model.cfg.vocab_size),
+            codes + layout.sp.image_offset,
+        ),
     };
-    let lp = logits.log_softmax(-1, Kind::Float).gather(2, &target.unsqueeze(-1), false).squeeze_dim(-1);
+    let lp = logits
+        .log_softmax(-1, Kind::Float)
+        .gather(2, &target.unsqueeze(-1), false)
+        .squeeze_dim(-1);
     let m = masks.to_kind(Kind::Float);
     let s = (lp * &m).sum_dim_intlist(-1, false, Kind::Float);
     match cfg.reduction {
@@ -143,7 +177,13 @@ pub struct PairBatch {
 
 impl PairBatch {
     /// `prompt_text` [B, T] per pair, `chosen`/`rejected` codes [B, N], `draws[b]` from [`pair_draws`].
-    pub fn new(layout: &Layout, prompt_text: &Tensor, chosen: &Tensor, rejected: &Tensor, draws: &[Vec<(Draw, Draw)>]) -> Self {
+    pub fn new(
+        layout: &Layout,
+        prompt_text: &Tensor,
+        chosen: &Tensor,
+        rejected: &Tensor,
+        draws: &[Vec<(Draw, Draw)>],
+    ) -> Self {
         let b = draws.len() as i64;
         let n_mc = draws[0].len() as i64;
         let n = layout.num_vq_tokens;
@@ -156,20 +196,39 @@ impl PairBatch {
             for (i, d) in draws.iter().enumerate() {
                 for (dc, dr) in d {
                     let dd = if side == 0 { dc } else { dr };
-                    let t = if dd.drop_prompt { uncond.get(0) } else { prompt_text.get(i as i64) };
+                    let t = if dd.drop_prompt {
+                        uncond.get(0)
+                    } else {
+                        prompt_text.get(i as i64)
+                    };
                     text_rows.push(t);
-                    code_rows.push(if side == 0 { chosen.get(i as i64) } else { rejected.get(i as i64) });
+                    code_rows.push(if side == 0 {
+                        chosen.get(i as i64)
+                    } else {
+                        rejected.get(i as i64)
+                    });
                     mask_flat.extend(dd.mask.iter().map(|&x| x as u8));
                 }
             }
         }
-        let masks = Tensor::from_slice(&mask_flat).view([2 * b * n_mc, n]).to_kind(Kind::Bool).to_device(dev);
-        Self { text: Tensor::stack(&text_rows, 0), codes: Tensor::stack(&code_rows, 0).to_device(dev), masks, pairs: b, n_mc }
+        let masks = Tensor::from_slice(&mask_flat)
+            .view([2 * b * n_mc, n])
+            .to_kind(Kind::Bool)
+            .to_device(dev);
+        Self {
+            text: Tensor::stack(&text_rows, 0),
+            codes: Tensor::stack(&code_rows, 0).to_device(dev),
+            masks,
+            pairs: b,
+            n_mc,
+        }
     }
 
     /// Per-pair (chosen, rejected) log-likelihoods [B] each, averaged over the draws.
     pub fn logps(&self, model: &Showo, layout: &Layout, cfg: &LogpConfig) -> (Tensor, Tensor) {
-        let lp = image_logps(model, layout, &self.text, &self.codes, &self.masks, cfg).view([2, self.pairs, self.n_mc]).mean_dim(-1, false, Kind::Float);
+        let lp = image_logps(model, layout, &self.text, &self.codes, &self.masks, cfg)
+            .view([2, self.pairs, self.n_mc])
+            .mean_dim(-1, false, Kind::Float);
         (lp.get(0), lp.get(1))
     }
 }
@@ -180,7 +239,10 @@ mod tests {
 
     #[test]
     fn draws_are_deterministic_shared_and_sized_like_show_o() {
-        let cfg = LogpConfig { n_mc: 3, ..Default::default() };
+        let cfg = LogpConfig {
+            n_mc: 3,
+            ..Default::default()
+        };
         let a = pair_draws(1, 0, 5, 64, &cfg);
         assert_eq!(a, pair_draws(1, 0, 5, 64, &cfg));
         assert_ne!(a, pair_draws(1, 1, 5, 64, &cfg));
@@ -188,7 +250,16 @@ mod tests {
             assert_eq!(c, r);
             assert!(c.mask.iter().filter(|&&m| m).count() >= 1);
         }
-        let ind = pair_draws(1, 0, 5, 64, &LogpConfig { shared_mask: false, ..cfg });
+        let ind = pair_draws(
+            1,
+            0,
+            5,
+            64,
+            &LogpConfig {
+                shared_mask: false,
+                ..cfg
+            },
+        );
         assert!(ind.iter().any(|(c, r)| c != r));
     }
 }

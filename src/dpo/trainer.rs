@@ -7,9 +7,9 @@
 //! checkpoints `ckpts/<run>/step-N/` (model in Show-o's layout) and exact `--resume`.
 use super::logp::{pair_draws, LogpConfig, PairBatch};
 use super::loss::{dpo_loss, LossConfig, PairLogps};
-use crate::models::showo::{Layout, Showo, TextTokenizer};
 use crate::eval::geneval::Metadata;
 use crate::generate::{self, derive_seed};
+use crate::models::showo::{Layout, Showo, TextTokenizer};
 use crate::preference::build::ImageScorer;
 use crate::preference::{cache, pairs};
 use crate::recipe::Recipe;
@@ -160,7 +160,10 @@ fn batch_logps(
     dev: Device,
 ) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
     let n = layout.num_vq_tokens as usize;
-    let draws: Vec<_> = idx.iter().map(|&i| pair_draws(cfg.seed, epoch, i as u64, n, &cfg.logp)).collect();
+    let draws: Vec<_> = idx
+        .iter()
+        .map(|&i| pair_draws(cfg.seed, epoch, i as u64, n, &cfg.logp))
+        .collect();
     let (text, c, r) = data.select(idx, dev);
     let batch = PairBatch::new(layout, &text, &c, &r, &draws);
     let (pc, pr) = batch.logps(policy, layout, &cfg.logp);
@@ -192,21 +195,42 @@ struct RefCacheKey {
 
 impl RefCache {
     fn get(&self, epoch: u64, idx: &[usize], dev: Device) -> Result<(Tensor, Tensor)> {
-        ensure!((epoch as i64) < self.values.size()[0], "reference cache has no epoch {epoch}");
+        ensure!(
+            (epoch as i64) < self.values.size()[0],
+            "reference cache has no epoch {epoch}"
+        );
         let i = Tensor::from_slice(&idx.iter().map(|&x| x as i64).collect::<Vec<_>>());
-        let v = self.values.get(epoch as i64).index_select(0, &i).to_device(dev);
+        let v = self
+            .values
+            .get(epoch as i64)
+            .index_select(0, &i)
+            .to_device(dev);
         Ok((v.select(1, 0), v.select(1, 1)))
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn build(dir: &Path, key: RefCacheKey, model: &Showo, layout: &Layout, data: &Data, cfg: &DpoConfig, dev: Device, log: &mut logging::Logger) -> Result<Self> {
+    fn build(
+        dir: &Path,
+        key: RefCacheKey,
+        model: &Showo,
+        layout: &Layout,
+        data: &Data,
+        cfg: &DpoConfig,
+        dev: Device,
+        log: &mut logging::Logger,
+    ) -> Result<Self> {
         let file = dir.join("ref_logps.safetensors");
         let meta = dir.join("ref_logps.json");
         if file.exists() && meta.exists() {
-            let old: RefCacheKey = serde_json::from_str(&std::fs::read_to_string(&meta)?).context("ref_logps.json")?;
+            let old: RefCacheKey =
+                serde_json::from_str(&std::fs::read_to_string(&meta)?).context("ref_logps.json")?;
             if old == key {
                 let t = crate::nn::weights::read_state_dict(&file)?;
-                let values = t.into_iter().find(|(n, _)| n == "ref_logps").context("ref_logps tensor")?.1;
+                let values = t
+                    .into_iter()
+                    .find(|(n, _)| n == "ref_logps")
+                    .context("ref_logps tensor")?
+                    .1;
                 log.info(format!("reference log-probs: reusing {}", file.display()));
                 return Ok(Self { values });
             }
@@ -218,18 +242,29 @@ impl RefCache {
             let mut vals = Vec::new();
             for chunk in (0..m).collect::<Vec<_>>().chunks(cfg.batch_size.max(1)) {
                 let n = layout.num_vq_tokens as usize;
-                let draws: Vec<_> = chunk.iter().map(|&i| pair_draws(cfg.seed, epoch, i as u64, n, &cfg.logp)).collect();
+                let draws: Vec<_> = chunk
+                    .iter()
+                    .map(|&i| pair_draws(cfg.seed, epoch, i as u64, n, &cfg.logp))
+                    .collect();
                 let (text, c, r) = data.select(chunk, dev);
-                let (rc, rr) = tch::no_grad(|| PairBatch::new(layout, &text, &c, &r, &draws).logps(model, layout, &cfg.logp));
+                let (rc, rr) = tch::no_grad(|| {
+                    PairBatch::new(layout, &text, &c, &r, &draws).logps(model, layout, &cfg.logp)
+                });
                 vals.push(Tensor::stack(&[rc, rr], 1).to_device(Device::Cpu));
             }
             rows.push(Tensor::cat(&vals, 0));
         }
         let values = Tensor::stack(&rows, 0);
         std::fs::create_dir_all(dir)?;
-        crate::nn::weights::write_safetensors(&file, &[("ref_logps".into(), values.shallow_clone())])?;
+        crate::nn::weights::write_safetensors(
+            &file,
+            &[("ref_logps".into(), values.shallow_clone())],
+        )?;
         crate::util::atomic_write(&meta, serde_json::to_string_pretty(&key)?.as_bytes())?;
-        log.info(format!("reference log-probs: computed {} epochs × {m} pairs × {} draws", key.epochs, cfg.logp.n_mc));
+        log.info(format!(
+            "reference log-probs: computed {} epochs × {m} pairs × {} draws",
+            key.epochs, cfg.logp.n_mc
+        ));
         Ok(Self { values })
     }
 }
@@ -241,19 +276,47 @@ pub fn step_dir(ckpt_dir: &Path, step: u64) -> PathBuf {
 
 /// Trains one DPO round. Validates the pairs before writing anything. With `guide`, adds the
 /// online guidance term scored by that judge (settings from `cfg.guide`).
-pub fn train_round(recipe: &Recipe, cfg: &DpoConfig, spec: &RoundSpec, mut guide: Option<&mut dyn ImageScorer>) -> Result<RoundResult> {
+pub fn train_round(
+    recipe: &Recipe,
+    cfg: &DpoConfig,
+    spec: &RoundSpec,
+    mut guide: Option<&mut dyn ImageScorer>,
+) -> Result<RoundResult> {
     cfg.loss.validate()?;
-    ensure!(cfg.batch_size > 0 && cfg.grad_accum > 0 && cfg.logp.n_mc > 0, "batch_size, grad_accum and logp.n_mc must be positive");
+    ensure!(
+        cfg.batch_size > 0 && cfg.grad_accum > 0 && cfg.logp.n_mc > 0,
+        "batch_size, grad_accum and logp.n_mc must be positive"
+    );
     let device = recipe.device()?;
     // 1. Validate every line first: nothing is written when the pairs file is bad.
     let vq = crate::world::image_tokenizer(&recipe.paths.vq, device)?;
-    let size = if recipe.is_glyph() { Some((128, 128)) } else { None };
-    let (all_pairs, report) = pairs::load_pairs(spec.pairs, &pairs::PairsOptions { image_size: size, skip_bad_rows: spec.skip_bad_rows })?;
-    ensure!(!all_pairs.is_empty(), "{}: no usable pairs", spec.pairs.display());
+    let size = if recipe.is_glyph() {
+        Some((128, 128))
+    } else {
+        None
+    };
+    let (all_pairs, report) = pairs::load_pairs(
+        spec.pairs,
+        &pairs::PairsOptions {
+            image_size: size,
+            skip_bad_rows: spec.skip_bad_rows,
+        },
+    )?;
+    ensure!(
+        !all_pairs.is_empty(),
+        "{}: no usable pairs",
+        spec.pairs.display()
+    );
 
-    let mut log = logging::Logger::new(&spec.run_dir, cfg.steps, logging::LoggerOptions::default())?;
+    let mut log =
+        logging::Logger::new(&spec.run_dir, cfg.steps, logging::LoggerOptions::default())?;
     if !report.skipped.is_empty() {
-        log.info(format!("skipped {} bad rows of {} in {}", report.skipped.len(), report.rows, spec.pairs.display()));
+        log.info(format!(
+            "skipped {} bad rows of {} in {}",
+            report.skipped.len(),
+            report.rows,
+            spec.pairs.display()
+        ));
     }
     let tok = TextTokenizer::from_file(&recipe.paths.tokenizer)?;
     let train_kind = crate::util::parse_dtype(&cfg.train_dtype)?;
@@ -265,7 +328,14 @@ pub fn train_round(recipe: &Recipe, cfg: &DpoConfig, spec: &RoundSpec, mut guide
 
     // 2. Codes (cached) and prompt rows.
     let tok_id = format!("{}:{}", recipe.paths.vq, policy.cfg.codebook_size);
-    let codes = cache::encode_all(&all_pairs, vq.as_ref(), &tok_id, &recipe.paths.ckpts.join("cache").join("codes"), device, 64)?;
+    let codes = cache::encode_all(
+        &all_pairs,
+        vq.as_ref(),
+        &tok_id,
+        &recipe.paths.ckpts.join("cache").join("codes"),
+        device,
+        64,
+    )?;
     let (mut train_idx, mut eval_idx) = (Vec::new(), Vec::new());
     for (i, p) in all_pairs.iter().enumerate() {
         if held_out(&p.record.prompt, cfg.seed, cfg.eval_fraction) {
@@ -274,7 +344,10 @@ pub fn train_round(recipe: &Recipe, cfg: &DpoConfig, spec: &RoundSpec, mut guide
             train_idx.push(i)
         }
     }
-    ensure!(!train_idx.is_empty(), "every pair fell into the held-out split");
+    ensure!(
+        !train_idx.is_empty(),
+        "every pair fell into the held-out split"
+    );
     let prompts: Vec<String> = all_pairs.iter().map(|p| p.record.prompt.clone()).collect();
     // Guidance prompts: the training pairs' prompts (with their metadata when present), deduplicated.
     let mut guide_metas: Vec<Metadata> = Vec::new();
@@ -283,8 +356,16 @@ pub fn train_round(recipe: &Recipe, cfg: &DpoConfig, spec: &RoundSpec, mut guide
         if guide_metas.iter().any(|m| m.prompt == r.prompt) {
             continue;
         }
-        let meta = r.metadata.clone().and_then(|v| serde_json::from_value::<Metadata>(v).ok());
-        guide_metas.push(meta.unwrap_or(Metadata { tag: r.tag.clone().unwrap_or_default(), include: vec![], exclude: vec![], prompt: r.prompt.clone() }));
+        let meta = r
+            .metadata
+            .clone()
+            .and_then(|v| serde_json::from_value::<Metadata>(v).ok());
+        guide_metas.push(meta.unwrap_or(Metadata {
+            tag: r.tag.clone().unwrap_or_default(),
+            include: vec![],
+            exclude: vec![],
+            prompt: r.prompt.clone(),
+        }));
     }
     let guide_cfg = match (&guide, &cfg.guide) {
         (Some(_), Some(g)) => Some(g.clone()),
@@ -296,12 +377,26 @@ pub fn train_round(recipe: &Recipe, cfg: &DpoConfig, spec: &RoundSpec, mut guide
         let i = Tensor::from_slice(&idx.iter().map(|&x| x as i64).collect::<Vec<_>>());
         Data {
             text: text_all.index_select(0, &i),
-            chosen: Tensor::stack(&idx.iter().map(|&j| codes[j].0.shallow_clone()).collect::<Vec<_>>(), 0),
-            rejected: Tensor::stack(&idx.iter().map(|&j| codes[j].1.shallow_clone()).collect::<Vec<_>>(), 0),
+            chosen: Tensor::stack(
+                &idx.iter()
+                    .map(|&j| codes[j].0.shallow_clone())
+                    .collect::<Vec<_>>(),
+                0,
+            ),
+            rejected: Tensor::stack(
+                &idx.iter()
+                    .map(|&j| codes[j].1.shallow_clone())
+                    .collect::<Vec<_>>(),
+                0,
+            ),
         }
     };
     let train = make(&train_idx);
-    let eval = if eval_idx.is_empty() { None } else { Some(make(&eval_idx)) };
+    let eval = if eval_idx.is_empty() {
+        None
+    } else {
+        Some(make(&eval_idx))
+    };
     let m = train_idx.len();
 
     // 3. Reference.
@@ -329,15 +424,35 @@ pub fn train_round(recipe: &Recipe, cfg: &DpoConfig, spec: &RoundSpec, mut guide
                 pairs_sha256: cache::hash_file(spec.pairs)?,
                 reference: ref_path.display().to_string(),
             };
-            let c = RefCache::build(&spec.ckpt_dir, key, &ref_model, &layout, &train, cfg, device, &mut log)?;
+            let c = RefCache::build(
+                &spec.ckpt_dir,
+                key,
+                &ref_model,
+                &layout,
+                &train,
+                cfg,
+                device,
+                &mut log,
+            )?;
             drop(ref_model);
             RefSource::Cache(c)
         }
     };
 
     // 4. Optimizer and resume.
-    let mut opt = optim::AdamW::new(&policy.vs, optim::AdamWConfig { lr: cfg.lr, weight_decay: cfg.weight_decay, ..Default::default() })?;
-    let sched = LrSchedule::Cosine { warmup_steps: cfg.warmup_steps, total_steps: cfg.steps, min_lr_ratio: cfg.min_lr_ratio };
+    let mut opt = optim::AdamW::new(
+        &policy.vs,
+        optim::AdamWConfig {
+            lr: cfg.lr,
+            weight_decay: cfg.weight_decay,
+            ..Default::default()
+        },
+    )?;
+    let sched = LrSchedule::Cosine {
+        warmup_steps: cfg.warmup_steps,
+        total_steps: cfg.steps,
+        min_lr_ratio: cfg.min_lr_ratio,
+    };
     let mut start = 0;
     if spec.resume {
         if let Some(c) = ckpt::Checkpoint::latest(&spec.ckpt_dir)? {
@@ -347,7 +462,10 @@ pub fn train_round(recipe: &Recipe, cfg: &DpoConfig, spec: &RoundSpec, mut guide
             log.info(format!("resumed from {} at step {start}", c.dir.display()));
         }
     }
-    let total = spec.max_steps.map(|s| s.min(cfg.steps)).unwrap_or(cfg.steps);
+    let total = spec
+        .max_steps
+        .map(|s| s.min(cfg.steps))
+        .unwrap_or(cfg.steps);
     log.info(format!(
         "dpo: {} train pairs, {} held-out, {} draws/pair, {} pairs/step, steps {start}..{total}, loss {:?} β={}",
         m,
@@ -363,7 +481,12 @@ pub fn train_round(recipe: &Recipe, cfg: &DpoConfig, spec: &RoundSpec, mut guide
                 let idx: Vec<usize> = (0..e.chosen.size()[0] as usize).collect();
                 let (pc, pr) = batch_ref_only(policy, &layout, e, &idx, cfg, device)?;
                 let h = (pc - pr) - (rc - rr);
-                Ok(Some(h.gt(0.0).to_kind(Kind::Float).mean(Kind::Float).double_value(&[])))
+                Ok(Some(
+                    h.gt(0.0)
+                        .to_kind(Kind::Float)
+                        .mean(Kind::Float)
+                        .double_value(&[]),
+                ))
             }
             _ => Ok(None),
         }
@@ -382,9 +505,20 @@ pub fn train_round(recipe: &Recipe, cfg: &DpoConfig, spec: &RoundSpec, mut guide
             let epoch = (pos / m) as u64;
             let order = rng::epoch_order(cfg.seed, epoch, m);
             let idx: Vec<usize> = (0..cfg.batch_size).map(|j| order[(pos + j) % m]).collect();
-            let (pc, pr, rc, rr) = batch_logps(&policy, &reference, &layout, &train, &idx, epoch, cfg, device)?;
+            let (pc, pr, rc, rr) = batch_logps(
+                &policy, &reference, &layout, &train, &idx, epoch, cfg, device,
+            )?;
             let nll = -(&pc) / (layout.num_vq_tokens as f64);
-            let out = dpo_loss(&cfg.loss, &PairLogps { policy_chosen: &pc, policy_rejected: &pr, ref_chosen: &rc, ref_rejected: &rr }, Some(&nll))?;
+            let out = dpo_loss(
+                &cfg.loss,
+                &PairLogps {
+                    policy_chosen: &pc,
+                    policy_rejected: &pr,
+                    ref_chosen: &rc,
+                    ref_rejected: &rr,
+                },
+                Some(&nll),
+            )?;
             let dpo_coef = guide_cfg.as_ref().map(|g| g.dpo_coef).unwrap_or(1.0);
             if dpo_coef != 0.0 {
                 (out.loss * (dpo_coef / cfg.grad_accum as f64)).backward();
@@ -398,7 +532,18 @@ pub fn train_round(recipe: &Recipe, cfg: &DpoConfig, spec: &RoundSpec, mut guide
         }
         if let (Some(scorer), Some(g)) = (guide.as_deref_mut(), &guide_cfg) {
             if step % g.every == 0 {
-                let (reward, gl) = guided_backward(&policy, &layout, &tok, vq.as_ref(), scorer, &guide_metas, g, recipe, cfg.seed, step)?;
+                let (reward, gl) = guided_backward(
+                    &policy,
+                    &layout,
+                    &tok,
+                    vq.as_ref(),
+                    scorer,
+                    &guide_metas,
+                    g,
+                    recipe,
+                    cfg.seed,
+                    step,
+                )?;
                 sums.push(("guide/reward", reward));
                 sums.push(("guide/loss", gl));
             }
@@ -414,11 +559,19 @@ pub fn train_round(recipe: &Recipe, cfg: &DpoConfig, spec: &RoundSpec, mut guide
         if done % cfg.eval_every == 0 || done == total {
             if let Some(a) = eval_acc(&policy)? {
                 log.scalar("eval/rewards/accuracies", a, done);
-                log.info(format!("step {done}: held-out implicit-reward accuracy {a:.3}"));
+                log.info(format!(
+                    "step {done}: held-out implicit-reward accuracy {a:.3}"
+                ));
             }
         }
         if done % cfg.ckpt_every == 0 || done == total {
-            let state = ckpt::TrainerState { step: done, seed: cfg.seed, epoch: ((done * per_step) as usize / m) as u64, data_position: ((done * per_step) as usize % m) as u64, ..Default::default() };
+            let state = ckpt::TrainerState {
+                step: done,
+                seed: cfg.seed,
+                epoch: ((done * per_step) as usize / m) as u64,
+                data_position: ((done * per_step) as usize % m) as u64,
+                ..Default::default()
+            };
             ckpt::save_checkpoint(&spec.ckpt_dir, &policy.vs, Some(&policy.cfg), &opt, &state)?;
         }
     }
@@ -429,17 +582,36 @@ pub fn train_round(recipe: &Recipe, cfg: &DpoConfig, spec: &RoundSpec, mut guide
         log.info(format!("saved {}", final_dir.display()));
     }
     log.finish();
-    Ok(RoundResult { final_dir, steps: total, train_pairs: m, eval_pairs: eval_idx.len(), eval_accuracy_start: acc_start, eval_accuracy_end: acc_end })
+    Ok(RoundResult {
+        final_dir,
+        steps: total,
+        train_pairs: m,
+        eval_pairs: eval_idx.len(),
+        eval_accuracy_start: acc_start,
+        eval_accuracy_end: acc_end,
+    })
 }
 
-fn batch_ref_only(model: &Showo, layout: &Layout, data: &Data, idx: &[usize], cfg: &DpoConfig, dev: Device) -> Result<(Tensor, Tensor)> {
+fn batch_ref_only(
+    model: &Showo,
+    layout: &Layout,
+    data: &Data,
+    idx: &[usize],
+    cfg: &DpoConfig,
+    dev: Device,
+) -> Result<(Tensor, Tensor)> {
     let n = layout.num_vq_tokens as usize;
     let mut cs = Vec::new();
     let mut rs = Vec::new();
     for chunk in idx.chunks(cfg.batch_size.max(1)) {
-        let draws: Vec<_> = chunk.iter().map(|&i| pair_draws(cfg.seed ^ 0xE7A1, 0, i as u64, n, &cfg.logp)).collect();
+        let draws: Vec<_> = chunk
+            .iter()
+            .map(|&i| pair_draws(cfg.seed ^ 0xE7A1, 0, i as u64, n, &cfg.logp))
+            .collect();
         let (text, c, r) = data.select(chunk, dev);
-        let (lc, lr) = tch::no_grad(|| PairBatch::new(layout, &text, &c, &r, &draws).logps(model, layout, &cfg.logp));
+        let (lc, lr) = tch::no_grad(|| {
+            PairBatch::new(layout, &text, &c, &r, &draws).logps(model, layout, &cfg.logp)
+        });
         cs.push(lc);
         rs.push(lr);
     }
@@ -462,21 +634,39 @@ pub fn guided_backward(
     step: u64,
 ) -> Result<(f64, f64)> {
     ensure!(!metas.is_empty(), "no prompts for guidance");
-    ensure!(g.samples_per_prompt >= 2, "dpo.guide.samples_per_prompt must be at least 2 (leave-one-out baseline)");
+    ensure!(
+        g.samples_per_prompt >= 2,
+        "dpo.guide.samples_per_prompt must be at least 2 (leave-one-out baseline)"
+    );
     let mut rng = rng::DataRng::with_stream(seed ^ 0x6D1D_E000, step);
-    let chosen: Vec<&Metadata> = (0..g.prompts_per_step).map(|_| &metas[rng.below(metas.len() as u64) as usize]).collect();
+    let chosen: Vec<&Metadata> = (0..g.prompts_per_step)
+        .map(|_| &metas[rng.below(metas.len() as u64) as usize])
+        .collect();
     let prompts: Vec<String> = chosen.iter().map(|m| m.prompt.clone()).collect();
     let dev = policy.device();
     let text = layout.text_batch(tok, &prompts, dev)?;
     let k = g.samples_per_prompt;
-    let prompt_of: Vec<usize> = (0..prompts.len()).flat_map(|j| std::iter::repeat_n(j, k)).collect();
-    let seeds: Vec<u64> = (0..prompt_of.len()).map(|r| derive_seed(seed ^ 0x6D1D_E000, step, r as u64)).collect();
-    let out = generate::sample(policy, layout, &text, &prompt_of, &seeds, &recipe.sampler, &mut generate::NoHook)?;
+    let prompt_of: Vec<usize> = (0..prompts.len())
+        .flat_map(|j| std::iter::repeat_n(j, k))
+        .collect();
+    let seeds: Vec<u64> = (0..prompt_of.len())
+        .map(|r| derive_seed(seed ^ 0x6D1D_E000, step, r as u64))
+        .collect();
+    let out = generate::sample(
+        policy,
+        layout,
+        &text,
+        &prompt_of,
+        &seeds,
+        &recipe.sampler,
+        &mut generate::NoHook,
+    )?;
     let images = vq.decode(&out.codes.to_device(dev))?;
     let row_metas: Vec<&Metadata> = prompt_of.iter().map(|&j| chosen[j]).collect();
     let rewards = scorer.score(&row_metas, &images, &out.codes)?;
     let adv = super::guidance::rloo_advantages(&rewards, k);
-    let idx = Tensor::from_slice(&prompt_of.iter().map(|&j| j as i64).collect::<Vec<_>>()).to_device(dev);
+    let idx =
+        Tensor::from_slice(&prompt_of.iter().map(|&j| j as i64).collect::<Vec<_>>()).to_device(dev);
     let traj = super::guidance::trajectory_logps(
         policy,
         layout,
@@ -488,5 +678,8 @@ pub fn guided_backward(
     );
     let loss = super::guidance::guidance_loss(&traj, &adv, layout.num_vq_tokens, g.reward_coef);
     loss.backward();
-    Ok((rewards.iter().sum::<f64>() / rewards.len() as f64, loss.double_value(&[])))
+    Ok((
+        rewards.iter().sum::<f64>() / rewards.len() as f64,
+        loss.double_value(&[]),
+    ))
 }

@@ -6,11 +6,17 @@
 use super::sampler::{unit_f32, SamplerConfig};
 use crate::models::showo::{omni_attention_mask, Layout, Showo};
 use anyhow::Result;
-use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
+use rand::SeedableRng;
 use tch::{Kind, Tensor};
 
-pub fn sample_literal(model: &Showo, layout: &Layout, text: &Tensor, seeds: &[u64], cfg: &SamplerConfig) -> Result<Tensor> {
+pub fn sample_literal(
+    model: &Showo,
+    layout: &Layout,
+    text: &Tensor,
+    seeds: &[u64],
+    cfg: &SamplerConfig,
+) -> Result<Tensor> {
     let _g = tch::no_grad_guard();
     let dev = model.device();
     let text = &text.to_device(dev);
@@ -21,7 +27,10 @@ pub fn sample_literal(model: &Showo, layout: &Layout, text: &Tensor, seeds: &[u6
     let mut ids = layout.generation_ids(text);
     let unc_text = layout.uncond_text(dev).expand([b, layout.text_len], false);
     let t = layout.text_len;
-    let mut rngs: Vec<ChaCha8Rng> = seeds.iter().map(|&s| ChaCha8Rng::seed_from_u64(s)).collect();
+    let mut rngs: Vec<ChaCha8Rng> = seeds
+        .iter()
+        .map(|&s| ChaCha8Rng::seed_from_u64(s))
+        .collect();
     let mut temp = cfg.temperature;
     let mut last = Tensor::zeros([b, n], (Kind::Int64, dev));
     for step in 0..cfg.steps {
@@ -38,7 +47,8 @@ pub fn sample_literal(model: &Showo, layout: &Layout, text: &Tensor, seeds: &[u6
         let probs = logits.softmax(-1, Kind::Float);
         let img = ids.narrow(1, t + 1, n);
         let unknown = img.eq(layout.mask_id);
-        let cur = (&img - off).where_self(&unknown.logical_not(), &Tensor::from(-1i64).to_device(dev));
+        let cur =
+            (&img - off).where_self(&unknown.logical_not(), &Tensor::from(-1i64).to_device(dev));
         let ratio = (step as f32 + 1.0) / cfg.steps as f32;
         let mut samp_v = vec![0i64; (b * n) as usize];
         let mut gum_v = vec![0f32; (b * n) as usize];
@@ -63,19 +73,34 @@ pub fn sample_literal(model: &Showo, layout: &Layout, text: &Tensor, seeds: &[u6
                 gum_v[r * n as usize + j] = unit_f32(&mut rngs[r]);
             }
         }
-        let samp = Tensor::from_slice(&samp_v).view([b, n]).to_device(dev).where_self(&unknown, &cur);
+        let samp = Tensor::from_slice(&samp_v)
+            .view([b, n])
+            .to_device(dev)
+            .where_self(&unknown, &cur);
         let conf_p = probs.gather(2, &samp.unsqueeze(-1), false).squeeze_dim(-1);
         let conf_p = conf_p.where_self(&unknown, &Tensor::from(f32::MAX).to_device(dev));
         let cap = (n as f32 * cfg.schedule.ratio(ratio)).floor() as i64;
-        let mask_len = (unknown.sum_dim_intlist(-1, true, Kind::Int64) - 1).clamp_max(cap).clamp_min(1);
+        let mask_len = (unknown.sum_dim_intlist(-1, true, Kind::Int64) - 1)
+            .clamp_max(cap)
+            .clamp_min(1);
         temp *= 1.0 - ratio as f64;
         let u = Tensor::from_slice(&gum_v).view([b, n]).to_device(dev);
         let gumbel = -(-(u.clamp_min(1e-20).log())).clamp_min(1e-20).log();
         let conf = conf_p.clamp_min(1e-20).log() + gumbel * temp;
         let (sorted, _) = conf.sort(-1, false);
         let remask = conf.lt_tensor(&sorted.gather(1, &mask_len, false));
-        let new_img = (&samp + off).where_self(&remask.logical_not(), &Tensor::from(layout.mask_id).to_device(dev));
-        ids = Tensor::cat(&[ids.narrow(1, 0, t + 1), new_img, ids.narrow(1, t + 1 + n, 1)], 1);
+        let new_img = (&samp + off).where_self(
+            &remask.logical_not(),
+            &Tensor::from(layout.mask_id).to_device(dev),
+        );
+        ids = Tensor::cat(
+            &[
+                ids.narrow(1, 0, t + 1),
+                new_img,
+                ids.narrow(1, t + 1 + n, 1),
+            ],
+            1,
+        );
         last = samp;
     }
     Ok(last)

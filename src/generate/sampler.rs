@@ -50,7 +50,12 @@ fn d_schedule() -> Schedule {
 
 impl Default for SamplerConfig {
     fn default() -> Self {
-        Self { steps: d_steps(), cfg_scale: d_cfg(), temperature: d_temp(), schedule: d_schedule() }
+        Self {
+            steps: d_steps(),
+            cfg_scale: d_cfg(),
+            temperature: d_temp(),
+            schedule: d_schedule(),
+        }
     }
 }
 
@@ -58,7 +63,9 @@ impl Default for SamplerConfig {
 pub fn derive_seed(base: u64, prompt: u64, candidate: u64) -> u64 {
     let mut z = base
         ^ prompt.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ candidate.wrapping_mul(0xC2B2_AE3D_27D4_EB4F).rotate_left(31);
+        ^ candidate
+            .wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+            .rotate_left(31);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -123,13 +130,21 @@ pub fn sample(
     let rows = seeds.len();
     let text = text.to_device(dev);
     let p = text.size()[0];
-    ensure!(prompt_of.iter().all(|&i| (i as i64) < p), "prompt index out of range");
+    ensure!(
+        prompt_of.iter().all(|&i| (i as i64) < p),
+        "prompt index out of range"
+    );
     let use_cfg = cfg.cfg_scale != 0.0;
 
     // Text prefixes once per prompt (plus the shared unconditional row), then expanded to rows.
     let cond = model.prefix(&text, &layout.sp);
-    let uncond = if use_cfg { Some(model.prefix(&layout.uncond_text(dev), &layout.sp)) } else { None };
-    let row_prompt = Tensor::from_slice(&prompt_of.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(dev);
+    let uncond = if use_cfg {
+        Some(model.prefix(&layout.uncond_text(dev), &layout.sp))
+    } else {
+        None
+    };
+    let row_prompt =
+        Tensor::from_slice(&prompt_of.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(dev);
     let build_cache = |sel: &Tensor| -> PrefixCache {
         let c = cond.select(sel);
         match &uncond {
@@ -143,7 +158,10 @@ pub fn sample(
 
     let mut live: Vec<usize> = (0..rows).collect();
     let mut cache = build_cache(&row_prompt);
-    let mut rngs: Vec<ChaCha8Rng> = seeds.iter().map(|&s| ChaCha8Rng::seed_from_u64(s)).collect();
+    let mut rngs: Vec<ChaCha8Rng> = seeds
+        .iter()
+        .map(|&s| ChaCha8Rng::seed_from_u64(s))
+        .collect();
     let mut cur = Tensor::full([rows as i64, n], -1, (Kind::Int64, dev));
     let mut out = Tensor::zeros([rows as i64, n], (Kind::Int64, dev));
     let mut commit = Tensor::full([rows as i64, n], -1, (Kind::Int64, dev));
@@ -157,9 +175,21 @@ pub fn sample(
         let r = live.len() as i64;
         row_steps += live.len();
         // Image segment ids: soi, codes (or [MASK]), eoi.
-        let img_ids = (&cur + layout.sp.image_offset).where_self(&cur.ge(0), &Tensor::from(layout.mask_id).to_device(dev));
-        let seg = Tensor::cat(&[soi.expand([r, 1], false), img_ids, eoi.expand([r, 1], false)], 1);
-        let seg = if use_cfg { Tensor::cat(&[&seg, &seg], 0) } else { seg };
+        let img_ids = (&cur + layout.sp.image_offset)
+            .where_self(&cur.ge(0), &Tensor::from(layout.mask_id).to_device(dev));
+        let seg = Tensor::cat(
+            &[
+                soi.expand([r, 1], false),
+                img_ids,
+                eoi.expand([r, 1], false),
+            ],
+            1,
+        );
+        let seg = if use_cfg {
+            Tensor::cat(&[&seg, &seg], 0)
+        } else {
+            seg
+        };
         let hidden = model.image_hidden(&seg, &cache).narrow(1, 1, n);
         let logits = model.logits_cols(&hidden, layout.sp.image_offset, k);
         let logits = if use_cfg {
@@ -189,7 +219,10 @@ pub fn sample(
         // Inverse-CDF multinomial: the first category whose cumulative mass exceeds u·total.
         let cdf = probs.cumsum(-1, Kind::Float);
         let target = &u_samp * cdf.narrow(2, k - 1, 1);
-        let samp = target.searchsorted(&cdf, false, true, "right", None::<Tensor>).squeeze_dim(-1).clamp_max(k - 1);
+        let samp = target
+            .searchsorted(&cdf, false, true, "right", None::<Tensor>)
+            .squeeze_dim(-1)
+            .clamp_max(k - 1);
         let unknown = cur.lt(0);
         let samp = samp.where_self(&unknown, &cur);
 
@@ -198,7 +231,9 @@ pub fn sample(
         let conf_p = probs.gather(2, &samp.unsqueeze(-1), false).squeeze_dim(-1);
         let conf_p = conf_p.where_self(&unknown, &Tensor::from(f32::MAX).to_device(dev));
         let cap = (n as f32 * mr).floor() as i64;
-        let mask_len = (unknown.sum_dim_intlist(-1, true, Kind::Int64) - 1).clamp_max(cap).clamp_min(1);
+        let mask_len = (unknown.sum_dim_intlist(-1, true, Kind::Int64) - 1)
+            .clamp_max(cap)
+            .clamp_min(1);
         temp *= 1.0 - ratio as f64;
         let gumbel = -(-(u_gumb.clamp_min(1e-20).log())).clamp_min(1e-20).log();
         let conf = conf_p.clamp_min(1e-20).log() + gumbel * temp;
@@ -207,14 +242,21 @@ pub fn sample(
         let remask = conf.lt_tensor(&cut);
         let next = Tensor::full_like(&samp, -1).where_self(&remask, &samp);
 
-        let live_idx = Tensor::from_slice(&live.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(dev);
+        let live_idx =
+            Tensor::from_slice(&live.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(dev);
         out = out.index_copy(0, &live_idx, &samp);
         // Positions committed now (and, for rows that stop here, every position still open).
         let newly = unknown.logical_and(&next.ge(0));
         let step_t = Tensor::full_like(&next, step as i64);
         let prev = commit.index_select(0, &live_idx);
         commit = commit.index_copy(0, &live_idx, &step_t.where_self(&newly, &prev));
-        let drop = hook.on_step(&StepState { step, steps: cfg.steps, live: &live, sampled: &samp, current: &next })?;
+        let drop = hook.on_step(&StepState {
+            step,
+            steps: cfg.steps,
+            live: &live,
+            sampled: &samp,
+            current: &next,
+        })?;
         cur = next;
         if !drop.is_empty() && step + 1 < cfg.steps {
             let keep: Vec<usize> = (0..live.len()).filter(|i| !drop.contains(i)).collect();
@@ -223,7 +265,11 @@ pub fn sample(
                     pruned_at[row] = Some(step);
                 }
             }
-            let dropped: Vec<i64> = drop.iter().filter_map(|&i| live.get(i)).map(|&r| r as i64).collect();
+            let dropped: Vec<i64> = drop
+                .iter()
+                .filter_map(|&i| live.get(i))
+                .map(|&r| r as i64)
+                .collect();
             if !dropped.is_empty() {
                 let d = Tensor::from_slice(&dropped).to_device(dev);
                 let c = commit.index_select(0, &d);
@@ -233,17 +279,29 @@ pub fn sample(
             if keep.is_empty() {
                 break;
             }
-            let keep_t = Tensor::from_slice(&keep.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(dev);
+            let keep_t = Tensor::from_slice(&keep.iter().map(|&i| i as i64).collect::<Vec<_>>())
+                .to_device(dev);
             cur = cur.index_select(0, &keep_t);
             live = keep.iter().map(|&i| live[i]).collect();
-            let rows_t = Tensor::from_slice(&live.iter().map(|&i| prompt_of[i] as i64).collect::<Vec<_>>()).to_device(dev);
+            let rows_t = Tensor::from_slice(
+                &live
+                    .iter()
+                    .map(|&i| prompt_of[i] as i64)
+                    .collect::<Vec<_>>(),
+            )
+            .to_device(dev);
             cache = build_cache(&rows_t);
         }
     }
     // Positions still open after the last step take that step's prediction.
     let last = Tensor::full_like(&commit, cfg.steps as i64 - 1);
     let commit = last.where_self(&commit.lt(0), &commit);
-    Ok(SampleOutput { codes: out.to_device(tch::Device::Cpu), pruned_at, row_steps, commit_step: commit.to_device(tch::Device::Cpu) })
+    Ok(SampleOutput {
+        codes: out.to_device(tch::Device::Cpu),
+        pruned_at,
+        row_steps,
+        commit_step: commit.to_device(tch::Device::Cpu),
+    })
 }
 
 /// A uniform f32 in [0, 1) from the top 24 bits (as torch's uniform_ on float).
@@ -288,9 +346,23 @@ mod tests {
         let text = texts(&layout, &[&[3, 4, 5], &[7], &[]]);
         let seeds = [11u64, 12, 13];
         for scale in [1.75, 0.0] {
-            let cfg = SamplerConfig { steps: 6, cfg_scale: scale, ..Default::default() };
-            let got = sample(&model, &layout, &text, &[0, 1, 2], &seeds, &cfg, &mut NoHook).unwrap();
-            let want = super::super::literal::sample_literal(&model, &layout, &text, &seeds, &cfg).unwrap();
+            let cfg = SamplerConfig {
+                steps: 6,
+                cfg_scale: scale,
+                ..Default::default()
+            };
+            let got = sample(
+                &model,
+                &layout,
+                &text,
+                &[0, 1, 2],
+                &seeds,
+                &cfg,
+                &mut NoHook,
+            )
+            .unwrap();
+            let want = super::super::literal::sample_literal(&model, &layout, &text, &seeds, &cfg)
+                .unwrap();
             let eq = got.codes.eq_tensor(&want).all().int64_value(&[]);
             assert_eq!(eq, 1, "cfg {scale}: {:?} vs {:?}", got.codes, want);
         }
@@ -307,12 +379,22 @@ mod tests {
             if let Some(prev) = &self.known {
                 if prev.size() == s.current.size() {
                     let was = prev.ge(0);
-                    assert!(bool::try_from(s.current.ge(0).logical_or(&was.logical_not()).all()).unwrap());
-                    let same = s.current.eq_tensor(prev).logical_or(&was.logical_not()).all();
+                    assert!(
+                        bool::try_from(s.current.ge(0).logical_or(&was.logical_not()).all())
+                            .unwrap()
+                    );
+                    let same = s
+                        .current
+                        .eq_tensor(prev)
+                        .logical_or(&was.logical_not())
+                        .all();
                     assert!(bool::try_from(same).unwrap());
                 }
             }
-            assert!(bool::try_from(s.sampled.ge(0).all()).unwrap(), "prediction complete");
+            assert!(
+                bool::try_from(s.sampled.ge(0).all()).unwrap(),
+                "prediction complete"
+            );
             self.known = Some(s.current.copy());
             self.calls += 1;
             Ok(match self.drop_at {
@@ -329,21 +411,59 @@ mod tests {
     fn properties_seeds_batches_and_pruning() {
         let (model, layout) = tiny();
         let text = texts(&layout, &[&[3, 4], &[9, 9, 2]]);
-        let cfg = SamplerConfig { steps: 8, ..Default::default() };
-        let mut hook = Check { known: None, calls: 0, drop_at: None };
-        let a = sample(&model, &layout, &text, &[0, 0, 1, 1], &[1, 2, 3, 4], &cfg, &mut hook).unwrap();
+        let cfg = SamplerConfig {
+            steps: 8,
+            ..Default::default()
+        };
+        let mut hook = Check {
+            known: None,
+            calls: 0,
+            drop_at: None,
+        };
+        let a = sample(
+            &model,
+            &layout,
+            &text,
+            &[0, 0, 1, 1],
+            &[1, 2, 3, 4],
+            &cfg,
+            &mut hook,
+        )
+        .unwrap();
         assert_eq!(hook.calls, 8);
         assert_eq!(a.row_steps, 32);
         let k = model.cfg.codebook_size;
         assert!(bool::try_from(a.codes.ge(0).logical_and(&a.codes.lt(k)).all()).unwrap());
         // Same seed, same image — alone or in another batch.
-        let b = sample(&model, &layout, &text.narrow(0, 1, 1), &[0], &[3], &cfg, &mut NoHook).unwrap();
+        let b = sample(
+            &model,
+            &layout,
+            &text.narrow(0, 1, 1),
+            &[0],
+            &[3],
+            &cfg,
+            &mut NoHook,
+        )
+        .unwrap();
         assert!(bool::try_from(b.codes.get(0).eq_tensor(&a.codes.get(2)).all()).unwrap());
         // Different seeds differ.
         assert!(!bool::try_from(a.codes.get(0).eq_tensor(&a.codes.get(1)).all()).unwrap());
         // Pruning row 1 after step 2 leaves the other rows unchanged and saves its steps.
-        let mut hook = Check { known: None, calls: 0, drop_at: Some((2, 1)) };
-        let c = sample(&model, &layout, &text, &[0, 0, 1, 1], &[1, 2, 3, 4], &cfg, &mut hook).unwrap();
+        let mut hook = Check {
+            known: None,
+            calls: 0,
+            drop_at: Some((2, 1)),
+        };
+        let c = sample(
+            &model,
+            &layout,
+            &text,
+            &[0, 0, 1, 1],
+            &[1, 2, 3, 4],
+            &cfg,
+            &mut hook,
+        )
+        .unwrap();
         assert_eq!(c.pruned_at, vec![None, Some(2), None, None]);
         assert_eq!(c.row_steps, 32 - 5);
         for r in [0, 2, 3] {

@@ -80,11 +80,21 @@ mod tests {
     fn cosine_table_matches_show_o() {
         let s = Schedule::Cosine;
         let got: Vec<i64> = (0..18).map(|i| s.masked_after(i, 18, 256).max(1)).collect();
-        assert_eq!(got, vec![255, 252, 247, 240, 232, 221, 209, 196, 181, 164, 146, 127, 108, 87, 66, 44, 22, 1]);
-        let got: Vec<i64> = (0..18).map(|i| s.masked_after(i, 18, 1024).max(1)).collect();
         assert_eq!(
             got,
-            vec![1020, 1008, 989, 962, 928, 886, 838, 784, 724, 658, 587, 511, 432, 350, 265, 177, 89, 1]
+            vec![
+                255, 252, 247, 240, 232, 221, 209, 196, 181, 164, 146, 127, 108, 87, 66, 44, 22, 1
+            ]
+        );
+        let got: Vec<i64> = (0..18)
+            .map(|i| s.masked_after(i, 18, 1024).max(1))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                1020, 1008, 989, 962, 928, 886, 838, 784, 724, 658, 587, 511, 432, 350, 265, 177,
+                89, 1
+            ]
         );
         // The last cosine step is slightly negative: floor gives −1 before the clamp.
         assert_eq!(s.masked_after(17, 18, 256), -1);

@@ -17,7 +17,9 @@ impl Rotary {
 
     /// cos/sin tables for `positions` (int64 [L]) → two [L, rot_dim] fp32 tensors.
     pub fn tables(&self, positions: &Tensor) -> (Tensor, Tensor) {
-        let t = positions.to_kind(Kind::Float).to_device(self.inv_freq.device());
+        let t = positions
+            .to_kind(Kind::Float)
+            .to_device(self.inv_freq.device());
         let freqs = t.unsqueeze(1) * self.inv_freq.unsqueeze(0);
         let emb = Tensor::cat(&[&freqs, &freqs], -1);
         (emb.cos(), emb.sin())
@@ -31,7 +33,10 @@ impl Rotary {
         let sin = sin.to_kind(kind);
         let x_rot = xs.narrow(3, 0, self.rot_dim);
         let half = self.rot_dim / 2;
-        let rotated = Tensor::cat(&[-x_rot.narrow(3, half, half), x_rot.narrow(3, 0, half)], -1);
+        let rotated = Tensor::cat(
+            &[-x_rot.narrow(3, half, half), x_rot.narrow(3, 0, half)],
+            -1,
+        );
         let out = &x_rot * &cos + rotated * &sin;
         if self.rot_dim == d {
             out

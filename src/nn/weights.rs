@@ -15,7 +15,10 @@ pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let tensors = match ext {
         "safetensors" => Tensor::read_safetensors(path),
         "bin" | "pt" | "pth" => Tensor::loadz_multi(path),
-        _ => bail!("{}: unknown checkpoint format (expected .safetensors or .bin)", path.display()),
+        _ => bail!(
+            "{}: unknown checkpoint format (expected .safetensors or .bin)",
+            path.display()
+        ),
     }
     .with_context(|| format!("reading {}", path.display()))?;
     Ok(tensors)
@@ -35,7 +38,11 @@ pub fn find_weights(dir: &Path, names: &[&str]) -> Result<PathBuf> {
             return Ok(p);
         }
     }
-    bail!("no weights in {}: expected one of {}", dir.display(), names.join(", "))
+    bail!(
+        "no weights in {}: expected one of {}",
+        dir.display(),
+        names.join(", ")
+    )
 }
 
 /// Copies `tensors` into `vs` strictly. `optional` names the tensors that may be absent from the
@@ -73,7 +80,11 @@ pub fn load_strict(
     }
     if !errors.is_empty() {
         errors.sort();
-        bail!("{}: checkpoint does not match the model:\n  {}", source.display(), errors.join("\n  "));
+        bail!(
+            "{}: checkpoint does not match the model:\n  {}",
+            source.display(),
+            errors.join("\n  ")
+        );
     }
     tch::no_grad(|| {
         for (name, t) in &found {

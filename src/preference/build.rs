@@ -59,7 +59,12 @@ fn d_ppp() -> usize {
 
 impl Default for PairRule {
     fn default() -> Self {
-        Self { mode: d_mode(), threshold: d_thr(), min_margin: d_margin(), pairs_per_prompt: d_ppp() }
+        Self {
+            mode: d_mode(),
+            threshold: d_thr(),
+            min_margin: d_margin(),
+            pairs_per_prompt: d_ppp(),
+        }
     }
 }
 
@@ -67,19 +72,30 @@ impl Default for PairRule {
 pub fn make_pairs(scores: &[f64], rule: &PairRule) -> Vec<(usize, usize)> {
     match rule.mode {
         PairMode::YesNo => {
-            let mut yes: Vec<usize> = (0..scores.len()).filter(|&i| scores[i] > rule.threshold).collect();
-            let mut no: Vec<usize> = (0..scores.len()).filter(|&i| scores[i] <= rule.threshold).collect();
+            let mut yes: Vec<usize> = (0..scores.len())
+                .filter(|&i| scores[i] > rule.threshold)
+                .collect();
+            let mut no: Vec<usize> = (0..scores.len())
+                .filter(|&i| scores[i] <= rule.threshold)
+                .collect();
             // Most confident first, so the clearest contrasts are used when pairs are capped.
             yes.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
             no.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(a.cmp(&b)));
-            yes.into_iter().zip(no).take(rule.pairs_per_prompt).collect()
+            yes.into_iter()
+                .zip(no)
+                .take(rule.pairs_per_prompt)
+                .collect()
         }
         PairMode::BestWorst => {
             if scores.len() < 2 {
                 return vec![];
             }
-            let best = (0..scores.len()).max_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(b.cmp(&a))).unwrap_or(0);
-            let worst = (0..scores.len()).min_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(a.cmp(&b))).unwrap_or(0);
+            let best = (0..scores.len())
+                .max_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(b.cmp(&a)))
+                .unwrap_or(0);
+            let worst = (0..scores.len())
+                .min_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(a.cmp(&b)))
+                .unwrap_or(0);
             if scores[best] - scores[worst] >= rule.min_margin && best != worst {
                 vec![(best, worst)]
             } else {
@@ -122,7 +138,10 @@ pub fn build_pairs(
     let img_dir = out.join("images");
     std::fs::create_dir_all(&img_dir)?;
     let mut records = Vec::new();
-    let mut stats = PairStats { judge: scorer.name(), ..Default::default() };
+    let mut stats = PairStats {
+        judge: scorer.name(),
+        ..Default::default()
+    };
     let mut yes = 0usize;
     let per_batch = (batch_rows / n).max(1);
     let pb = crate::train::logging::progress_bar(metas.len() as u64, true);
@@ -131,9 +150,23 @@ pub fn build_pairs(
         let base = c * per_batch;
         let prompts: Vec<String> = chunk.iter().map(|m| m.prompt.clone()).collect();
         let text = layout.text_batch(tok, &prompts, model.device())?;
-        let prompt_of: Vec<usize> = (0..chunk.len()).flat_map(|j| std::iter::repeat_n(j, n)).collect();
-        let seeds: Vec<u64> = prompt_of.iter().enumerate().map(|(r, &j)| derive_seed(seed, (base + j) as u64, (r % n) as u64)).collect();
-        let res = generate::sample(model, layout, &text, &prompt_of, &seeds, sampler, &mut generate::NoHook)?;
+        let prompt_of: Vec<usize> = (0..chunk.len())
+            .flat_map(|j| std::iter::repeat_n(j, n))
+            .collect();
+        let seeds: Vec<u64> = prompt_of
+            .iter()
+            .enumerate()
+            .map(|(r, &j)| derive_seed(seed, (base + j) as u64, (r % n) as u64))
+            .collect();
+        let res = generate::sample(
+            model,
+            layout,
+            &text,
+            &prompt_of,
+            &seeds,
+            sampler,
+            &mut generate::NoHook,
+        )?;
         let images = vq.decode(&res.codes.to_device(model.device()))?;
         let row_metas: Vec<&Metadata> = prompt_of.iter().map(|&j| &chunk[j]).collect();
         let scores = scorer.score(&row_metas, &images, &res.codes)?;
@@ -174,7 +207,10 @@ pub fn build_pairs(
     stats.pairs = records.len();
     stats.yes_rate = yes as f64 / stats.images.max(1) as f64;
     write_pairs(&out.join("pairs.jsonl"), &records)?;
-    crate::util::atomic_write(&out.join("stats.json"), serde_json::to_string_pretty(&stats)?.as_bytes())?;
+    crate::util::atomic_write(
+        &out.join("stats.json"),
+        serde_json::to_string_pretty(&stats)?.as_bytes(),
+    )?;
     Ok(stats)
 }
 
@@ -189,7 +225,17 @@ impl ImageScorer for OracleScorer {
     fn score(&mut self, metas: &[&Metadata], _images: &Tensor, codes: &Tensor) -> Result<Vec<f64>> {
         let codes = crate::models::glyph_vq::tensor_to_codes(codes)?;
         let opts = crate::eval::geneval::rules::RuleOptions::default();
-        Ok(metas.iter().zip(&codes).map(|(m, c)| if crate::glyphs::detect::is_correct(m, c, &opts) { 1.0 } else { 0.0 }).collect())
+        Ok(metas
+            .iter()
+            .zip(&codes)
+            .map(|(m, c)| {
+                if crate::glyphs::detect::is_correct(m, c, &opts) {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect())
     }
 }
 
@@ -199,13 +245,23 @@ mod tests {
 
     #[test]
     fn pair_rules() {
-        let r = PairRule { pairs_per_prompt: 3, ..Default::default() };
-        assert_eq!(make_pairs(&[0.9, 0.1, 0.8, 0.2, 0.0], &r), vec![(0, 4), (2, 1), ]);
+        let r = PairRule {
+            pairs_per_prompt: 3,
+            ..Default::default()
+        };
+        assert_eq!(
+            make_pairs(&[0.9, 0.1, 0.8, 0.2, 0.0], &r),
+            vec![(0, 4), (2, 1),]
+        );
         assert!(make_pairs(&[0.9, 0.8], &r).is_empty(), "all yes → no pair");
         assert!(make_pairs(&[0.1, 0.2], &r).is_empty(), "all no → no pair");
         let one = PairRule::default();
         assert_eq!(make_pairs(&[0.6, 0.1, 0.7], &one), vec![(2, 1)]);
-        let bw = PairRule { mode: PairMode::BestWorst, min_margin: 0.3, ..Default::default() };
+        let bw = PairRule {
+            mode: PairMode::BestWorst,
+            min_margin: 0.3,
+            ..Default::default()
+        };
         assert_eq!(make_pairs(&[0.5, 0.9, 0.55], &bw), vec![(1, 0)]);
         assert!(make_pairs(&[0.5, 0.7], &bw).is_empty(), "margin too small");
     }

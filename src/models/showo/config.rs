@@ -122,7 +122,8 @@ impl Default for Config {
 
 impl Config {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         Self::from_json(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
@@ -143,7 +144,10 @@ impl Config {
         }
         if let Some(m) = self.mask_token_id {
             if m != self.vocab_size - 1 {
-                bail!("mask_token_id {m} must be vocab_size - 1 = {}", self.vocab_size - 1);
+                bail!(
+                    "mask_token_id {m} must be vocab_size - 1 = {}",
+                    self.vocab_size - 1
+                );
             }
         }
         if self.vocab_size != self.llm_vocab_size + 10 + self.codebook_size + 1 {
@@ -155,7 +159,11 @@ impl Config {
             );
         }
         if self.hidden_size % self.num_attention_heads != 0 {
-            bail!("hidden_size {} not divisible by num_attention_heads {}", self.hidden_size, self.num_attention_heads);
+            bail!(
+                "hidden_size {} not divisible by num_attention_heads {}",
+                self.hidden_size,
+                self.num_attention_heads
+            );
         }
         let g = (self.num_vq_tokens as f64).sqrt() as i64;
         if g * g != self.num_vq_tokens {
@@ -164,7 +172,10 @@ impl Config {
         if self.rotary_dim() % 2 != 0 || self.rotary_dim() == 0 {
             bail!("rotary dim {} must be even and positive", self.rotary_dim());
         }
-        let _ = crate::nn::activation(&self.hidden_act, &tch::Tensor::zeros([1], tch::kind::FLOAT_CPU))?;
+        let _ = crate::nn::activation(
+            &self.hidden_act,
+            &tch::Tensor::zeros([1], tch::kind::FLOAT_CPU),
+        )?;
         Ok(())
     }
 
@@ -227,8 +238,10 @@ impl Specials {
 }
 
 /// The special tokens' names in id order (for tokenizer files).
-pub const SPECIAL_NAMES: [&str; 10] =
-    ["[PAD]", "<|soi|>", "<|eoi|>", "<|sov|>", "<|eov|>", "<|t2i|>", "<|mmu|>", "<|t2v|>", "<|v2v|>", "<|lvg|>"];
+pub const SPECIAL_NAMES: [&str; 10] = [
+    "[PAD]", "<|soi|>", "<|eoi|>", "<|sov|>", "<|eov|>", "<|t2i|>", "<|mmu|>", "<|t2v|>",
+    "<|v2v|>", "<|lvg|>",
+];
 
 #[cfg(test)]
 mod tests {
@@ -246,16 +259,25 @@ mod tests {
         assert_eq!(c.rotary_dim(), 32);
         assert_eq!(c.seq_len(), 387);
         let s = c.specials();
-        assert_eq!((s.pad, s.soi, s.eoi, s.t2i, s.image_offset), (50295, 50296, 50297, 50300, 50305));
+        assert_eq!(
+            (s.pad, s.soi, s.eoi, s.t2i, s.image_offset),
+            (50295, 50296, 50297, 50300, 50305)
+        );
         assert_eq!(c.mask_id(), 58497);
     }
 
     #[test]
     fn bad_keys_are_errors() {
         let e = Config::from_json(r#"{"hidden_size":"big"}"#).unwrap_err();
-        assert!(format!("{e:#}").contains("hidden_size") || format!("{e:#}").contains("invalid type"), "{e:#}");
+        assert!(
+            format!("{e:#}").contains("hidden_size") || format!("{e:#}").contains("invalid type"),
+            "{e:#}"
+        );
         let e = Config::from_json(r#"{"hiden_size":64}"#).unwrap_err();
-        assert!(format!("{e:#}").contains("unknown config key 'hiden_size'"), "{e:#}");
+        assert!(
+            format!("{e:#}").contains("unknown config key 'hiden_size'"),
+            "{e:#}"
+        );
         let e = Config::from_json(r#"{"mask_token_id":5}"#).unwrap_err();
         assert!(format!("{e:#}").contains("mask_token_id"), "{e:#}");
     }

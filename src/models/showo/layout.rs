@@ -25,14 +25,24 @@ impl TextTokenizer {
         }
         let tok = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| anyhow!("loading tokenizer {}: {e}", path.display()))?;
-        let eot = tok
-            .token_to_id("<|endoftext|>")
-            .ok_or_else(|| anyhow!("{}: no <|endoftext|> token (used as bos/eos)", path.display()))?;
-        Ok(Self { tok, bos: eot as i64, eos: eot as i64 })
+        let eot = tok.token_to_id("<|endoftext|>").ok_or_else(|| {
+            anyhow!(
+                "{}: no <|endoftext|> token (used as bos/eos)",
+                path.display()
+            )
+        })?;
+        Ok(Self {
+            tok,
+            bos: eot as i64,
+            eos: eot as i64,
+        })
     }
 
     pub fn encode(&self, text: &str) -> Result<Vec<i64>> {
-        let enc = self.tok.encode(text, false).map_err(|e| anyhow!("tokenizing '{text}': {e}"))?;
+        let enc = self
+            .tok
+            .encode(text, false)
+            .map_err(|e| anyhow!("tokenizing '{text}': {e}"))?;
         Ok(enc.get_ids().iter().map(|&i| i as i64).collect())
     }
 
@@ -96,17 +106,26 @@ impl Layout {
     }
 
     /// Text parts of several prompts as an int64 tensor [B, T].
-    pub fn text_batch(&self, tok: &TextTokenizer, prompts: &[String], device: Device) -> Result<Tensor> {
+    pub fn text_batch(
+        &self,
+        tok: &TextTokenizer,
+        prompts: &[String],
+        device: Device,
+    ) -> Result<Tensor> {
         let mut rows = Vec::with_capacity(prompts.len() * self.text_len as usize);
         for p in prompts {
             rows.extend(self.text_ids(&tok.encode(p).with_context(|| format!("prompt '{p}'"))?));
         }
-        Ok(Tensor::from_slice(&rows).view([prompts.len() as i64, self.text_len]).to_device(device))
+        Ok(Tensor::from_slice(&rows)
+            .view([prompts.len() as i64, self.text_len])
+            .to_device(device))
     }
 
     /// The unconditional text part [1, T].
     pub fn uncond_text(&self, device: Device) -> Tensor {
-        Tensor::from_slice(&self.text_ids(&[])).view([1, self.text_len]).to_device(device)
+        Tensor::from_slice(&self.text_ids(&[]))
+            .view([1, self.text_len])
+            .to_device(device)
     }
 
     /// Full sequence: text [B, T] ++ soi ++ image ids [B, N] ++ eoi.
@@ -121,7 +140,11 @@ impl Layout {
     /// The generation layout: every image token is `[MASK]`.
     pub fn generation_ids(&self, text: &Tensor) -> Tensor {
         let b = text.size()[0];
-        let img = Tensor::full([b, self.num_vq_tokens], self.mask_id, (Kind::Int64, text.device()));
+        let img = Tensor::full(
+            [b, self.num_vq_tokens],
+            self.mask_id,
+            (Kind::Int64, text.device()),
+        );
         self.sequence(text, &img)
     }
 
@@ -134,7 +157,10 @@ impl Layout {
     /// Returns (input ids, labels) with labels −100 at pads and unmasked image positions.
     pub fn training_ids(&self, text: &Tensor, codes: &Tensor, mask: &Tensor) -> (Tensor, Tensor) {
         let img = self.code_to_id(codes);
-        let inp = img.where_self(&mask.logical_not(), &Tensor::from(self.mask_id).to_device(img.device()));
+        let inp = img.where_self(
+            &mask.logical_not(),
+            &Tensor::from(self.mask_id).to_device(img.device()),
+        );
         let ids = self.sequence(text, &inp);
         let neg = Tensor::from(-100i64).to_device(img.device());
         let img_labels = img.where_self(mask, &neg);
@@ -172,15 +198,22 @@ pub fn omni_attention_mask(ids: &Tensor, sp: &Specials) -> Tensor {
     let lp = last_pad.view([b, 1, 1]);
     let hide_pads = qi.gt_tensor(&lp).logical_and(&kj.le_tensor(&lp)); // [B, L, L]
     let text_rule = causal.logical_and(&hide_pads.logical_not());
-    let img_rule = is_pad.logical_not().view([b, 1, l]).expand([b, l, l], false);
+    let img_rule = is_pad
+        .logical_not()
+        .view([b, 1, l])
+        .expand([b, l, l], false);
     let q_img = is_img.view([b, l, 1]);
     img_rule.where_self(&q_img, &text_rule).unsqueeze(1)
 }
 
 /// The additive float form Show-o passes to its layers: 0 = attend, `i64::MIN as f32` = blocked.
 pub fn additive_mask(mask: &Tensor, kind: Kind) -> Tensor {
-    let blocked = Tensor::from(i64::MIN as f64).to_kind(Kind::Float).to_device(mask.device());
-    Tensor::zeros_like(&blocked).where_self(mask, &blocked).to_kind(kind)
+    let blocked = Tensor::from(i64::MIN as f64)
+        .to_kind(Kind::Float)
+        .to_device(mask.device());
+    Tensor::zeros_like(&blocked)
+        .where_self(mask, &blocked)
+        .to_kind(kind)
 }
 
 #[cfg(test)]
@@ -219,10 +252,13 @@ mod tests {
     fn omni_mask_pattern() {
         // [P,P,t2i,bos,x,eos,soi,M,M,M,eoi] as in the spec's example.
         let sp = Specials::new(50295);
-        let ids = Tensor::from_slice(&[50295i64, 50295, 50300, 50256, 9, 50256, 50296, 58497, 58497, 58497, 50297])
-            .view([1, 11]);
+        let ids = Tensor::from_slice(&[
+            50295i64, 50295, 50300, 50256, 9, 50256, 50296, 58497, 58497, 58497, 50297,
+        ])
+        .view([1, 11]);
         let m = omni_attention_mask(&ids, &sp).squeeze();
-        let row = |i: i64| -> Vec<i64> { Vec::<i64>::try_from(m.get(i).to_kind(Kind::Int64)).unwrap() };
+        let row =
+            |i: i64| -> Vec<i64> { Vec::<i64>::try_from(m.get(i).to_kind(Kind::Int64)).unwrap() };
         assert_eq!(row(0), vec![1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(row(1), vec![1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(row(2), vec![0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]);

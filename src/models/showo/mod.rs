@@ -49,8 +49,12 @@ impl PrefixCache {
     pub fn cat(parts: &[&PrefixCache]) -> PrefixCache {
         let n = parts[0].k.len();
         PrefixCache {
-            k: (0..n).map(|i| Tensor::cat(&parts.iter().map(|p| &p.k[i]).collect::<Vec<_>>(), 0)).collect(),
-            v: (0..n).map(|i| Tensor::cat(&parts.iter().map(|p| &p.v[i]).collect::<Vec<_>>(), 0)).collect(),
+            k: (0..n)
+                .map(|i| Tensor::cat(&parts.iter().map(|p| &p.k[i]).collect::<Vec<_>>(), 0))
+                .collect(),
+            v: (0..n)
+                .map(|i| Tensor::cat(&parts.iter().map(|p| &p.v[i]).collect::<Vec<_>>(), 0))
+                .collect(),
             keep: Tensor::cat(&parts.iter().map(|p| &p.keep).collect::<Vec<_>>(), 0),
         }
     }
@@ -85,22 +89,42 @@ impl Showo {
             &m / "embed_tokens",
             cfg.vocab_size,
             cfg.hidden_size,
-            nn::EmbeddingConfig { ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 }, ..Default::default() },
+            nn::EmbeddingConfig {
+                ws_init: nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: 0.02,
+                },
+                ..Default::default()
+            },
         );
-        let layers = (0..cfg.num_hidden_layers).map(|i| phi::PhiLayer::new(&m / "layers" / i, &cfg)).collect();
-        let final_layernorm = phi::layer_norm(&m / "final_layernorm", cfg.hidden_size, cfg.layer_norm_eps);
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| phi::PhiLayer::new(&m / "layers" / i, &cfg))
+            .collect();
+        let final_layernorm =
+            phi::layer_norm(&m / "final_layernorm", cfg.hidden_size, cfg.layer_norm_eps);
         let lm_head = nn::linear(
             &root / "lm_head",
             cfg.hidden_size,
             cfg.vocab_size,
             nn::LinearConfig {
-                ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 },
+                ws_init: nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: 0.02,
+                },
                 bs_init: Some(nn::Init::Const(0.0)),
                 bias: true,
             },
         );
         let rotary = Rotary::new(cfg.rotary_dim(), cfg.rope_theta, device);
-        let mut model = Self { cfg, vs, embed_tokens, layers, final_layernorm, lm_head, rotary };
+        let mut model = Self {
+            cfg,
+            vs,
+            embed_tokens,
+            layers,
+            final_layernorm,
+            lm_head,
+            rotary,
+        };
         model.set_kind(kind);
         Ok(model)
     }
@@ -145,7 +169,9 @@ impl Showo {
 
     /// Full-vocabulary fp32 logits [B, L, V] (as Show-o's `logits.float()`).
     pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Tensor {
-        self.lm_head.forward(&self.hidden(ids, mask)).to_kind(Kind::Float)
+        self.lm_head
+            .forward(&self.hidden(ids, mask))
+            .to_kind(Kind::Float)
     }
 
     /// fp32 logits restricted to vocabulary columns `start..start+len` (e.g. the image codes):
@@ -170,7 +196,11 @@ impl Showo {
             ks.push(k);
             vs.push(v);
         }
-        PrefixCache { k: ks, v: vs, keep: text.ne(sp.pad) }
+        PrefixCache {
+            k: ks,
+            v: vs,
+            keep: text.ne(sp.pad),
+        }
     }
 
     /// Final hidden states of the image segment `seg` [B, S] (soi, image ids, eoi) placed right
@@ -184,7 +214,16 @@ impl Showo {
         let mask = Tensor::cat(&[&cache.keep, &seg_keep], 1).view([b, 1, 1, t + s]);
         let mut xs = self.embed_tokens.forward(seg);
         for (i, layer) in self.layers.iter().enumerate() {
-            xs = layer.forward(&xs, &self.rotary, &cos, &sin, Some((&cache.k[i], &cache.v[i])), &mask).0;
+            xs = layer
+                .forward(
+                    &xs,
+                    &self.rotary,
+                    &cos,
+                    &sin,
+                    Some((&cache.k[i], &cache.v[i])),
+                    &mask,
+                )
+                .0;
         }
         self.final_layernorm.forward(&xs)
     }
@@ -199,6 +238,10 @@ impl Showo {
     }
 
     pub fn num_parameters(&self) -> i64 {
-        self.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
+        self.vs
+            .trainable_variables()
+            .iter()
+            .map(|t| t.numel() as i64)
+            .sum()
     }
 }

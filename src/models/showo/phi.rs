@@ -8,7 +8,10 @@ use tch::Tensor;
 
 fn linear(p: nn::Path, i: i64, o: i64) -> nn::Linear {
     let cfg = nn::LinearConfig {
-        ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 },
+        ws_init: nn::Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        },
         bs_init: Some(nn::Init::Const(0.0)),
         bias: true,
     };
@@ -16,7 +19,14 @@ fn linear(p: nn::Path, i: i64, o: i64) -> nn::Linear {
 }
 
 pub(crate) fn layer_norm(p: nn::Path, dim: i64, eps: f64) -> nn::LayerNorm {
-    nn::layer_norm(p, vec![dim], nn::LayerNormConfig { eps, ..Default::default() })
+    nn::layer_norm(
+        p,
+        vec![dim],
+        nn::LayerNormConfig {
+            eps,
+            ..Default::default()
+        },
+    )
 }
 
 #[derive(Debug)]
@@ -53,9 +63,19 @@ impl Attention {
     }
 
     /// Keys and values of `h` (the layer-normed input) at the positions of the rotary tables.
-    pub fn qkv(&self, h: &Tensor, rot: &Rotary, cos: &Tensor, sin: &Tensor) -> (Tensor, Tensor, Tensor) {
-        let q = self.q_layernorm.forward(&self.split(&self.q_proj.forward(h)));
-        let k = self.k_layernorm.forward(&self.split(&self.k_proj.forward(h)));
+    pub fn qkv(
+        &self,
+        h: &Tensor,
+        rot: &Rotary,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> (Tensor, Tensor, Tensor) {
+        let q = self
+            .q_layernorm
+            .forward(&self.split(&self.q_proj.forward(h)));
+        let k = self
+            .k_layernorm
+            .forward(&self.split(&self.k_proj.forward(h)));
         let v = self.split(&self.v_proj.forward(h));
         (rot.apply(&q, cos, sin), rot.apply(&k, cos, sin), v)
     }
@@ -63,8 +83,20 @@ impl Attention {
     /// Attention output for queries `q` over keys/values `k`, `v` with a bool mask (true = attend).
     pub fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Tensor {
         let (b, _, l, _) = q.size4().expect("[B, H, L, D]");
-        let o = Tensor::scaled_dot_product_attention(q, k, v, Some(mask), 0.0, false, None::<f64>, false);
-        self.dense.forward(&o.transpose(1, 2).reshape([b, l, self.heads * self.head_dim]))
+        let o = Tensor::scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            Some(mask),
+            0.0,
+            false,
+            None::<f64>,
+            false,
+        );
+        self.dense.forward(
+            &o.transpose(1, 2)
+                .reshape([b, l, self.heads * self.head_dim]),
+        )
     }
 }
 
@@ -88,7 +120,8 @@ impl Mlp {
 impl Module for Mlp {
     fn forward(&self, xs: &Tensor) -> Tensor {
         // The activation name was validated with the config.
-        let h = crate::nn::activation(&self.act, &self.fc1.forward(xs)).expect("validated activation");
+        let h =
+            crate::nn::activation(&self.act, &self.fc1.forward(xs)).expect("validated activation");
         self.fc2.forward(&h)
     }
 }
@@ -103,7 +136,11 @@ pub struct PhiLayer {
 impl PhiLayer {
     pub fn new(p: nn::Path, cfg: &Config) -> Self {
         Self {
-            input_layernorm: layer_norm(&p / "input_layernorm", cfg.hidden_size, cfg.layer_norm_eps),
+            input_layernorm: layer_norm(
+                &p / "input_layernorm",
+                cfg.hidden_size,
+                cfg.layer_norm_eps,
+            ),
             self_attn: Attention::new(&p / "self_attn", cfg),
             mlp: Mlp::new(&p / "mlp", cfg),
         }
