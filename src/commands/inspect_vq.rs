@@ -9,7 +9,6 @@ use crate::util::{atomic_write, parse_device};
 use anyhow::{bail, ensure, Context, Result};
 use image::imageops::FilterType;
 use image::RgbImage;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
@@ -263,43 +262,11 @@ fn write_png(path: &Path, img: &RgbImage) -> Result<()> {
 
 /// Writes f32 / i64 tensors as safetensors (metadata {"format": "pt"}), atomically.
 pub fn write_safetensors(path: &Path, tensors: &[(&str, &Tensor)]) -> Result<()> {
-    let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (name, t) in tensors {
-        let t = t.to_device(Device::Cpu).contiguous();
-        let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
-        let flat = t.flatten(0, -1);
-        let (dtype, bytes) = match t.kind() {
-            Kind::Float => (
-                safetensors::Dtype::F32,
-                Vec::<f32>::try_from(&flat)?
-                    .iter()
-                    .flat_map(|v| v.to_le_bytes())
-                    .collect(),
-            ),
-            Kind::Int64 => (
-                safetensors::Dtype::I64,
-                Vec::<i64>::try_from(&flat)?
-                    .iter()
-                    .flat_map(|v| v.to_le_bytes())
-                    .collect(),
-            ),
-            k => bail!("writing {name}: unsupported dtype {k:?}"),
-        };
-        owned.push((name.to_string(), dtype, shape, bytes));
-    }
-    let views = owned
+    let owned: Vec<(String, Tensor)> = tensors
         .iter()
-        .map(|(n, d, s, b)| {
-            Ok((
-                n.clone(),
-                safetensors::tensor::TensorView::new(*d, s.clone(), b)?,
-            ))
-        })
-        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
-    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let bytes = safetensors::serialize(views, Some(meta))
-        .with_context(|| format!("serializing {}", path.display()))?;
-    atomic_write(path, &bytes)
+        .map(|(n, t)| (n.to_string(), t.shallow_clone()))
+        .collect();
+    crate::train::ckpt::write_safetensors(path, &owned)
 }
 
 #[cfg(test)]

@@ -262,43 +262,9 @@ pub fn to_jsonl(lines: &[Metadata]) -> String {
     out
 }
 
-/// One metadata object as Python's `json.dumps` formats it.
+/// One metadata object as Python's `json.dumps` formats it (GenEval's metadata lines).
 pub fn to_json_line(meta: &Metadata) -> String {
-    let mut buf = Vec::new();
-    let mut ser = serde_json::Serializer::with_formatter(&mut buf, PyFormatter);
-    serde::Serialize::serialize(meta, &mut ser).expect("metadata serializes");
-    String::from_utf8(buf).expect("serde_json writes UTF-8")
-}
-
-/// serde_json formatter with Python's default `json.dumps` separators.
-struct PyFormatter;
-
-impl serde_json::ser::Formatter for PyFormatter {
-    fn begin_array_value<W: ?Sized + std::io::Write>(
-        &mut self,
-        w: &mut W,
-        first: bool,
-    ) -> std::io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            w.write_all(b", ")
-        }
-    }
-    fn begin_object_key<W: ?Sized + std::io::Write>(
-        &mut self,
-        w: &mut W,
-        first: bool,
-    ) -> std::io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            w.write_all(b", ")
-        }
-    }
-    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
-        w.write_all(b": ")
-    }
+    crate::eval::geneval::python_json(meta)
 }
 
 /// Parses metadata JSONL (blank lines ignored); errors name `source` and the line number.

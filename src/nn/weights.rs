@@ -110,35 +110,6 @@ pub fn named_tensors(vs: &VarStore, kind: Option<tch::Kind>) -> Vec<(String, Ten
         .collect()
 }
 
-/// Writes tensors as safetensors with `{"format":"pt"}` metadata (what PyTorch loaders expect),
-/// atomically.
-pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
-    use safetensors::tensor::{Dtype, TensorView};
-    let mut bufs = Vec::with_capacity(tensors.len());
-    for (name, t) in tensors {
-        let t = t.to_device(tch::Device::Cpu).contiguous();
-        let dtype = match t.kind() {
-            tch::Kind::Float => Dtype::F32,
-            tch::Kind::BFloat16 => Dtype::BF16,
-            tch::Kind::Half => Dtype::F16,
-            tch::Kind::Int64 => Dtype::I64,
-            tch::Kind::Int => Dtype::I32,
-            tch::Kind::Bool => Dtype::BOOL,
-            tch::Kind::Uint8 => Dtype::U8,
-            tch::Kind::Double => Dtype::F64,
-            k => bail!("tensor '{name}': unsupported dtype {k:?} for safetensors"),
-        };
-        let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
-        let numel = t.numel();
-        let mut data = vec![0u8; numel * t.kind().elt_size_in_bytes()];
-        t.copy_data_u8(&mut data, numel);
-        bufs.push((name.clone(), dtype, shape, data));
-    }
-    let views: Vec<(String, TensorView)> = bufs
-        .iter()
-        .map(|(n, d, s, data)| Ok((n.clone(), TensorView::new(*d, s.clone(), data)?)))
-        .collect::<Result<_>>()?;
-    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    let bytes = safetensors::serialize(views, Some(meta)).context("serializing safetensors")?;
-    crate::util::atomic_write(path, &bytes)
-}
+/// Writes tensors as safetensors with `{"format":"pt"}` metadata, atomically (one implementation,
+/// in the checkpoint module).
+pub use crate::train::ckpt::write_safetensors;
