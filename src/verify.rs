@@ -169,7 +169,7 @@ impl StepHook for ParmHook<'_> {
 
 fn group_rows(prompt_of: &[usize], group_size: usize) -> Result<usize> {
     ensure!(
-        group_size > 0 && prompt_of.len() % group_size == 0,
+        group_size > 0 && prompt_of.len().is_multiple_of(group_size),
         "rows must come in groups of {group_size}"
     );
     Ok(prompt_of.len() / group_size)

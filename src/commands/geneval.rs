@@ -168,6 +168,25 @@ pub fn run_score(args: GenevalArgs) -> Result<()> {
         out.join("results.jsonl").display(),
         out.join("summary.json").display()
     );
+    log_summary(&summary, &out, 0)?;
+    Ok(())
+}
+
+/// Logs a summary's per-tag accuracies and overall score to TensorBoard under `<dir>/tb`.
+pub fn log_summary(summary: &Summary, dir: &std::path::Path, step: u64) -> Result<()> {
+    let mut tb = crate::train::logging::Logger::new(
+        dir,
+        0,
+        crate::train::logging::LoggerOptions {
+            progress_bar: Some(false),
+            ..Default::default()
+        },
+    )?;
+    for t in &summary.tags {
+        tb.scalar(&format!("geneval/{}", t.tag), t.accuracy(), step);
+    }
+    tb.scalar("geneval/overall", summary.overall(), step);
+    tb.finish();
     Ok(())
 }
 

@@ -120,6 +120,66 @@ pub struct IterateConfig {
     /// ORM and PARM checkpoints (trained by `reward-ft` when missing).
     pub orm: PathBuf,
     pub parm_model: PathBuf,
+    /// Also generate and score a GenEval-format set after every round (e.g. the official 553
+    /// prompts with `score: official`).
+    #[serde(default)]
+    pub geneval_each_round: Option<GenevalRound>,
+}
+
+/// `iterate.geneval_each_round`: what `eval geneval` runs at the end of each round.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GenevalRound {
+    pub metadata: PathBuf,
+    #[serde(default = "d_four")]
+    pub images_per_prompt: usize,
+    /// official, detections or glyph.
+    pub score: String,
+    #[serde(default)]
+    pub official_cmd: Option<String>,
+    #[serde(default)]
+    pub model_path: Option<PathBuf>,
+}
+
+fn d_four() -> usize {
+    4
+}
+
+fn geneval_round(
+    recipe_path: Option<&Path>,
+    g: &GenevalRound,
+    ckpt: &Path,
+    images: &Path,
+) -> Result<()> {
+    use crate::commands::geneval::{run_score, GenevalArgs, ScoreBackend};
+    let score = match g.score.as_str() {
+        "official" => ScoreBackend::Official,
+        "detections" => ScoreBackend::Detections,
+        "glyph" => ScoreBackend::Glyph,
+        other => bail!("iterate.geneval_each_round.score: unknown backend '{other}'"),
+    };
+    run_score(GenevalArgs {
+        score: Some(score),
+        ckpt: Some(ckpt.to_path_buf()),
+        recipe: recipe_path.map(Path::to_path_buf),
+        metadata: g.metadata.clone(),
+        images_per_prompt: g.images_per_prompt,
+        shard: None,
+        seed: 0,
+        verify: None,
+        n: 1,
+        judge: None,
+        images: images.to_path_buf(),
+        detections: None,
+        out: None,
+        official_cmd: g.official_cmd.clone(),
+        model_path: g.model_path.clone(),
+        threshold: 0.3,
+        counting_threshold: 0.9,
+        max_objects: 16,
+        max_overlap: 1.0,
+        position_threshold: 0.1,
+    })
 }
 
 fn d_ipp() -> usize {
@@ -371,6 +431,13 @@ pub fn run(args: IterArgs, load_judges: &JudgeLoader) -> Result<()> {
             it.eval_images_per_prompt,
             None,
         )?;
+        if let Some(g) = &it.geneval_each_round {
+            let dir = round_dir.join("geneval");
+            if !dir.join("scores-done").exists() {
+                geneval_round(args.recipe.as_deref(), g, &policy, &dir)?;
+                crate::util::atomic_write(&dir.join("scores-done"), b"")?;
+            }
+        }
     }
     if let Some(parm) = judges.parm.as_deref() {
         let v = Verifier::Parm {
@@ -404,6 +471,45 @@ pub fn load_llava_judges(
     parm: bool,
 ) -> Result<Judges> {
     let device = recipe.device()?;
+    // Missing judges are trained first with the embedded judges recipe (judge-data, then
+    // reward-ft for the ORM and the PARM), exactly as the CLI commands do.
+    let missing = (orm && !it.orm.join("config.json").exists())
+        || (parm && !it.parm_model.join("config.json").exists());
+    if missing {
+        use crate::judge::cli::{run_judge_data, run_reward_ft, JudgeDataArgs, RewardFtArgs};
+        println!("[iter] judges missing: judge-data + reward-ft (orm, parm)");
+        run_judge_data(JudgeDataArgs {
+            recipe: None,
+            model: Some(recipe.paths.model.clone()),
+            out: None,
+            num_prompts: None,
+            n: None,
+            seed: None,
+            device: None,
+        })?;
+        for stage in ["orm", "parm"] {
+            run_reward_ft(RewardFtArgs {
+                recipe: None,
+                stage: stage.into(),
+                data: vec![],
+                heldout: vec![],
+                init: None,
+                out: Some(if stage == "orm" {
+                    it.orm.clone()
+                } else {
+                    it.parm_model.clone()
+                }),
+                run_dir: None,
+                max_steps: None,
+                epochs: None,
+                lr: None,
+                batch_size: None,
+                lora_r: None,
+                lora_alpha: None,
+                device: None,
+            })?;
+        }
+    }
     let load = |dir: &Path| -> Result<crate::models::llava_ov::judge::LlavaJudge> {
         if !dir.join("config.json").exists() {
             bail!("judge checkpoint {} is missing: train it with `imgcot-train judge-data` and `imgcot-train reward-ft`", dir.display());
