@@ -335,19 +335,20 @@ pub fn run(args: IterArgs, load_judges: &JudgeLoader) -> Result<()> {
             Some(&v),
         )?;
     }
-    if let Some(parm) = judges.parm.as_deref() {
-        let v = Verifier::Parm {
-            step: parm,
-            outcome: parm,
-            n: it.verify_n,
-            cfg: it.parm,
-        };
+    // PARM best-of-N, used for the base and the final policy.
+    let parm_verifier = judges.parm.as_deref().map(|parm| Verifier::Parm {
+        step: parm,
+        outcome: parm,
+        n: it.verify_n,
+        cfg: it.parm,
+    });
+    if let Some(v) = &parm_verifier {
         stage(
             &mut rows,
             &format!("base+parm@{}", it.verify_n),
             &base,
             it.verify_images_per_prompt,
-            Some(&v),
+            Some(v),
         )?;
     }
 
@@ -439,19 +440,13 @@ pub fn run(args: IterArgs, load_judges: &JudgeLoader) -> Result<()> {
             }
         }
     }
-    if let Some(parm) = judges.parm.as_deref() {
-        let v = Verifier::Parm {
-            step: parm,
-            outcome: parm,
-            n: it.verify_n,
-            cfg: it.parm,
-        };
+    if let Some(v) = &parm_verifier {
         stage(
             &mut rows,
             &format!("final+parm@{}", it.verify_n),
             &policy,
             it.verify_images_per_prompt,
-            Some(&v),
+            Some(v),
         )?;
     }
     println!("\n{}", table(&rows));
