@@ -1,5 +1,6 @@
 //! `inspect encode|decode` (src/commands/inspect_vq.rs) on a small MAGVIT-v2 checkpoint written by
 //! tests/magvit2_ref.py: preprocessing, codes/image files, PNG naming and pixel conversion, errors.
+mod common;
 use image::RgbImage;
 use imgcot::commands::inspect_vq::{self, images_to_rgb8, rgb8_to_tensor};
 use imgcot::models::magvit2::Magvit2;
@@ -8,53 +9,14 @@ use std::process::Command;
 use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor};
 
-/// A fresh folder under cargo's per-test tmp dir, removed on drop (also when a test panics).
-struct TmpDir(PathBuf);
-
-impl Drop for TmpDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl std::ops::Deref for TmpDir {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-fn tmp_path(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("magvit2-inspect-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use common::TmpDir;
 
 fn tmp_dir(name: &str) -> TmpDir {
-    TmpDir(tmp_path(name))
+    common::tmp_dir("magvit2-inspect", name)
 }
 
-/// Folder for the checkpoint shared by this test binary (kept for the process lifetime); folders
-/// left by earlier runs whose process is gone are removed first.
 fn shared_dir(name: &str) -> PathBuf {
-    let tag = format!("magvit2-inspect-{name}-");
-    if Path::new("/proc/self").exists() {
-        for e in std::fs::read_dir(env!("CARGO_TARGET_TMPDIR"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let file_name = e.file_name().to_string_lossy().into_owned();
-            if let Some(pid) = file_name.strip_prefix(&tag) {
-                if !Path::new("/proc").join(pid).exists() {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
-            }
-        }
-    }
-    tmp_path(name)
+    common::shared_dir("magvit2-inspect", name)
 }
 
 /// Small checkpoint (config resolution 512, factor 16, 64 codes), written once per test binary.

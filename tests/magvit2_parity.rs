@@ -1,6 +1,7 @@
 //! MAGVIT-v2 (src/models/magvit2.rs) against the independent PyTorch reference tests/magvit2_ref.py:
 //! exact codes and decoded images at full size (256²) and on a small config at 512², strict
 //! checkpoint loading, LFQ buffers and bit order.
+mod common;
 use imgcot::models::magvit2::{self, Config, Magvit2};
 use imgcot::models::ImageTokenizer;
 use std::collections::HashMap;
@@ -10,68 +11,25 @@ use std::sync::OnceLock;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
-fn python() -> String {
-    std::env::var("IMGCOT_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-/// A fresh folder under cargo's per-test tmp dir, removed on drop (also when a test panics).
-struct TmpDir(PathBuf);
-
-impl Drop for TmpDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl std::ops::Deref for TmpDir {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-fn tmp_path(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("magvit2-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use common::TmpDir;
 
 fn tmp_dir(name: &str) -> TmpDir {
-    TmpDir(tmp_path(name))
+    common::tmp_dir("magvit2", name)
 }
 
-/// Folder for the checkpoint shared by this test binary (kept for the process lifetime); folders
-/// left by earlier runs whose process is gone are removed first.
 fn shared_dir(name: &str) -> PathBuf {
-    let tag = format!("magvit2-{name}-");
-    if Path::new("/proc/self").exists() {
-        for e in std::fs::read_dir(env!("CARGO_TARGET_TMPDIR"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let file_name = e.file_name().to_string_lossy().into_owned();
-            if let Some(pid) = file_name.strip_prefix(&tag) {
-                if !Path::new("/proc").join(pid).exists() {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
-            }
-        }
-    }
-    tmp_path(name)
+    common::shared_dir("magvit2", name)
 }
 
 /// Runs the reference script; fails loudly when Python or a package is missing.
 fn run_ref(dir: &Path, args: &[&str]) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/magvit2_ref.py");
-    let out = Command::new(python())
+    let out = Command::new(common::python())
         .arg(&script)
         .arg(dir)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {} (set IMGCOT_PYTHON): {e}", python()));
+        .unwrap_or_else(|e| panic!("cannot run {} (set IMGCOT_PYTHON): {e}", common::python()));
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         out.status.success(),

@@ -46,3 +46,53 @@ pub fn bin() -> PathBuf {
 pub fn max_abs_diff(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
     (a - b).abs().max().double_value(&[])
 }
+
+/// A fresh folder under cargo's per-test tmp dir, removed on drop (also when a test panics).
+pub struct TmpDir(pub PathBuf);
+
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl std::ops::Deref for TmpDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+/// `<CARGO_TARGET_TMPDIR>/<prefix>-<name>-<pid>`, emptied and created.
+pub fn tmp_path(prefix: &str, name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{prefix}-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub fn tmp_dir(prefix: &str, name: &str) -> TmpDir {
+    TmpDir(tmp_path(prefix, name))
+}
+
+/// Folder for a checkpoint shared by one test binary (kept for the process lifetime); folders
+/// left by earlier runs whose process is gone are removed first.
+pub fn shared_dir(prefix: &str, name: &str) -> PathBuf {
+    let tag = format!("{prefix}-{name}-");
+    if Path::new("/proc/self").exists() {
+        for e in std::fs::read_dir(env!("CARGO_TARGET_TMPDIR"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let file_name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = file_name.strip_prefix(&tag) {
+                if !Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
+    tmp_path(prefix, name)
+}
