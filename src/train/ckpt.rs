@@ -365,8 +365,7 @@ impl CheckpointWriter {
                 .dir
                 .with_file_name(format!("{name}.old-{}", std::process::id()));
             if aside.exists() {
-                std::fs::remove_dir_all(&aside)
-                    .with_context(|| format!("removing {}", aside.display()))?;
+                discard_dir(&aside)?;
             }
             std::fs::rename(&self.dir, &aside)
                 .with_context(|| format!("renaming {} aside", self.dir.display()))?;
@@ -382,11 +381,22 @@ impl CheckpointWriter {
             sync_dir(parent);
         }
         if let Some(aside) = aside {
-            std::fs::remove_dir_all(&aside)
-                .with_context(|| format!("removing {}", aside.display()))?;
+            discard_dir(&aside)?;
         }
         Ok(self.dir.clone())
     }
+}
+
+/// Deletes a checkpoint directory so that a kill part-way never leaves a torn directory that
+/// still looks complete: the completion marker goes first (and that is made durable), then the
+/// rest. `remove_dir_all` alone deletes in arbitrary order.
+fn discard_dir(dir: &Path) -> Result<()> {
+    let marker = dir.join(TRAINER_STATE_FILE);
+    if marker.exists() {
+        std::fs::remove_file(&marker).with_context(|| format!("removing {}", marker.display()))?;
+        sync_dir(dir);
+    }
+    std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))
 }
 
 impl Drop for CheckpointWriter {
