@@ -91,6 +91,7 @@ fn data_cfg(out: &Path) -> JudgeDataConfig {
         batch_size: 8,
         repair_random: 0,
         repair_positive_tries: 0,
+        synthetic: 0,
         out: out.to_path_buf(),
     }
 }

@@ -58,6 +58,10 @@ pub struct DpoArgs {
     /// In the --iter loop, use the base model as the reference of every round.
     #[arg(long)]
     pub reference_base: bool,
+    /// In the --iter loop, the judge that labels the pairs (orm, parm, oracle) when it should differ
+    /// from --guide — the paper labels pairs ORM-style and uses PARM only for guidance.
+    #[arg(long)]
+    pub labeller: Option<String>,
 }
 
 /// Chooses `cfg.num_prompts` training prompts, weighted by tag, deterministically per round.
@@ -186,6 +190,7 @@ pub fn run(args: DpoArgs) -> Result<()> {
             guide: args.guide.clone(),
             run,
             reference_base: args.reference_base,
+            labeller: args.labeller.clone(),
         };
         return crate::commands::iterate::run(it, &crate::commands::iterate::load_llava_judges);
     }

@@ -188,7 +188,7 @@ pub fn score_glyph_folder(images: &Path, out: &Path) -> Result<Summary> {
 
 pub fn run(args: EvalArgs) -> Result<()> {
     if let Some(EvalSub::Geneval(g)) = args.sub {
-        return crate::commands::geneval::run_score(g);
+        return crate::commands::geneval::run_score(g).map(|_| ());
     }
     let recipe = Recipe::load(args.recipe.as_deref())?;
     let ckpt = args

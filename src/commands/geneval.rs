@@ -124,12 +124,12 @@ pub type ScoreArgs = GenevalArgs;
 
 /// `imgcot-train eval geneval`: currently the score-only path, [`run_score`].
 pub fn run(args: GenevalArgs) -> Result<()> {
-    run_score(args)
+    run_score(args).map(|_| ())
 }
 
 /// Scores `--images` with the chosen backend, writes results.jsonl + summary.json and prints
 /// the summary in summary_scores.py's format.
-pub fn run_score(args: GenevalArgs) -> Result<()> {
+pub fn run_score(args: GenevalArgs) -> Result<Option<Summary>> {
     if let Some(ckpt) = &args.ckpt {
         generate(&args, ckpt)?;
     }
@@ -137,7 +137,7 @@ pub fn run_score(args: GenevalArgs) -> Result<()> {
         if args.ckpt.is_none() {
             bail!("give --score BACKEND, --ckpt DIR (generate), or both");
         }
-        return Ok(());
+        return Ok(None);
     };
     let opts = args.rule_options();
     let out = args.out_dir();
@@ -169,7 +169,7 @@ pub fn run_score(args: GenevalArgs) -> Result<()> {
         out.join("summary.json").display()
     );
     log_summary(&summary, &out, 0)?;
-    Ok(())
+    Ok(Some(summary))
 }
 
 /// Logs a summary's per-tag accuracies and overall score to TensorBoard under `<dir>/tb`.

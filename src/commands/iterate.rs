@@ -97,6 +97,10 @@ pub struct IterArgs {
     /// Reference = the base model in every round (default: the policy at the start of the round).
     #[arg(long)]
     pub reference_base: bool,
+    /// Judge that labels the pairs (orm, parm, oracle); default: --guide, or `iterate.labeller`
+    /// with `--guide none`.
+    #[arg(long)]
+    pub labeller: Option<String>,
 }
 
 /// Settings of the loop (recipe section `iterate:`).
@@ -145,12 +149,21 @@ fn d_four() -> usize {
     4
 }
 
+/// Best-of-N settings of a GenEval-scored stage: verifier name (`orm`/`parm`), N, judge checkpoint.
+pub struct GenevalVerify<'a> {
+    pub name: &'a str,
+    pub n: usize,
+    pub judge: &'a Path,
+}
+
+/// Generates `images` with `ckpt` (optionally best-of-N) and scores them with `g`'s backend.
 fn geneval_round(
     recipe_path: Option<&Path>,
     g: &GenevalRound,
     ckpt: &Path,
     images: &Path,
-) -> Result<()> {
+    verify: Option<GenevalVerify<'_>>,
+) -> Result<Summary> {
     use crate::commands::geneval::{run_score, GenevalArgs, ScoreBackend};
     let score = match g.score.as_str() {
         "official" => ScoreBackend::Official,
@@ -166,9 +179,9 @@ fn geneval_round(
         images_per_prompt: g.images_per_prompt,
         shard: None,
         seed: 0,
-        verify: None,
-        n: 1,
-        judge: None,
+        verify: verify.as_ref().map(|v| v.name.to_string()),
+        n: verify.as_ref().map(|v| v.n).unwrap_or(1),
+        judge: verify.as_ref().map(|v| v.judge.to_path_buf()),
         images: images.to_path_buf(),
         detections: None,
         out: None,
@@ -179,7 +192,8 @@ fn geneval_round(
         max_objects: 16,
         max_overlap: 1.0,
         position_threshold: 0.1,
-    })
+    })?
+    .context("the GenEval backend returned no summary")
 }
 
 fn d_ipp() -> usize {
@@ -279,11 +293,14 @@ pub fn run(args: IterArgs, load_judges: &JudgeLoader) -> Result<()> {
     if !["parm", "orm", "oracle", "none"].contains(&guide) {
         bail!("unknown --guide '{guide}' (parm, orm, oracle, none)");
     }
-    let labeller = if guide == "none" {
-        it.labeller.as_str()
-    } else {
-        guide
+    let labeller = match (&args.labeller, guide) {
+        (Some(l), _) => l.as_str(),
+        (None, "none") => it.labeller.as_str(),
+        (None, g) => g,
     };
+    if !["parm", "orm", "oracle"].contains(&labeller) {
+        bail!("unknown labeller '{labeller}' (parm, orm, oracle)");
+    }
     let need_orm = true; // the ORM best-of-N row
     let need_parm = true; // the PARM rows
     let judges = load_judges(&recipe, &it, need_orm, need_parm || labeller == "parm")?;
@@ -301,6 +318,11 @@ pub fn run(args: IterArgs, load_judges: &JudgeLoader) -> Result<()> {
         })
     };
 
+    // Real-image recipes have no exact evaluator: their stages go through the GenEval backend of
+    // `iterate.geneval_each_round` (generation with the same seeds, best-of-N by judge checkpoint).
+    if !recipe.is_glyph() && it.geneval_each_round.is_none() {
+        bail!("recipe '{}' is not a glyph recipe: its eval stages need `iterate.geneval_each_round` (a GenEval scoring backend)", recipe.name);
+    }
     let stage = |rows: &mut Vec<Row>,
                  name: &str,
                  ckpt: &Path,
@@ -312,7 +334,28 @@ pub fn run(args: IterArgs, load_judges: &JudgeLoader) -> Result<()> {
         }
         let dir = run_dir.join(format!("eval-{name}"));
         println!("[iter] eval {name} ({} s so far)", t0.elapsed().as_secs());
-        let s = evaluate_with(&recipe, ckpt, &dir, ipp, false, verifier)?;
+        let s = match &it.geneval_each_round {
+            Some(g) if !recipe.is_glyph() => {
+                let verify = verifier.map(|v| {
+                    let (name, judge) = if matches!(v, Verifier::Parm { .. }) {
+                        ("parm", it.parm_model.as_path())
+                    } else {
+                        ("orm", it.orm.as_path())
+                    };
+                    GenevalVerify {
+                        name,
+                        n: it.verify_n,
+                        judge,
+                    }
+                });
+                let g = GenevalRound {
+                    images_per_prompt: ipp,
+                    ..g.clone()
+                };
+                geneval_round(args.recipe.as_deref(), &g, ckpt, &dir, verify)?
+            }
+            _ => evaluate_with(&recipe, ckpt, &dir, ipp, false, verifier)?,
+        };
         rows.push(Row::from_summary(name, &s, &dir));
         crate::util::atomic_write(
             &summary_path,
@@ -432,10 +475,10 @@ pub fn run(args: IterArgs, load_judges: &JudgeLoader) -> Result<()> {
             it.eval_images_per_prompt,
             None,
         )?;
-        if let Some(g) = &it.geneval_each_round {
+        if let Some(g) = it.geneval_each_round.as_ref().filter(|_| recipe.is_glyph()) {
             let dir = round_dir.join("geneval");
             if !dir.join("scores-done").exists() {
-                geneval_round(args.recipe.as_deref(), g, &policy, &dir)?;
+                geneval_round(args.recipe.as_deref(), g, &policy, &dir, None)?;
                 crate::util::atomic_write(&dir.join("scores-done"), b"")?;
             }
         }

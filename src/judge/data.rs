@@ -77,6 +77,12 @@ pub struct JudgeDataConfig {
     /// fewer) for one the image satisfies and add the first found (balances the labels).
     #[serde(default)]
     pub repair_positive_tries: usize,
+    /// Glyph-world augmentation (not in the paper; 0 = off): this many rendered ORM examples in
+    /// `orm_synthetic_train.jsonl`. Each asks a training prompt about a scene drawn for it or for a
+    /// near miss (another prompt of the same tag), half of them flooded with extra glyphs as the
+    /// generator does; labelled by the exact evaluator. Rendering is free where sampling is not.
+    #[serde(default)]
+    pub synthetic: usize,
     /// Output folder.
     pub out: PathBuf,
 }
@@ -113,6 +119,11 @@ pub struct Summary {
     /// Records (and "yes" answers) of `orm_repaired_train.jsonl`.
     pub repaired_train: usize,
     pub repaired_train_yes: usize,
+    /// Records (and "yes" answers) of `orm_synthetic_train.jsonl`.
+    #[serde(default)]
+    pub synthetic_train: usize,
+    #[serde(default)]
+    pub synthetic_train_yes: usize,
     pub steps: usize,
     pub sampler: SamplerConfig,
     pub generator: String,
@@ -371,6 +382,75 @@ pub fn repaired_records(
     out
 }
 
+/// Rendered ORM records (see [`JudgeDataConfig::synthetic`]); images go to `out/images/syn-*.png`.
+pub fn synthetic_records(
+    out: &Path,
+    pool: &[(usize, Metadata)],
+    count: usize,
+    seed: u64,
+) -> Result<Vec<Record>> {
+    use crate::glyphs::rng::{below, sample_distinct, seeded};
+    use crate::glyphs::world::{Glyph, COLORS, NUM_CELLS, SHAPES};
+    let opts = RuleOptions::default();
+    let mut out_records = Vec::with_capacity(count);
+    if pool.is_empty() {
+        return Ok(out_records);
+    }
+    let mut by_tag: std::collections::HashMap<String, Vec<Metadata>> = Default::default();
+    let mut rng = seeded(seed, 0x7379_6e74);
+    for i in 0..count {
+        let (pi, meta) = &pool[below(&mut rng, pool.len())];
+        let near = if below(&mut rng, 2) == 0 {
+            meta.clone()
+        } else {
+            if !by_tag.contains_key(&meta.tag) {
+                by_tag.insert(
+                    meta.tag.clone(),
+                    crate::glyphs::prompts::enumerate(&meta.tag)?,
+                );
+            }
+            let same = &by_tag[&meta.tag];
+            same[below(&mut rng, same.len())].clone()
+        };
+        let mut codes = crate::glyphs::scene::sample_scene(&near, &mut rng)?;
+        if below(&mut rng, 2) == 0 {
+            let empty: Vec<usize> = (0..NUM_CELLS).filter(|&c| codes[c] == 0).collect();
+            let extra = 1 + below(&mut rng, 6).min(empty.len().saturating_sub(1));
+            for j in sample_distinct(&mut rng, empty.len(), extra) {
+                let g = Glyph {
+                    shape: below(&mut rng, SHAPES.len()),
+                    color: below(&mut rng, COLORS.len()),
+                };
+                codes[empty[j]] = g.code();
+            }
+        }
+        let label = crate::glyphs::detect::is_correct(meta, &codes, &opts);
+        let rel = format!("images/syn-{i:05}.png");
+        let n = crate::glyphs::world::IMAGE_SIZE as u32;
+        crate::glyphs::png::write_png(&out.join(&rel), n, n, &crate::glyphs::render(&codes))?;
+        out_records.push(Record {
+            id: format!("syn-{i:05}-orm"),
+            image: rel,
+            conversations: vec![
+                turn("human", orm_question(&meta.prompt)),
+                turn("gpt", yes_no(label)),
+            ],
+            meta: Some(RecordMeta {
+                kind: "orm".into(),
+                prompt: meta.prompt.clone(),
+                prompt_index: *pi,
+                candidate: i,
+                step: 0,
+                steps: 0,
+                label,
+                final_label: label,
+                tag: meta.tag.clone(),
+            }),
+        });
+    }
+    Ok(out_records)
+}
+
 /// Splits prompt indices: (train, held-out), chosen with `seed`.
 pub fn split_prompts(
     total: usize,
@@ -447,6 +527,7 @@ pub fn build(cfg: &JudgeDataConfig, device_override: Option<&str>) -> Result<Sum
         .with_context(|| format!("creating {}", cfg.out.display()))?;
     let mut counts = Vec::new();
     let mut repaired = (0, 0);
+    let mut synthetic = (0, 0);
     for (split, idx) in [("train", &train), ("heldout", &held)] {
         let chosen: Vec<(usize, Metadata)> = idx.iter().map(|&i| (i, metas[i].clone())).collect();
         let paths = sample_paths(
@@ -474,12 +555,22 @@ pub fn build(cfg: &JudgeDataConfig, device_override: Option<&str>) -> Result<Sum
             );
             write_jsonl(&cfg.out.join("orm_repaired_train.jsonl"), &rep)?;
         }
+        if split == "train" && cfg.synthetic > 0 {
+            let syn = synthetic_records(&cfg.out, &chosen, cfg.synthetic, cfg.seed)?;
+            synthetic = (
+                syn.len(),
+                syn.iter().filter(|r| r.answer() == Some(true)).count(),
+            );
+            write_jsonl(&cfg.out.join("orm_synthetic_train.jsonl"), &syn)?;
+        }
     }
     let summary = Summary {
         heldout: counts.pop().expect("two splits"),
         train: counts.pop().expect("two splits"),
         repaired_train: repaired.0,
         repaired_train_yes: repaired.1,
+        synthetic_train: synthetic.0,
+        synthetic_train_yes: synthetic.1,
         steps: sampler.steps,
         sampler,
         generator: model_dir.display().to_string(),
@@ -512,6 +603,30 @@ mod tests {
         assert_eq!(clarity_label(6, 12), Some(false));
         assert_eq!(clarity_label(7, 12), None);
         assert_eq!(clarity_label(8, 12), Some(true));
+    }
+
+    #[test]
+    fn synthetic_records_are_labelled_by_the_evaluator_and_mixed() {
+        let dir = std::env::temp_dir().join(format!("imgcot-syn-{}", std::process::id()));
+        let pool: Vec<(usize, Metadata)> = ["counting", "position", "color_attr"]
+            .iter()
+            .flat_map(|t| crate::glyphs::prompts::enumerate(t).unwrap())
+            .take(200)
+            .enumerate()
+            .collect();
+        let recs = synthetic_records(&dir, &pool, 60, 3).unwrap();
+        assert_eq!(recs.len(), 60);
+        let yes = recs.iter().filter(|r| r.answer() == Some(true)).count();
+        assert!((10..=50).contains(&yes), "{yes} of 60 yes");
+        for r in &recs {
+            let m = r.meta.as_ref().unwrap();
+            let meta = crate::glyphs::prompts::parse_prompt(&m.prompt).unwrap();
+            let img = image::open(dir.join(&r.image)).unwrap().to_rgb8();
+            let codes = crate::glyphs::world::encode(img.as_raw()).unwrap();
+            let truth = crate::glyphs::detect::is_correct(&meta, &codes, &RuleOptions::default());
+            assert_eq!(r.answer(), Some(truth), "{}", r.id);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

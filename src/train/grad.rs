@@ -58,7 +58,8 @@ pub fn grad_norm(vars: &[Tensor]) -> f64 {
 /// the caller can decide to skip the step.
 pub fn clip_grad_norm(vars: &[Tensor], max_norm: f64) -> f64 {
     let total = grad_norm(vars);
-    if !total.is_finite() {
+    // max_norm ≤ 0 means no clipping (the paper's DPO runs without it); the norm is still reported.
+    if !total.is_finite() || max_norm <= 0.0 {
         return total;
     }
     let coef = max_norm / (total + 1e-6);
@@ -134,5 +135,19 @@ mod tests {
         assert!(f64::try_from(a.grad().sum(Kind::Float))
             .unwrap()
             .is_infinite());
+    }
+
+    #[test]
+    fn zero_max_norm_disables_clipping() {
+        let vs = VarStore::new(Device::Cpu);
+        let a = vs.root().var_copy("a", &Tensor::from_slice(&[3.0f32, 4.0]));
+        (&a * &a).sum(Kind::Float).backward();
+        let vars = trainable_vars(&vs);
+        assert!((clip_grad_norm(&vars, 0.0) - 10.0).abs() < 1e-5);
+        let g: Vec<f32> = Vec::try_from(a.grad()).unwrap();
+        assert_eq!(g, vec![6.0, 8.0]);
+        assert!((clip_grad_norm(&vars, 5.0) - 10.0).abs() < 1e-5);
+        let g: Vec<f32> = Vec::try_from(a.grad()).unwrap();
+        assert!((g[0] - 3.0).abs() < 1e-4 && (g[1] - 4.0).abs() < 1e-4);
     }
 }

@@ -1,0 +1,229 @@
+//! `dpo --iter` interrupted anywhere resumes to the same result: a reference run on the tiny
+//! glyph recipe with scripted, deterministic judges records which phase every judge call belongs
+//! to; then runs whose judges fail in the middle of a chosen phase (pair labelling, DPO training
+//! with the guidance term, a best-of-N eval stage) are resumed by the same call, and their
+//! `summary.json` rows must equal the reference's.
+mod common;
+use anyhow::{bail, Result};
+use imgcot::commands::iterate::{run, IterArgs, IterateConfig, Judges, Row};
+use imgcot::judge::{OutcomeJudge, StepJudge};
+use imgcot::recipe::Recipe;
+use imgcot::verify::OracleJudge;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tch::Tensor;
+
+/// Shared by the scripted judges: calls so far, the call that fails (if any), and the phase of
+/// every call (what the run was producing when the judge was asked).
+#[derive(Default)]
+struct Calls {
+    n: usize,
+    fail_at: Option<usize>,
+    phases: Vec<String>,
+}
+
+#[derive(Clone)]
+struct Tracker {
+    calls: Arc<Mutex<Calls>>,
+    run_dir: PathBuf,
+    ckpt_dir: PathBuf,
+}
+
+impl Tracker {
+    fn tick(&self) -> Result<()> {
+        let phase = phase(&self.run_dir, &self.ckpt_dir);
+        let mut c = self.calls.lock().unwrap();
+        c.n += 1;
+        c.phases.push(phase);
+        if c.fail_at == Some(c.n) {
+            bail!("injected interruption at judge call {}", c.n);
+        }
+        Ok(())
+    }
+}
+
+/// The artifact the loop is producing: the first one of its fixed order that does not exist yet.
+fn phase(run_dir: &Path, ckpt_dir: &Path) -> String {
+    let rows: Vec<Row> = std::fs::read_to_string(run_dir.join("summary.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default();
+    let has_row = |s: &str| rows.iter().any(|r| r.stage == s);
+    for (what, done) in [
+        ("eval:base", has_row("base")),
+        ("eval:base+orm@3", has_row("base+orm@3")),
+        ("eval:base+parm@3", has_row("base+parm@3")),
+        ("pairs:1", run_dir.join("iter-1/pairs/stats.json").exists()),
+        (
+            "train:1",
+            ckpt_dir.join("iter-1/final/config.json").exists(),
+        ),
+        ("eval:dpo-1", has_row("dpo-1")),
+        ("pairs:2", run_dir.join("iter-2/pairs/stats.json").exists()),
+        (
+            "train:2",
+            ckpt_dir.join("iter-2/final/config.json").exists(),
+        ),
+        ("eval:dpo-2", has_row("dpo-2")),
+        ("eval:final+parm@3", has_row("final+parm@3")),
+    ] {
+        if !done {
+            return what.into();
+        }
+    }
+    "done".into()
+}
+
+/// ORM: the exact evaluator's verdict.
+struct Orm(Tracker);
+impl OutcomeJudge for Orm {
+    fn p_yes(&self, prompts: &[String], images: &Tensor) -> Result<Vec<f64>> {
+        self.0.tick()?;
+        OracleJudge.p_yes(prompts, images)
+    }
+}
+
+/// PARM: every step is clear; potential and outcome are the evaluator's verdict on the image.
+struct Parm(Tracker);
+impl OutcomeJudge for Parm {
+    fn p_yes(&self, prompts: &[String], images: &Tensor) -> Result<Vec<f64>> {
+        self.0.tick()?;
+        OracleJudge.p_yes(prompts, images)
+    }
+}
+impl StepJudge for Parm {
+    fn clarity(&self, prompts: &[String], _images: &Tensor) -> Result<Vec<f64>> {
+        self.0.tick()?;
+        Ok(vec![1.0; prompts.len()])
+    }
+    fn potential(&self, prompts: &[String], images: &Tensor) -> Result<Vec<(f64, f64)>> {
+        self.0.tick()?;
+        Ok(OracleJudge
+            .p_yes(prompts, images)?
+            .into_iter()
+            .map(|p| (p, 1.0 - p))
+            .collect())
+    }
+}
+
+fn iterate(recipe: &Path, run_name: &str, tracker: &Tracker) -> Result<()> {
+    let t = tracker.clone();
+    let loader = move |_: &Recipe, _: &IterateConfig, _: bool, _: bool| -> Result<Judges> {
+        Ok(Judges {
+            orm: Some(Box::new(Orm(t.clone()))),
+            parm: Some(Box::new(Parm(t.clone()))),
+        })
+    };
+    run(
+        IterArgs {
+            recipe: Some(recipe.to_path_buf()),
+            iter: 2,
+            guide: "parm".into(),
+            run: run_name.into(),
+            reference_base: false,
+            labeller: Some("orm".into()),
+        },
+        &loader,
+    )
+}
+
+fn rows(dir: &Path, run_name: &str) -> Vec<Row> {
+    let text =
+        std::fs::read_to_string(dir.join("runs").join(run_name).join("summary.json")).unwrap();
+    let mut rows: Vec<Row> = serde_json::from_str(&text).unwrap();
+    for r in &mut rows {
+        r.eval_dir.clear(); // differs by run name only
+    }
+    rows
+}
+
+#[test]
+fn interrupted_iter_run_resumes_at_every_stage() {
+    let dir = common::temp_dir("iterate-resume");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut recipe = std::fs::read_to_string(root.join("tests/fixtures/tiny.yaml"))
+        .unwrap()
+        .replace("TMP", dir.to_str().unwrap());
+    // The online guidance term (a judge call every other step) and the loop's own settings.
+    recipe.push_str(
+        "  guide:\n    reward_coef: 1.0\n    prompts_per_step: 2\n    samples_per_prompt: 2\n    every: 2\n    dpo_coef: 1.0\n\
+         iterate:\n  eval_images_per_prompt: 2\n  verify_n: 3\n  verify_images_per_prompt: 1\n  labeller: orm\n  orm: unused\n  parm_model: unused\n",
+    );
+    let recipe_path = dir.join("recipe.yaml");
+    std::fs::write(&recipe_path, recipe).unwrap();
+    let eval: String = std::fs::read_to_string(root.join("data/glyphs/eval_metadata.jsonl"))
+        .unwrap()
+        .lines()
+        .step_by(15)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(dir.join("eval_metadata.jsonl"), eval).unwrap();
+
+    let tracker = |name: &str, fail_at: Option<usize>| Tracker {
+        calls: Arc::new(Mutex::new(Calls {
+            fail_at,
+            ..Default::default()
+        })),
+        run_dir: dir.join("runs").join(name),
+        ckpt_dir: dir.join("ckpts").join(name),
+    };
+
+    // Reference: uninterrupted (it also pretrains the tiny base, shared by the later runs).
+    let reference = tracker("ref", None);
+    iterate(&recipe_path, "ref", &reference).unwrap();
+    let want = rows(&dir, "ref");
+    let stages: Vec<&str> = want.iter().map(|r| r.stage.as_str()).collect();
+    assert_eq!(
+        stages,
+        [
+            "base",
+            "base+orm@3",
+            "base+parm@3",
+            "dpo-1",
+            "dpo-2",
+            "final+parm@3"
+        ]
+    );
+    let phases = reference.calls.lock().unwrap().phases.clone();
+    // The call in the middle of each phase that calls judges.
+    let middle = |p: &str| -> usize {
+        let idx: Vec<usize> = (0..phases.len()).filter(|&i| phases[i] == p).collect();
+        assert!(!idx.is_empty(), "no judge call during {p}: {phases:?}");
+        idx[idx.len() / 2] + 1
+    };
+    for p in [
+        "pairs:1",
+        "train:1",
+        "eval:base+parm@3",
+        "pairs:2",
+        "eval:final+parm@3",
+    ] {
+        let at = middle(p);
+        let name = format!("cut-{}", p.replace([':', '@', '+'], "-"));
+        let cut = tracker(&name, Some(at));
+        let err = iterate(&recipe_path, &name, &cut).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("injected interruption"),
+            "{p}: {err:#}"
+        );
+        assert_eq!(
+            phase(&cut.run_dir, &cut.ckpt_dir),
+            p,
+            "interrupted elsewhere"
+        );
+        // The same command again, with judges that no longer fail.
+        let resumed = Tracker {
+            calls: Arc::new(Mutex::new(Calls::default())),
+            ..cut.clone()
+        };
+        iterate(&recipe_path, &name, &resumed).unwrap();
+        assert_eq!(
+            rows(&dir, &name),
+            want,
+            "resumed after an interruption in {p}"
+        );
+        // Work finished before the interruption is not redone: fewer judge calls than a full run.
+        assert!(resumed.calls.lock().unwrap().n < phases.len(), "{p}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
