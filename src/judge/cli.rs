@@ -149,12 +149,13 @@ pub fn reward_ft_config(r: &JudgesRecipe, args: &RewardFtArgs) -> Result<RewardF
     if let Some(d) = &args.run_dir {
         c.run_dir = d.clone();
     }
-    if let Some(s) = args.max_steps {
-        c.max_steps = Some(s);
-    }
+    // --epochs replaces a recipe's max_steps; an explicit --max-steps wins over both.
     if let Some(e) = args.epochs {
         c.epochs = e;
         c.max_steps = None;
+    }
+    if let Some(s) = args.max_steps {
+        c.max_steps = Some(s);
     }
     if let Some(lr) = args.lr {
         c.lr = lr;
@@ -326,4 +327,37 @@ pub fn qwen2_logits(model_dir: &Path, ids: &Tensor) -> Result<Tensor> {
         lm.vocab_size()
     );
     tch::no_grad(|| lm.forward(ids))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(max_steps: Option<u64>, epochs: Option<f64>) -> RewardFtArgs {
+        RewardFtArgs {
+            recipe: None,
+            stage: "orm".into(),
+            data: vec![],
+            heldout: vec![],
+            init: None,
+            out: None,
+            run_dir: None,
+            max_steps,
+            epochs,
+            lr: None,
+            batch_size: None,
+            lora_r: None,
+            lora_alpha: None,
+            device: None,
+        }
+    }
+
+    #[test]
+    fn max_steps_wins_over_epochs() {
+        let r = JudgesRecipe::load(None).unwrap();
+        let c = reward_ft_config(&r, &args(Some(30), Some(4.0))).unwrap();
+        assert_eq!((c.max_steps, c.epochs), (Some(30), 4.0));
+        let c = reward_ft_config(&r, &args(None, Some(4.0))).unwrap();
+        assert_eq!((c.max_steps, c.epochs), (None, 4.0));
+    }
 }
