@@ -12,19 +12,7 @@ use std::path::PathBuf;
 fn stage_args(recipe: &Option<PathBuf>, stage: &str) -> RewardFtArgs {
     RewardFtArgs {
         recipe: recipe.clone(),
-        stage: stage.into(),
-        data: vec![],
-        heldout: vec![],
-        init: None,
-        out: None,
-        run_dir: None,
-        max_steps: None,
-        epochs: None,
-        lr: None,
-        batch_size: None,
-        lora_r: None,
-        lora_alpha: None,
-        device: None,
+        ..RewardFtArgs::for_stage(stage)
     }
 }
 

@@ -527,24 +527,12 @@ pub fn load_llava_judges(
         })?;
         for stage in ["orm", "parm"] {
             run_reward_ft(RewardFtArgs {
-                recipe: None,
-                stage: stage.into(),
-                data: vec![],
-                heldout: vec![],
-                init: None,
                 out: Some(if stage == "orm" {
                     it.orm.clone()
                 } else {
                     it.parm_model.clone()
                 }),
-                run_dir: None,
-                max_steps: None,
-                epochs: None,
-                lr: None,
-                batch_size: None,
-                lora_r: None,
-                lora_alpha: None,
-                device: None,
+                ..RewardFtArgs::for_stage(stage)
             })?;
         }
     }

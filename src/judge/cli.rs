@@ -118,6 +118,28 @@ pub struct RewardFtArgs {
     pub device: Option<String>,
 }
 
+impl RewardFtArgs {
+    /// `stage` with every override unset (the recipe decides).
+    pub fn for_stage(stage: &str) -> Self {
+        Self {
+            recipe: None,
+            stage: stage.into(),
+            data: vec![],
+            heldout: vec![],
+            init: None,
+            out: None,
+            run_dir: None,
+            max_steps: None,
+            epochs: None,
+            lr: None,
+            batch_size: None,
+            lora_r: None,
+            lora_alpha: None,
+            device: None,
+        }
+    }
+}
+
 fn parse_source(s: &str) -> DataSource {
     match s.rsplit_once('@') {
         Some((p, samp)) if samp == "all" || samp.contains(':') => DataSource {
@@ -335,20 +357,9 @@ mod tests {
 
     fn args(max_steps: Option<u64>, epochs: Option<f64>) -> RewardFtArgs {
         RewardFtArgs {
-            recipe: None,
-            stage: "orm".into(),
-            data: vec![],
-            heldout: vec![],
-            init: None,
-            out: None,
-            run_dir: None,
             max_steps,
             epochs,
-            lr: None,
-            batch_size: None,
-            lora_r: None,
-            lora_alpha: None,
-            device: None,
+            ..RewardFtArgs::for_stage("orm")
         }
     }
 
