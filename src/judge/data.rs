@@ -78,7 +78,7 @@ pub struct JudgeDataConfig {
     #[serde(default)]
     pub repair_positive_tries: usize,
     /// Glyph-world augmentation (not in the paper; 0 = off): this many rendered ORM examples in
-    /// `orm_synthetic_train.jsonl`. Each asks a training prompt about a scene drawn for it or for a
+    /// `orm_synthetic_train.jsonl`. Each asks a training prompt (tags drawn uniformly) about a scene drawn for it or for a
     /// near miss (another prompt of the same tag), half of them flooded with extra glyphs as the
     /// generator does; labelled by the exact evaluator. Rendering is free where sampling is not.
     #[serde(default)]
@@ -397,9 +397,16 @@ pub fn synthetic_records(
         return Ok(out_records);
     }
     let mut by_tag: std::collections::HashMap<String, Vec<Metadata>> = Default::default();
+    // Tags drawn uniformly, then a prompt of the tag: the training prompts are mostly color_attr,
+    // and the easy tags are where a judge can start to learn.
+    let mut pool_tags: Vec<&str> = pool.iter().map(|(_, m)| m.tag.as_str()).collect();
+    pool_tags.sort_unstable();
+    pool_tags.dedup();
     let mut rng = seeded(seed, 0x7379_6e74);
     for i in 0..count {
-        let (pi, meta) = &pool[below(&mut rng, pool.len())];
+        let tag = pool_tags[below(&mut rng, pool_tags.len())];
+        let of_tag: Vec<&(usize, Metadata)> = pool.iter().filter(|(_, m)| m.tag == tag).collect();
+        let (pi, meta) = of_tag[below(&mut rng, of_tag.len())];
         let near = if below(&mut rng, 2) == 0 {
             meta.clone()
         } else {
