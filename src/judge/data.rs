@@ -399,13 +399,15 @@ pub fn synthetic_records(
     let mut by_tag: std::collections::HashMap<String, Vec<Metadata>> = Default::default();
     // Tags drawn uniformly, then a prompt of the tag: the training prompts are mostly color_attr,
     // and the easy tags are where a judge can start to learn.
-    let mut pool_tags: Vec<&str> = pool.iter().map(|(_, m)| m.tag.as_str()).collect();
-    pool_tags.sort_unstable();
-    pool_tags.dedup();
+    let mut pool_by_tag: std::collections::BTreeMap<&str, Vec<&(usize, Metadata)>> =
+        Default::default();
+    for p in pool {
+        pool_by_tag.entry(p.1.tag.as_str()).or_default().push(p);
+    }
+    let pool_by_tag: Vec<Vec<&(usize, Metadata)>> = pool_by_tag.into_values().collect();
     let mut rng = seeded(seed, 0x7379_6e74);
     for i in 0..count {
-        let tag = pool_tags[below(&mut rng, pool_tags.len())];
-        let of_tag: Vec<&(usize, Metadata)> = pool.iter().filter(|(_, m)| m.tag == tag).collect();
+        let of_tag = &pool_by_tag[below(&mut rng, pool_by_tag.len())];
         let (pi, meta) = of_tag[below(&mut rng, of_tag.len())];
         let near = if below(&mut rng, 2) == 0 {
             meta.clone()
