@@ -171,17 +171,12 @@ pub fn run(args: SampleArgs) -> Result<()> {
     let pb = crate::train::logging::progress_bar(rows.len() as u64, true);
     for chunk_start in (0..rows.len()).step_by(args.batch.max(1)) {
         let chunk = &rows[chunk_start..(chunk_start + args.batch.max(1)).min(rows.len())];
-        let mut uniq: Vec<usize> = chunk.iter().map(|r| r.0).collect();
-        uniq.dedup();
+        let (uniq, prompt_of) = crate::generate::group_rows(chunk);
         let text = layout.text_batch(
             &tok,
             &uniq.iter().map(|&i| prompts[i].clone()).collect::<Vec<_>>(),
             device,
         )?;
-        let prompt_of: Vec<usize> = chunk
-            .iter()
-            .map(|r| uniq.iter().position(|&u| u == r.0).unwrap_or(0))
-            .collect();
         let seeds: Vec<u64> = chunk
             .iter()
             .map(|&(i, k)| derive_seed(args.seed, i as u64, k as u64))

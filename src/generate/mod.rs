@@ -3,5 +3,7 @@ pub mod literal;
 pub mod sampler;
 pub mod schedule;
 
-pub use sampler::{derive_seed, sample, NoHook, SampleOutput, SamplerConfig, StepHook, StepState};
+pub use sampler::{
+    derive_seed, group_rows, sample, NoHook, SampleOutput, SamplerConfig, StepHook, StepState,
+};
 pub use schedule::Schedule;

@@ -59,6 +59,19 @@ impl Default for SamplerConfig {
     }
 }
 
+/// For a run of (prompt index, candidate index) rows grouped by prompt: the distinct prompt indices
+/// in order, and for every row the position of its prompt in that list (the `prompt_of` of
+/// [`sample`]).
+pub fn group_rows(rows: &[(usize, usize)]) -> (Vec<usize>, Vec<usize>) {
+    let mut uniq: Vec<usize> = rows.iter().map(|r| r.0).collect();
+    uniq.dedup();
+    let prompt_of = rows
+        .iter()
+        .map(|r| uniq.iter().position(|&u| u == r.0).unwrap_or(0))
+        .collect();
+    (uniq, prompt_of)
+}
+
 /// A reproducible per-image seed from a base seed, a prompt index and a candidate index (SplitMix64).
 pub fn derive_seed(base: u64, prompt: u64, candidate: u64) -> u64 {
     let mut z = base

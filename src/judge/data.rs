@@ -281,14 +281,9 @@ pub fn sample_paths(
         .collect();
     let mut out = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(batch.max(1)) {
-        let mut uniq: Vec<usize> = chunk.iter().map(|r| r.0).collect();
-        uniq.dedup();
+        let (uniq, prompt_of) = crate::generate::group_rows(chunk);
         let prompts: Vec<String> = uniq.iter().map(|&i| metas[i].1.prompt.clone()).collect();
         let text = layout.text_batch(tok, &prompts, model.device())?;
-        let prompt_of: Vec<usize> = chunk
-            .iter()
-            .map(|r| uniq.iter().position(|&u| u == r.0).unwrap_or(0))
-            .collect();
         let seeds: Vec<u64> = chunk
             .iter()
             .map(|&(i, k)| derive_seed(seed, metas[i].0 as u64, k as u64))
