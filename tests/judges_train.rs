@@ -92,6 +92,7 @@ fn data_cfg(out: &Path) -> JudgeDataConfig {
         repair_random: 0,
         repair_positive_tries: 0,
         synthetic: 0,
+        captions: 0,
         out: out.to_path_buf(),
     }
 }

@@ -83,6 +83,14 @@ pub struct JudgeDataConfig {
     /// generator does; labelled by the exact evaluator. Rendering is free where sampling is not.
     #[serde(default)]
     pub synthetic: usize,
+    /// Glyph-world caption pretraining data (not in the paper; 0 = off): this many rendered scenes
+    /// (tags drawn uniformly, half flooded) plus every final image of the split, each asked
+    /// [`CAPTION_QUESTION`] and answered with [`caption`], into `caption_{train,heldout}.jsonl`.
+    /// The paper's judges start from a LLaVA-OneVision that was pretrained to describe images; a
+    /// scratch judge gets its reading of the image from this stage (the yes/no bit alone left it
+    /// blind to the image).
+    #[serde(default)]
+    pub captions: usize,
     /// Output folder.
     pub out: PathBuf,
 }
@@ -124,6 +132,11 @@ pub struct Summary {
     pub synthetic_train: usize,
     #[serde(default)]
     pub synthetic_train_yes: usize,
+    /// Records of `caption_train.jsonl` and `caption_heldout.jsonl`.
+    #[serde(default)]
+    pub caption_train: usize,
+    #[serde(default)]
+    pub caption_heldout: usize,
     pub steps: usize,
     pub sampler: SamplerConfig,
     pub generator: String,
@@ -377,6 +390,21 @@ pub fn repaired_records(
     out
 }
 
+/// Adds 1–6 random glyphs in empty cells, as the generator's cluttered images have.
+fn flood<R: rand::Rng + ?Sized>(codes: &mut Codes, rng: &mut R) {
+    use crate::glyphs::rng::{below, sample_distinct};
+    use crate::glyphs::world::{Glyph, COLORS, NUM_CELLS, SHAPES};
+    let empty: Vec<usize> = (0..NUM_CELLS).filter(|&c| codes[c] == 0).collect();
+    let extra = 1 + below(rng, 6).min(empty.len().saturating_sub(1));
+    for j in sample_distinct(rng, empty.len(), extra) {
+        let g = Glyph {
+            shape: below(rng, SHAPES.len()),
+            color: below(rng, COLORS.len()),
+        };
+        codes[empty[j]] = g.code();
+    }
+}
+
 /// Rendered ORM records (see [`JudgeDataConfig::synthetic`]); images go to `out/images/syn-*.png`.
 pub fn synthetic_records(
     out: &Path,
@@ -384,8 +412,7 @@ pub fn synthetic_records(
     count: usize,
     seed: u64,
 ) -> Result<Vec<Record>> {
-    use crate::glyphs::rng::{below, sample_distinct, seeded};
-    use crate::glyphs::world::{Glyph, COLORS, NUM_CELLS, SHAPES};
+    use crate::glyphs::rng::{below, seeded};
     let opts = RuleOptions::default();
     let mut out_records = Vec::with_capacity(count);
     if pool.is_empty() {
@@ -418,15 +445,7 @@ pub fn synthetic_records(
         };
         let mut codes = crate::glyphs::scene::sample_scene(&near, &mut rng)?;
         if below(&mut rng, 2) == 0 {
-            let empty: Vec<usize> = (0..NUM_CELLS).filter(|&c| codes[c] == 0).collect();
-            let extra = 1 + below(&mut rng, 6).min(empty.len().saturating_sub(1));
-            for j in sample_distinct(&mut rng, empty.len(), extra) {
-                let g = Glyph {
-                    shape: below(&mut rng, SHAPES.len()),
-                    color: below(&mut rng, COLORS.len()),
-                };
-                codes[empty[j]] = g.code();
-            }
+            flood(&mut codes, &mut rng);
         }
         let label = crate::glyphs::detect::is_correct(meta, &codes, &opts);
         let rel = format!("images/syn-{i:05}.png");
@@ -453,6 +472,144 @@ pub fn synthetic_records(
         });
     }
     Ok(out_records)
+}
+
+/// The question of caption records (words of the glyph vocabulary only).
+pub const CAPTION_QUESTION: &str = "<image> Which object is in this image?";
+
+fn count_word(n: usize) -> &'static str {
+    ["a", "a", "two", "three", "four"][n.min(4)]
+}
+
+/// A prompt-like description of a glyph scene, consistent with the exact evaluator:
+/// - exactly two glyphs: "a photo of a {color} {shape} {relation} a {color} {shape}", the first
+///   glyph chosen by `rng`, the relation one GenEval's rule accepts (tried in random order);
+/// - otherwise the (color, shape) groups in order of first appearance (row-major), counted,
+///   "a photo of two red circles and a blue square" (groups over four are split into fours);
+/// - an empty scene: "a photo of no object".
+pub fn caption<R: rand::Rng + ?Sized>(codes: &Codes, rng: &mut R) -> String {
+    use crate::glyphs::prompts::{position, RELATIONS};
+    use crate::glyphs::world::{glyphs, COLORS, SHAPES, SHAPE_PLURALS};
+    let gs = glyphs(codes);
+    let name = |g: &crate::glyphs::world::Glyph| format!("{} {}", COLORS[g.color], SHAPES[g.shape]);
+    if gs.len() == 2 && gs[0].2.shape != gs[1].2.shape {
+        let (a, b) = if crate::glyphs::rng::below(rng, 2) == 0 {
+            (gs[0].2, gs[1].2)
+        } else {
+            (gs[1].2, gs[0].2)
+        };
+        let mut rels: Vec<usize> = (0..RELATIONS.len()).collect();
+        crate::glyphs::rng::shuffle(rng, &mut rels);
+        for r in rels {
+            // position(shape2, rel, shape1) = "a {shape2} {rel} a {shape1}".
+            if crate::glyphs::detect::is_correct(
+                &position(a.shape, r, b.shape),
+                codes,
+                &RuleOptions::default(),
+            ) {
+                return format!("a photo of a {} {} a {}", name(&a), RELATIONS[r], name(&b));
+            }
+        }
+    }
+    let mut groups: Vec<(crate::glyphs::world::Glyph, usize)> = Vec::new();
+    for (_, _, g) in gs {
+        match groups.iter_mut().find(|(h, _)| *h == g) {
+            Some((_, n)) => *n += 1,
+            None => groups.push((g, 1)),
+        }
+    }
+    if groups.is_empty() {
+        return "a photo of no object".into();
+    }
+    let mut parts = Vec::new();
+    for (g, mut n) in groups {
+        while n > 0 {
+            let k = n.min(4);
+            let shape = if k == 1 {
+                SHAPES[g.shape]
+            } else {
+                SHAPE_PLURALS[g.shape]
+            };
+            parts.push(format!("{} {} {shape}", count_word(k), COLORS[g.color]));
+            n -= k;
+        }
+    }
+    format!("a photo of {}", parts.join(" and "))
+}
+
+fn caption_record(id: String, image: String, codes: &Codes, rng: &mut impl rand::Rng) -> Record {
+    let text = caption(codes, rng);
+    Record {
+        id,
+        image,
+        conversations: vec![
+            turn("human", CAPTION_QUESTION.to_string()),
+            turn("gpt", text),
+        ],
+        meta: Some(RecordMeta {
+            kind: "caption".into(),
+            prompt: String::new(),
+            prompt_index: 0,
+            candidate: 0,
+            step: 0,
+            steps: 0,
+            label: false,
+            final_label: false,
+            tag: String::new(),
+        }),
+    }
+}
+
+/// Caption records: every path's final image (already written by [`path_records`]) and `count`
+/// rendered scenes for prompts of `pool` (tags drawn uniformly, half flooded with extra glyphs);
+/// rendered images go to `out/images/cap-{split}-*.png`.
+pub fn caption_records(
+    out: &Path,
+    split: &str,
+    paths: &[PathSample],
+    pool: &[(usize, Metadata)],
+    count: usize,
+    seed: u64,
+) -> Result<Vec<Record>> {
+    use crate::glyphs::rng::{below, seeded};
+    let mut rng = seeded(seed, 0x6361_7074);
+    let mut recs = Vec::new();
+    for p in paths {
+        let t = p.steps.len();
+        let base = format!("{:05}-{:03}", p.prompt_index, p.candidate);
+        recs.push(caption_record(
+            format!("{base}-caption"),
+            format!("images/{base}-s{t:02}.png"),
+            &p.steps[t - 1],
+            &mut rng,
+        ));
+    }
+    let mut by_tag: std::collections::BTreeMap<&str, Vec<&Metadata>> = Default::default();
+    for (_, m) in pool {
+        by_tag.entry(m.tag.as_str()).or_default().push(m);
+    }
+    let by_tag: Vec<Vec<&Metadata>> = by_tag.into_values().collect();
+    if by_tag.is_empty() {
+        return Ok(recs);
+    }
+    for i in 0..count {
+        let of_tag = &by_tag[below(&mut rng, by_tag.len())];
+        let meta = of_tag[below(&mut rng, of_tag.len())];
+        let mut codes = crate::glyphs::scene::sample_scene(meta, &mut rng)?;
+        if below(&mut rng, 2) == 0 {
+            flood(&mut codes, &mut rng);
+        }
+        let rel = format!("images/cap-{split}-{i:05}.png");
+        let n = crate::glyphs::world::IMAGE_SIZE as u32;
+        crate::glyphs::png::write_png(&out.join(&rel), n, n, &crate::glyphs::render(&codes))?;
+        recs.push(caption_record(
+            format!("cap-{split}-{i:05}"),
+            rel,
+            &codes,
+            &mut rng,
+        ));
+    }
+    Ok(recs)
 }
 
 /// Splits prompt indices: (train, held-out), chosen with `seed`.
@@ -532,6 +689,7 @@ pub fn build(cfg: &JudgeDataConfig, device_override: Option<&str>) -> Result<Sum
     let mut counts = Vec::new();
     let mut repaired = (0, 0);
     let mut synthetic = (0, 0);
+    let mut captions = (0, 0);
     for (split, idx) in [("train", &train), ("heldout", &held)] {
         let chosen: Vec<(usize, Metadata)> = idx.iter().map(|&i| (i, metas[i].clone())).collect();
         let paths = sample_paths(
@@ -567,6 +725,21 @@ pub fn build(cfg: &JudgeDataConfig, device_override: Option<&str>) -> Result<Sum
             );
             write_jsonl(&cfg.out.join("orm_synthetic_train.jsonl"), &syn)?;
         }
+        if cfg.captions > 0 {
+            // Held-out captions: the split's final images and a tenth as many rendered scenes.
+            let count = if split == "train" {
+                cfg.captions
+            } else {
+                cfg.captions / 10
+            };
+            let caps = caption_records(&cfg.out, split, &paths, &chosen, count, cfg.seed)?;
+            if split == "train" {
+                captions.0 = caps.len();
+            } else {
+                captions.1 = caps.len();
+            }
+            write_jsonl(&cfg.out.join(format!("caption_{split}.jsonl")), &caps)?;
+        }
     }
     let summary = Summary {
         heldout: counts.pop().expect("two splits"),
@@ -575,6 +748,8 @@ pub fn build(cfg: &JudgeDataConfig, device_override: Option<&str>) -> Result<Sum
         repaired_train_yes: repaired.1,
         synthetic_train: synthetic.0,
         synthetic_train_yes: synthetic.1,
+        caption_train: captions.0,
+        caption_heldout: captions.1,
         steps: sampler.steps,
         sampler,
         generator: model_dir.display().to_string(),
@@ -631,6 +806,47 @@ mod tests {
             assert_eq!(r.answer(), Some(truth), "{}", r.id);
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn captions_describe_the_scene_consistently_with_the_evaluator() {
+        use crate::glyphs::world::{Glyph, NUM_CELLS};
+        let g = |shape, color| Glyph { shape, color }.code();
+        let mut rng = crate::glyphs::rng::seeded(1, 2);
+        let empty = [0u8; NUM_CELLS];
+        assert_eq!(caption(&empty, &mut rng), "a photo of no object");
+        // Groups in order of first appearance, counted, fours split off.
+        let mut c = empty;
+        for cell in [0, 2, 4, 6, 8, 10] {
+            c[cell] = g(0, 0);
+        }
+        c[1] = g(1, 2);
+        assert_eq!(
+            caption(&c, &mut rng),
+            "a photo of four red circles and two red circles and a blue square"
+        );
+        // Two glyphs of different shapes: a relation the GenEval rule accepts, either order.
+        let mut c = empty;
+        c[3] = g(2, 1); // row 0: green triangle
+        c[8 * 6 + 3] = g(3, 4); // row 6, same column: purple diamond
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            seen.insert(caption(&c, &mut rng));
+        }
+        let want: std::collections::BTreeSet<String> = [
+            "a photo of a green triangle above a purple diamond",
+            "a photo of a purple diamond below a green triangle",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(seen, want);
+        // Every caption word is in the glyph vocabulary (no [UNK]).
+        let tok = crate::glyphs::tokenizer::build().unwrap();
+        for text in seen.iter().chain([CAPTION_QUESTION.to_string()].iter()) {
+            let ids = tok.encode(text.replace("<image>", ""), false).unwrap();
+            assert!(!ids.get_ids().contains(&0), "{text}: unknown word");
+        }
     }
 
     #[test]

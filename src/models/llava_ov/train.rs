@@ -566,8 +566,19 @@ pub fn expected_shapes(cfg: &LlavaOvConfig) -> Vec<(String, Vec<i64>)> {
 /// Random initial weights for `cfg` (HF-style: normal(0, 0.02) matrices and embeddings, zero
 /// biases, unit norms; `image_newline` ~ N(0, 1/hidden) as LLaVA's `embed_std`), seeded.
 pub fn init_weights(cfg: &LlavaOvConfig, seed: i64) -> Vec<(String, Tensor)> {
+    init_weights_on(cfg, seed, Device::Cpu, Kind::Float)
+}
+
+/// [`init_weights`] drawn directly on `device` in `kind`, so a 7B judge never exists as 30 GB of
+/// CPU fp32 first. CPU fp32 gives exactly [`init_weights`]'s values.
+pub fn init_weights_on(
+    cfg: &LlavaOvConfig,
+    seed: i64,
+    device: Device,
+    kind: Kind,
+) -> Vec<(String, Tensor)> {
     tch::manual_seed(seed);
-    let opts = (Kind::Float, Device::Cpu);
+    let opts = (kind, device);
     expected_shapes(cfg)
         .into_iter()
         .map(|(name, shape)| {
@@ -576,10 +587,16 @@ pub fn init_weights(cfg: &LlavaOvConfig, seed: i64) -> Vec<(String, Tensor)> {
                 Tensor::zeros(&shape, opts)
             } else if is_norm {
                 Tensor::ones(&shape, opts)
-            } else if name == "model.image_newline" {
-                Tensor::randn(&shape, opts) / (shape[0] as f64).sqrt()
             } else {
-                Tensor::randn(&shape, opts) * 0.02
+                // In place: no second copy of the 1 GB embedding matrices (same values as the
+                // out-of-place ops).
+                let mut t = Tensor::randn(&shape, opts);
+                let _ = if name == "model.image_newline" {
+                    t.g_div_scalar_((shape[0] as f64).sqrt())
+                } else {
+                    t.g_mul_scalar_(0.02)
+                };
+                t
             };
             (name, t)
         })
@@ -592,7 +609,17 @@ pub fn model_from_tensors(
     tensors: Vec<(String, Tensor)>,
     device: Device,
 ) -> Result<LlavaOnevision> {
-    let mut w = Weights::from_tensors(tensors, device, Kind::Float);
+    model_from_tensors_kind(cfg, tensors, device, Kind::Float)
+}
+
+/// [`model_from_tensors`] in `kind`; tensors already on `device` in `kind` are used as they are.
+pub fn model_from_tensors_kind(
+    cfg: LlavaOvConfig,
+    tensors: Vec<(String, Tensor)>,
+    device: Device,
+    kind: Kind,
+) -> Result<LlavaOnevision> {
+    let mut w = Weights::from_tensors(tensors, device, kind);
     let m = LlavaOnevision::from_weights(cfg, &mut w, None)?;
     w.finish()?;
     Ok(m)
