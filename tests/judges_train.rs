@@ -263,20 +263,24 @@ fn ft_cfg(dir: &Path, out: &str, steps: u64) -> RewardFtConfig {
             DataSource {
                 path: dir.join("orm_train.jsonl"),
                 sampling: "all".into(),
+                tags: vec![],
             },
             DataSource {
                 path: dir.join("parm_train.jsonl"),
                 sampling: "random:50%".into(),
+                tags: vec![],
             },
         ],
         heldout: vec![
             DataSource {
                 path: dir.join("orm_heldout.jsonl"),
                 sampling: "all".into(),
+                tags: vec![],
             },
             DataSource {
                 path: dir.join("parm_heldout.jsonl"),
                 sampling: "all".into(),
+                tags: vec![],
             },
         ],
         init: None,

@@ -515,7 +515,11 @@ pub fn load_llava_judges(
         || (parm && !it.parm_model.join("config.json").exists());
     if missing {
         use crate::judge::cli::{run_judge_data, run_reward_ft, JudgeDataArgs, RewardFtArgs};
-        println!("[iter] judges missing: judge-data + reward-ft (orm, parm)");
+        let judges = crate::judge::recipe::JudgesRecipe::load(None)?;
+        println!(
+            "[iter] judges missing: judge-data + reward-ft ({})",
+            judges.stage_names().join(", ")
+        );
         run_judge_data(JudgeDataArgs {
             recipe: None,
             model: Some(recipe.paths.model.clone()),
@@ -525,14 +529,15 @@ pub fn load_llava_judges(
             seed: None,
             device: None,
         })?;
-        for stage in ["orm", "parm"] {
+        for stage in judges.stage_names() {
+            let out = match stage.as_str() {
+                "orm" => Some(it.orm.clone()),
+                "parm" => Some(it.parm_model.clone()),
+                _ => None,
+            };
             run_reward_ft(RewardFtArgs {
-                out: Some(if stage == "orm" {
-                    it.orm.clone()
-                } else {
-                    it.parm_model.clone()
-                }),
-                ..RewardFtArgs::for_stage(stage)
+                out,
+                ..RewardFtArgs::for_stage(&stage)
             })?;
         }
     }

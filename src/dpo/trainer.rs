@@ -65,6 +65,10 @@ pub struct DpoConfig {
     pub eval_fraction: f64,
     #[serde(default = "d_eval_every")]
     pub eval_every: u64,
+    /// Masks per held-out pair for the implicit-reward accuracy (default: `logp.n_mc`). The sign of
+    /// a small reward difference needs more draws than a training gradient does.
+    #[serde(default)]
+    pub eval_n_mc: Option<usize>,
     #[serde(default = "d_ckpt_every")]
     pub ckpt_every: u64,
     /// Online reward guidance on the policy's own samples (used when a guide judge is given).
@@ -407,10 +411,16 @@ pub fn train_round(
     let per_step = (cfg.batch_size * cfg.grad_accum) as u64;
     let epochs = (cfg.steps * per_step).div_ceil(m as u64).max(1);
     // Held-out accuracy always uses epoch-0 draws of the eval pairs, from the reference model.
+    let eval_logp = LogpConfig {
+        n_mc: cfg.eval_n_mc.unwrap_or(cfg.logp.n_mc),
+        ..cfg.logp.clone()
+    };
     let eval_ref = match &eval {
         Some(e) => {
             let idx: Vec<usize> = (0..e.chosen.size()[0] as usize).collect();
-            Some(batch_ref_only(&ref_model, &layout, e, &idx, cfg, device)?)
+            Some(batch_ref_only(
+                &ref_model, &layout, e, &idx, cfg, &eval_logp, device,
+            )?)
         }
         None => None,
     };
@@ -479,7 +489,7 @@ pub fn train_round(
         match (&eval, &eval_ref) {
             (Some(e), Some((rc, rr))) => {
                 let idx: Vec<usize> = (0..e.chosen.size()[0] as usize).collect();
-                let (pc, pr) = batch_ref_only(policy, &layout, e, &idx, cfg, device)?;
+                let (pc, pr) = batch_ref_only(policy, &layout, e, &idx, cfg, &eval_logp, device)?;
                 let h = (pc - pr) - (rc - rr);
                 Ok(Some(
                     h.gt(0.0)
@@ -592,12 +602,16 @@ pub fn train_round(
     })
 }
 
+/// Log-likelihoods of the chosen and rejected images of `idx` under `model` (no gradient), with
+/// the held-out draws of `logp`.
+#[allow(clippy::too_many_arguments)]
 fn batch_ref_only(
     model: &Showo,
     layout: &Layout,
     data: &Data,
     idx: &[usize],
     cfg: &DpoConfig,
+    logp: &LogpConfig,
     dev: Device,
 ) -> Result<(Tensor, Tensor)> {
     let n = layout.num_vq_tokens as usize;
@@ -606,11 +620,11 @@ fn batch_ref_only(
     for chunk in idx.chunks(cfg.batch_size.max(1)) {
         let draws: Vec<_> = chunk
             .iter()
-            .map(|&i| pair_draws(cfg.seed ^ 0xE7A1, 0, i as u64, n, &cfg.logp))
+            .map(|&i| pair_draws(cfg.seed ^ 0xE7A1, 0, i as u64, n, logp))
             .collect();
         let (text, c, r) = data.select(chunk, dev);
         let (lc, lr) = tch::no_grad(|| {
-            PairBatch::new(layout, &text, &c, &r, &draws).logps(model, layout, &cfg.logp)
+            PairBatch::new(layout, &text, &c, &r, &draws).logps(model, layout, logp)
         });
         cs.push(lc);
         rs.push(lr);

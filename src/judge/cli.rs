@@ -83,7 +83,7 @@ pub struct RewardFtArgs {
     /// Judges recipe (default: the embedded recipes/judges-glyphs.yaml).
     #[arg(long)]
     pub recipe: Option<PathBuf>,
-    /// Recipe section to run: `orm` or `parm`.
+    /// Recipe stage to run: `pretrain-N` (the recipe's `pretrain` list, 1-based), `orm` or `parm`.
     #[arg(long, default_value = "orm")]
     pub stage: String,
     /// Training data files (LLaVA JSON or JSONL; replaces the recipe's list; `PATH` or
@@ -145,10 +145,12 @@ fn parse_source(s: &str) -> DataSource {
         Some((p, samp)) if samp == "all" || samp.contains(':') => DataSource {
             path: PathBuf::from(p),
             sampling: samp.to_string(),
+            tags: vec![],
         },
         _ => DataSource {
             path: PathBuf::from(s),
             sampling: "all".into(),
+            tags: vec![],
         },
     }
 }

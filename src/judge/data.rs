@@ -80,7 +80,7 @@ pub struct JudgeDataConfig {
     /// Glyph-world augmentation (not in the paper; 0 = off): this many rendered ORM examples in
     /// `orm_synthetic_train.jsonl`. Each asks a training prompt (tags drawn uniformly) about a scene drawn for it or for a
     /// near miss (another prompt of the same tag), half of them flooded with extra glyphs as the
-    /// generator does; labelled by the exact evaluator. Rendering is free where sampling is not.
+    /// generator does ([`flood`]); labelled by the exact evaluator. Rendering is free where sampling is not.
     #[serde(default)]
     pub synthetic: usize,
     /// Glyph-world caption pretraining data (not in the paper; 0 = off): this many rendered scenes
@@ -390,16 +390,36 @@ pub fn repaired_records(
     out
 }
 
-/// Adds 1–6 random glyphs in empty cells, as the generator's cluttered images have.
-fn flood<R: rand::Rng + ?Sized>(codes: &mut Codes, rng: &mut R) {
+/// Adds 1–8 glyphs in empty cells, like the generator's clutter: it repeats the prompt's shapes
+/// and colors, so each extra glyph takes a shape named by `meta` with probability 0.7 and a color
+/// named by it with probability 0.5 (else uniform). Under GenEval's rule only the first detection
+/// of a class (reading order) has its color checked, so such distractors decide many labels.
+fn flood<R: rand::Rng + ?Sized>(codes: &mut Codes, meta: &Metadata, rng: &mut R) {
     use crate::glyphs::rng::{below, sample_distinct};
-    use crate::glyphs::world::{Glyph, COLORS, NUM_CELLS, SHAPES};
+    use crate::glyphs::world::{color_index, shape_index, Glyph, COLORS, NUM_CELLS, SHAPES};
+    let shapes: Vec<usize> = meta
+        .include
+        .iter()
+        .filter_map(|c| shape_index(&c.class))
+        .collect();
+    let colors: Vec<usize> = meta
+        .include
+        .iter()
+        .filter_map(|c| c.color.as_deref().and_then(color_index))
+        .collect();
+    let pick = |rng: &mut R, named: &[usize], p_named: usize, all: usize| {
+        if !named.is_empty() && below(rng, 10) < p_named {
+            named[below(rng, named.len())]
+        } else {
+            below(rng, all)
+        }
+    };
     let empty: Vec<usize> = (0..NUM_CELLS).filter(|&c| codes[c] == 0).collect();
-    let extra = 1 + below(rng, 6).min(empty.len().saturating_sub(1));
+    let extra = 1 + below(rng, 8).min(empty.len().saturating_sub(1));
     for j in sample_distinct(rng, empty.len(), extra) {
         let g = Glyph {
-            shape: below(rng, SHAPES.len()),
-            color: below(rng, COLORS.len()),
+            shape: pick(rng, &shapes, 7, SHAPES.len()),
+            color: pick(rng, &colors, 5, COLORS.len()),
         };
         codes[empty[j]] = g.code();
     }
@@ -445,7 +465,7 @@ pub fn synthetic_records(
         };
         let mut codes = crate::glyphs::scene::sample_scene(&near, &mut rng)?;
         if below(&mut rng, 2) == 0 {
-            flood(&mut codes, &mut rng);
+            flood(&mut codes, meta, &mut rng);
         }
         let label = crate::glyphs::detect::is_correct(meta, &codes, &opts);
         let rel = format!("images/syn-{i:05}.png");
@@ -597,7 +617,7 @@ pub fn caption_records(
         let meta = of_tag[below(&mut rng, of_tag.len())];
         let mut codes = crate::glyphs::scene::sample_scene(meta, &mut rng)?;
         if below(&mut rng, 2) == 0 {
-            flood(&mut codes, &mut rng);
+            flood(&mut codes, meta, &mut rng);
         }
         let rel = format!("images/cap-{split}-{i:05}.png");
         let n = crate::glyphs::world::IMAGE_SIZE as u32;

@@ -126,6 +126,9 @@ pub struct DataSource {
     /// `all`, `random:K%`, `first:K%`, `first:N`, `random:N`.
     #[serde(default = "all")]
     pub sampling: String,
+    /// Keep only records whose `meta.tag` is listed (before sampling); empty = all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 fn all() -> String {
@@ -176,7 +179,16 @@ pub fn load_sources(
 ) -> Result<Vec<Record>> {
     let mut out = Vec::new();
     for s in sources {
-        let recs = load_records(&s.path, image_folder)?;
+        let mut recs = load_records(&s.path, image_folder)?;
+        if !s.tags.is_empty() {
+            recs.retain(|r| r.meta.as_ref().is_some_and(|m| s.tags.contains(&m.tag)));
+            ensure!(
+                !recs.is_empty(),
+                "{}: no record has a tag in {:?}",
+                s.path.display(),
+                s.tags
+            );
+        }
         out.extend(apply_sampling(recs, &s.sampling, seed)?);
     }
     Ok(out)
@@ -245,5 +257,52 @@ mod tests {
         assert_eq!(parse_records(&list, "l").unwrap(), recs);
         assert_eq!(parse_records(&lines, "j").unwrap(), recs);
         assert_eq!(recs[0].answer(), Some(true));
+    }
+
+    #[test]
+    fn tag_filter_keeps_listed_tags_before_sampling() {
+        let dir = std::env::temp_dir().join(format!("imgcot-tags-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let recs: Vec<Record> = (0..6)
+            .map(|i| {
+                let mut r = rec(i);
+                r.meta = Some(RecordMeta {
+                    kind: "orm".into(),
+                    prompt: "p".into(),
+                    prompt_index: i,
+                    candidate: 0,
+                    step: 1,
+                    steps: 1,
+                    label: true,
+                    final_label: true,
+                    tag: ["colors", "position", "single_object"][i % 3].into(),
+                });
+                r
+            })
+            .collect();
+        let path = dir.join("d.jsonl");
+        write_jsonl(&path, &recs).unwrap();
+        let src = |tags: &[&str], sampling: &str| DataSource {
+            path: path.clone(),
+            sampling: sampling.into(),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+        };
+        let ids = |v: Vec<Record>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(load_sources(&[src(&[], "all")], None, 0).unwrap()).len(),
+            6
+        );
+        assert_eq!(
+            ids(load_sources(&[src(&["colors", "single_object"], "all")], None, 0).unwrap()),
+            ["0", "2", "3", "5"]
+        );
+        assert_eq!(
+            load_sources(&[src(&["colors"], "first:1")], None, 0)
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(load_sources(&[src(&["counting"], "all")], None, 0).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

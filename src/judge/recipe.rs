@@ -25,6 +25,11 @@ pub struct JudgesRecipe {
     /// Tokenizer of a scratch judge (copied into its checkpoints).
     #[serde(default)]
     pub tokenizer: Option<PathBuf>,
+    /// Stages run before `orm` (not in the paper, whose judges start from a LLaVA-OneVision that was
+    /// already pretrained to read images): `pretrain-1`, `pretrain-2`, … in order, each usually
+    /// initialised from the one before (`init`), the first from scratch.
+    #[serde(default)]
+    pub pretrain: Vec<RewardFtConfig>,
     pub orm: RewardFtConfig,
     pub parm: RewardFtConfig,
 }
@@ -52,13 +57,34 @@ impl JudgesRecipe {
         Ok(serde_norway::from_str(text)?)
     }
 
-    /// The fine-tune named `stage` (`orm` or `parm`).
+    /// The fine-tune named `stage` (`pretrain-N`, `orm` or `parm`).
     pub fn stage(&self, stage: &str) -> Result<&RewardFtConfig> {
         match stage {
-            "orm" => Ok(&self.orm),
-            "parm" => Ok(&self.parm),
-            s => bail!("unknown stage '{s}' (expected orm or parm)"),
+            "orm" => return Ok(&self.orm),
+            "parm" => return Ok(&self.parm),
+            _ => {}
         }
+        if let Some(k) = stage
+            .strip_prefix("pretrain-")
+            .and_then(|k| k.parse::<usize>().ok())
+        {
+            if let Some(c) = k.checked_sub(1).and_then(|i| self.pretrain.get(i)) {
+                return Ok(c);
+            }
+        }
+        bail!(
+            "unknown stage '{stage}' (expected one of {})",
+            self.stage_names().join(", ")
+        )
+    }
+
+    /// Every stage in training order: `pretrain-1..`, `orm`, `parm`.
+    pub fn stage_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = (1..=self.pretrain.len())
+            .map(|k| format!("pretrain-{k}"))
+            .collect();
+        v.extend(["orm".to_string(), "parm".to_string()]);
+        v
     }
 
     /// The scratch config with its tokenizer, when both are given.
@@ -78,5 +104,22 @@ mod tests {
         assert!(r.stage("parm").unwrap().data.len() >= 2);
         let bad = JUDGES_GLYPHS_YAML.replace("batch_size:", "batch_sise:");
         assert!(JudgesRecipe::from_yaml(&bad).is_err());
+    }
+
+    #[test]
+    fn stages_are_named_in_training_order() {
+        let r = JudgesRecipe::load(None).unwrap();
+        let names = r.stage_names();
+        assert_eq!(names.len(), r.pretrain.len() + 2);
+        assert_eq!(&names[names.len() - 2..], ["orm", "parm"]);
+        for (k, n) in names.iter().enumerate().take(r.pretrain.len()) {
+            assert_eq!(n, &format!("pretrain-{}", k + 1));
+            assert_eq!(r.stage(n).unwrap(), &r.pretrain[k]);
+        }
+        assert!(r.stage("pretrain-0").is_err());
+        assert!(r
+            .stage(&format!("pretrain-{}", r.pretrain.len() + 1))
+            .is_err());
+        assert!(r.stage("rm").is_err());
     }
 }
