@@ -8,7 +8,7 @@
 # best-of-20 with that judge (batched + pruning vs the paper's sequential loop), and for each
 # command its exit status, wall time, peak GPU memory (nvidia-smi sampled every 200 ms) and the
 # memory in use after it.
-# Per-command timeouts add up to 8 minutes (each full-size command draws its random weights once).
+# Per-command timeouts add up to 9 minutes (each full-size command draws its random weights once).
 set -uo pipefail
 BIN=${BIN:-target/release/imgcot-train}
 OUT=${OUT:-gpu-out}
@@ -36,12 +36,15 @@ run() {
 readelf -d "$BIN" | grep -q torch_cuda && echo "binary links libtorch_cuda" | tee -a "$OUT/log.txt"
 # Most wanted first (issues 4, 5, 6), so a cut-short run still answers them.
 run 30 "$BIN" doctor
-run 60 "$BIN" bench dpo-step --size full --device cuda --dtype bf16 --n 10 --reps 3
+# DPO step: frozen vs precomputed reference as separate processes, so each peak is its own.
+run 45 "$BIN" bench dpo-step --size full --device cuda --dtype bf16 --n 10 --reps 3 --reference frozen
+run 45 "$BIN" bench dpo-step --size full --device cuda --dtype bf16 --n 10 --reps 3 --reference precomputed
 run 60 "$BIN" bench judge --size full --device cuda --dtype bf16 --reps 3
 run 120 "$BIN" bench parm --size full --device cuda --dtype bf16 --n 20
 run 45 "$BIN" bench sampler --size full --device cuda --dtype bf16 --n 8 --reps 2
 run 40 "$BIN" bench sampler --size full --device cuda --dtype bf16 --n 20 --reps 1
-run 60 "$BIN" bench dpo-step --size full --device cuda --dtype fp32 --n 10 --reps 3
+run 45 "$BIN" bench dpo-step --size full --device cuda --dtype fp32 --n 10 --reps 3 --reference frozen
+run 45 "$BIN" bench dpo-step --size full --device cuda --dtype fp32 --n 10 --reps 3 --reference precomputed
 run 50 "$BIN" bench sampler --size full --device cuda --dtype fp32 --n 8 --reps 2
 run 25 "$BIN" bench vq --device cuda --n 8 --reps 3
 echo "total $SECONDS s" | tee -a "$OUT/log.txt"

@@ -50,6 +50,14 @@ pub struct BenchArgs {
     /// Repetitions (the median is reported); default 3, parm 1 (after an untimed warm-up).
     #[arg(long)]
     pub reps: Option<usize>,
+    /// dpo-step: `frozen` (a reference model kept for every step), `precomputed` (reference
+    /// log-probs computed once, then the reference model is dropped, as a cached run holds no
+    /// reference), or `both` in one process. Run them as separate processes to compare peak memory.
+    #[arg(long, default_value = "both")]
+    pub reference: String,
+    /// dpo-step: masks per pair (the paper's code draws one).
+    #[arg(long, default_value_t = 1)]
+    pub n_mc: usize,
 }
 
 pub fn config(size: &str) -> Result<Config> {
@@ -112,8 +120,14 @@ fn dpo_step(args: BenchArgs) -> Result<()> {
     let device = crate::util::parse_device(&args.device)?;
     let kind = crate::util::parse_dtype(&args.dtype)?;
     tch::manual_seed(0);
+    let modes: &[bool] = match args.reference.as_str() {
+        "frozen" => &[false],
+        "precomputed" => &[true],
+        "both" => &[false, true],
+        r => anyhow::bail!("--reference {r}: expected frozen, precomputed or both"),
+    };
     let policy = Showo::new(config(&args.size)?, device, kind)?;
-    let reference = Showo::new(config(&args.size)?, device, kind)?;
+    let mut reference = Some(Showo::new(config(&args.size)?, device, kind)?);
     let layout = Layout::with_ids(&policy.cfg, 50256, 50256);
     let b = args.n as i64;
     let n = layout.num_vq_tokens;
@@ -124,7 +138,7 @@ fn dpo_step(args: BenchArgs) -> Result<()> {
     let chosen = Tensor::randint(policy.cfg.codebook_size, [b, n], (Kind::Int64, device));
     let rejected = Tensor::randint(policy.cfg.codebook_size, [b, n], (Kind::Int64, device));
     let lcfg = LogpConfig {
-        n_mc: 1,
+        n_mc: args.n_mc.max(1),
         ..Default::default()
     };
     let draws: Vec<_> = (0..b as u64)
@@ -132,17 +146,23 @@ fn dpo_step(args: BenchArgs) -> Result<()> {
         .collect();
     let batch = PairBatch::new(&layout, &text, &chosen, &rejected, &draws);
     let mut opt = crate::train::optim::AdamW::new(&policy.vs, Default::default())?;
-    for precomputed in [false, true] {
-        let (rc0, rr0) = tch::no_grad(|| batch.logps(&reference, &layout, &lcfg));
+    for &precomputed in modes {
+        let r = reference
+            .as_ref()
+            .expect("dropped only after the last frozen mode");
+        let (rc0, rr0) = tch::no_grad(|| batch.logps(r, &layout, &lcfg));
+        if precomputed {
+            // A precomputed-reference run holds no reference model: free it before timing.
+            reference = None;
+        }
         let mut t = Vec::new();
         for _ in 0..args.reps.unwrap_or(3) {
             let s = Instant::now();
             opt.zero_grad();
             let (pc, pr) = batch.logps(&policy, &layout, &lcfg);
-            let (rc, rr) = if precomputed {
-                (rc0.shallow_clone(), rr0.shallow_clone())
-            } else {
-                tch::no_grad(|| batch.logps(&reference, &layout, &lcfg))
+            let (rc, rr) = match &reference {
+                Some(r) if !precomputed => tch::no_grad(|| batch.logps(r, &layout, &lcfg)),
+                _ => (rc0.shallow_clone(), rr0.shallow_clone()),
             };
             let out = dpo_loss(
                 &LossConfig::default(),
@@ -159,7 +179,14 @@ fn dpo_step(args: BenchArgs) -> Result<()> {
             sync(device);
             t.push(s.elapsed().as_secs_f64());
         }
-        println!("bench dpo-step: {} pairs, {} params, {device:?} {kind:?}, reference {}: {:.3} s per step", b, policy.num_parameters(), if precomputed { "precomputed" } else { "frozen copy" }, median(t));
+        println!(
+            "bench dpo-step: {} pairs × {} masks, {} params, {device:?} {kind:?}, reference {}: {:.3} s per step",
+            b,
+            lcfg.n_mc,
+            policy.num_parameters(),
+            if precomputed { "precomputed (model dropped)" } else { "frozen copy" },
+            median(t)
+        );
     }
     Ok(())
 }
@@ -568,5 +595,22 @@ mod tests {
         // llava-onevision-qwen2-7b-ov: 8.03 B parameters with the full 152064-row vocabulary.
         assert_eq!(params, 8_030_346_528);
         assert!(judge_config("tiny", 119).is_ok());
+    }
+
+    #[test]
+    fn dpo_step_rejects_an_unknown_reference_mode_before_building_models() {
+        let args = BenchArgs {
+            what: "dpo-step".into(),
+            device: "cpu".into(),
+            dtype: "fp32".into(),
+            n: 1,
+            steps: 1,
+            size: "full".into(),
+            reps: Some(1),
+            reference: "cached".into(),
+            n_mc: 1,
+        };
+        let e = run(args).unwrap_err().to_string();
+        assert!(e.contains("expected frozen, precomputed or both"), "{e}");
     }
 }
