@@ -245,7 +245,7 @@ fn pretrain_sample_eval_pairs_dpo() {
     let pf = pf.to_str().unwrap();
 
     // k steps + resume + k steps == 2k steps, and a stale half-written checkpoint is ignored.
-    ok(&["dpo", "--recipe", &r, "--pairs", pf, "--run", "whole"]);
+    let whole = ok(&["dpo", "--recipe", &r, "--pairs", pf, "--run", "whole"]);
     ok(&[
         "dpo",
         "--recipe",
@@ -283,6 +283,47 @@ fn pretrain_sample_eval_pairs_dpo() {
         changed = changed.max(common::max_abs_diff(ta, orig));
     }
     assert!(changed > 0.0, "DPO did not change the policy");
+
+    // `--max-steps 0 --init CKPT --reference BASE` only measures CKPT's held-out implicit-reward
+    // accuracy: it reproduces the round's own end-of-run figure, and a model against itself scores 0
+    // (every reward difference is exactly 0).
+    let end_acc = |t: &str| {
+        let line = t
+            .lines()
+            .find(|l| l.starts_with("dpo round:"))
+            .unwrap_or_else(|| panic!("no summary line in {t}"));
+        let after = line.split("→ ").nth(1).unwrap();
+        after.split(';').next().unwrap().trim().to_string()
+    };
+    let trained_acc = end_acc(&whole);
+    assert_ne!(trained_acc, "-", "no held-out pairs: {whole}");
+    assert_ne!(
+        trained_acc, "0.000",
+        "the trained policy ties the reference: {whole}"
+    );
+    let base_dir = dir.join("ckpts/tiny/base");
+    let measure = |init: &Path, run: &str| {
+        end_acc(&ok(&[
+            "dpo",
+            "--recipe",
+            &r,
+            "--pairs",
+            pf,
+            "--run",
+            run,
+            "--init",
+            init.to_str().unwrap(),
+            "--reference",
+            base_dir.to_str().unwrap(),
+            "--max-steps",
+            "0",
+        ]))
+    };
+    assert_eq!(
+        measure(&dir.join("ckpts/whole/final"), "measure"),
+        trained_acc
+    );
+    assert_eq!(measure(&base_dir, "measure-base"), "0.000");
 
     // A bad pairs file fails before any training step, naming file and line; nothing under ckpts/.
     let bad = dir.join("pairs/bad.jsonl");

@@ -42,6 +42,11 @@ pub struct DpoArgs {
     /// Run name: checkpoints in ckpts/<run>, logs in runs/<run>.
     #[arg(long, default_value = "dpo")]
     pub run: String,
+    /// Reference model of a one-round run (default: the initial policy). With `--max-steps 0` and
+    /// `--init` a trained checkpoint, the run only measures that checkpoint's held-out
+    /// implicit-reward accuracy against this reference.
+    #[arg(long, conflicts_with = "iter")]
+    pub reference: Option<PathBuf>,
     #[arg(long)]
     pub max_steps: Option<u64>,
     #[arg(long)]
@@ -207,7 +212,7 @@ pub fn run(args: DpoArgs) -> Result<()> {
     let spec = RoundSpec {
         pairs: &pairs,
         init: &init,
-        reference: None,
+        reference: args.reference.as_deref(),
         ckpt_dir: recipe.paths.ckpts.join(&args.run),
         run_dir: recipe.paths.runs.join(&args.run),
         resume: args.resume,
