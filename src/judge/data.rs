@@ -390,6 +390,26 @@ pub fn repaired_records(
     out
 }
 
+/// `pool` grouped by tag (tags in sorted order), for [`draw_by_tag`].
+fn group_by_tag(pool: &[(usize, Metadata)]) -> Vec<Vec<&(usize, Metadata)>> {
+    let mut by_tag: std::collections::BTreeMap<&str, Vec<&(usize, Metadata)>> = Default::default();
+    for p in pool {
+        by_tag.entry(p.1.tag.as_str()).or_default().push(p);
+    }
+    by_tag.into_values().collect()
+}
+
+/// A tag drawn uniformly, then a prompt of that tag: the training prompts are mostly color_attr,
+/// and the easy tags are where a judge can start to learn. `groups` must not be empty.
+fn draw_by_tag<'a, R: rand::Rng + ?Sized>(
+    groups: &[Vec<&'a (usize, Metadata)>],
+    rng: &mut R,
+) -> &'a (usize, Metadata) {
+    use crate::glyphs::rng::below;
+    let of_tag = &groups[below(rng, groups.len())];
+    of_tag[below(rng, of_tag.len())]
+}
+
 /// Adds 1–8 glyphs in empty cells, like the generator's clutter: it repeats the prompt's shapes
 /// and colors, so each extra glyph takes a shape named by `meta` with probability 0.7 and a color
 /// named by it with probability 0.5 (else uniform). Under GenEval's rule only the first detection
@@ -439,18 +459,10 @@ pub fn synthetic_records(
         return Ok(out_records);
     }
     let mut by_tag: std::collections::HashMap<String, Vec<Metadata>> = Default::default();
-    // Tags drawn uniformly, then a prompt of the tag: the training prompts are mostly color_attr,
-    // and the easy tags are where a judge can start to learn.
-    let mut pool_by_tag: std::collections::BTreeMap<&str, Vec<&(usize, Metadata)>> =
-        Default::default();
-    for p in pool {
-        pool_by_tag.entry(p.1.tag.as_str()).or_default().push(p);
-    }
-    let pool_by_tag: Vec<Vec<&(usize, Metadata)>> = pool_by_tag.into_values().collect();
+    let groups = group_by_tag(pool);
     let mut rng = seeded(seed, 0x7379_6e74);
     for i in 0..count {
-        let of_tag = &pool_by_tag[below(&mut rng, pool_by_tag.len())];
-        let (pi, meta) = of_tag[below(&mut rng, of_tag.len())];
+        let (pi, meta) = draw_by_tag(&groups, &mut rng);
         let near = if below(&mut rng, 2) == 0 {
             meta.clone()
         } else {
@@ -604,17 +616,12 @@ pub fn caption_records(
             &mut rng,
         ));
     }
-    let mut by_tag: std::collections::BTreeMap<&str, Vec<&Metadata>> = Default::default();
-    for (_, m) in pool {
-        by_tag.entry(m.tag.as_str()).or_default().push(m);
-    }
-    let by_tag: Vec<Vec<&Metadata>> = by_tag.into_values().collect();
-    if by_tag.is_empty() {
+    let groups = group_by_tag(pool);
+    if groups.is_empty() {
         return Ok(recs);
     }
     for i in 0..count {
-        let of_tag = &by_tag[below(&mut rng, by_tag.len())];
-        let meta = of_tag[below(&mut rng, of_tag.len())];
+        let (_, meta) = draw_by_tag(&groups, &mut rng);
         let mut codes = crate::glyphs::scene::sample_scene(meta, &mut rng)?;
         if below(&mut rng, 2) == 0 {
             flood(&mut codes, meta, &mut rng);
