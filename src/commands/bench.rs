@@ -71,6 +71,11 @@ pub fn config(size: &str) -> Result<Config> {
     })
 }
 
+/// The benchmarks' one prompt ("a photo of a cat" in GPT-2 ids) as Show-o's text part, [1, L].
+fn bench_prompt(layout: &Layout) -> Tensor {
+    Tensor::from_slice(&layout.text_ids(&[64, 1402, 286, 257, 3797])).view([1, layout.text_len])
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -131,8 +136,7 @@ fn dpo_step(args: BenchArgs) -> Result<()> {
     let layout = Layout::with_ids(&policy.cfg, 50256, 50256);
     let b = args.n as i64;
     let n = layout.num_vq_tokens;
-    let text = Tensor::from_slice(&layout.text_ids(&[64, 1402, 286, 257, 3797]))
-        .view([1, layout.text_len])
+    let text = bench_prompt(&layout)
         .expand([b, layout.text_len], false)
         .to_device(device);
     let chosen = Tensor::randint(policy.cfg.codebook_size, [b, n], (Kind::Int64, device));
@@ -197,8 +201,7 @@ fn sampler(args: BenchArgs) -> Result<()> {
     tch::manual_seed(0);
     let model = Showo::new(config(&args.size)?, device, kind)?;
     let layout = Layout::with_ids(&model.cfg, 50256, 50256);
-    let text = Tensor::from_slice(&layout.text_ids(&[64, 1402, 286, 257, 3797]))
-        .view([1, layout.text_len]);
+    let text = bench_prompt(&layout);
     let cfg = SamplerConfig {
         steps: args.steps,
         cfg_scale: 1.75,
@@ -460,8 +463,7 @@ fn parm(args: BenchArgs) -> Result<()> {
     let (judge, _, judge_params) = random_judge(if full { "full" } else { "tiny" }, device, kind)?;
     sync(device);
     let setup_s = t0.elapsed().as_secs_f64();
-    let text = Tensor::from_slice(&layout.text_ids(&[64, 1402, 286, 257, 3797]))
-        .view([1, layout.text_len]);
+    let text = bench_prompt(&layout);
     let cfg = SamplerConfig {
         steps: args.steps,
         ..Default::default()
