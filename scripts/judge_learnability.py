@@ -1,0 +1,164 @@
+"""How fast can a from-scratch glyph judge learn the functions its labels need?
+
+A diagnostic for issue 5, not part of the product or the tests. It strips the glyph judge to its
+reasoning part: the image enters as its 64 exact glyph codes (a perfect vision tower: one
+embedding per code plus a learned position, one bidirectional layer), followed by the question
+words, in a causal RoPE transformer of the glyph judge's size (hidden 128, 3 layers, 4 heads).
+A yes/no head reads the last position. Scenes are cluttered like the glyph generator's images:
+2-10 glyphs whose shapes and colors mostly repeat the two named ones.
+
+Tasks (labels by the glyph world's rules; "first" = first in row-major order, as GenEval ranks
+detections by score):
+  shape       "is there a {shape}?"
+  exists      "is there a {color} {shape}?" (any glyph)
+  color_attr  "a {c1} {s1} and a {c2} {s2}": the first s1 is c1 and the first s2 is c2
+About half the questions are built to be true.
+
+  python scripts/judge_learnability.py --task shape --lr 3e-4 --steps 750
+prints held-out accuracy (1000 fixed questions) every 250 steps of batch 32.
+"""
+
+import argparse
+import random
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+SHAPES, COLORS = 6, 6
+COLOR_TOK, SHAPE_TOK, SEP, ASK, VOCAB = 37, 43, 50, 51, 52
+
+
+def scene(rng):
+    s1, s2 = rng.sample(range(SHAPES), 2)
+    c1, c2 = rng.randrange(COLORS), rng.randrange(COLORS)
+    codes = [0] * 64
+    for k in rng.sample(range(64), rng.randint(2, 10)):
+        sh = rng.choice([s1, s2, s1, s2, rng.randrange(SHAPES)])
+        co = rng.choice([c1, c2, c1, c2, rng.randrange(COLORS)])
+        codes[k] = 1 + 6 * sh + co
+    return codes, (s1, c1, s2, c2)
+
+
+def first_color(codes, shape):
+    for x in codes:
+        if x and (x - 1) // 6 == shape:
+            return (x - 1) % 6
+    return None
+
+
+def question(rng, task, codes, own):
+    present = [x for x in codes if x]
+    if task == "shape":
+        s = (rng.choice(present) - 1) // 6 if rng.random() < 0.5 else rng.randrange(SHAPES)
+        return [SHAPE_TOK + s], int(first_color(codes, s) is not None)
+    if task == "exists":
+        if rng.random() < 0.5:
+            x = rng.choice(present) - 1
+            s, c = x // 6, x % 6
+        else:
+            s, c = rng.randrange(SHAPES), rng.randrange(COLORS)
+        return [COLOR_TOK + c, SHAPE_TOK + s], int(1 + 6 * s + c in codes)
+    shapes = sorted({(x - 1) // 6 for x in present})
+    if rng.random() < 0.5 and len(shapes) >= 2:
+        s1, s2 = rng.sample(shapes, 2)
+        c1, c2 = first_color(codes, s1), first_color(codes, s2)
+        if rng.random() < 0.5:
+            c1 = rng.randrange(COLORS)
+    elif rng.random() < 0.5:
+        s1, c1, s2, c2 = own
+    else:
+        s1, s2 = rng.sample(range(SHAPES), 2)
+        c1, c2 = rng.randrange(COLORS), rng.randrange(COLORS)
+    y = int(first_color(codes, s1) == c1 and first_color(codes, s2) == c2)
+    return [COLOR_TOK + c1, SHAPE_TOK + s1, COLOR_TOK + c2, SHAPE_TOK + s2], y
+
+
+def batch(rng, task, n):
+    xs, ys = [], []
+    for _ in range(n):
+        codes, own = scene(rng)
+        q, y = question(rng, task, codes, own)
+        xs.append(codes + [SEP] + q + [ASK])
+        ys.append(y)
+    return torch.tensor(xs), torch.tensor(ys)
+
+
+class Block(nn.Module):
+    def __init__(self, d, heads):
+        super().__init__()
+        self.n1, self.n2, self.heads = nn.RMSNorm(d), nn.RMSNorm(d), heads
+        self.qkv, self.o = nn.Linear(d, 3 * d), nn.Linear(d, d, bias=False)
+        self.mlp = nn.Sequential(
+            nn.Linear(d, 3 * d, bias=False), nn.SiLU(), nn.Linear(3 * d, d, bias=False)
+        )
+
+    def forward(self, x, cos, sin):
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.n1(x)).view(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+
+        def rope(z):
+            z1, z2 = z.chunk(2, -1)
+            return torch.cat([z1 * cos - z2 * sin, z2 * cos + z1 * sin], -1)
+
+        a = F.scaled_dot_product_attention(rope(q), rope(k), v, is_causal=True)
+        x = x + self.o(a.transpose(1, 2).reshape(b, t, d))
+        return x + self.mlp(self.n2(x))
+
+
+class Judge(nn.Module):
+    def __init__(self, d, layers, heads):
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, d)
+        self.pos = nn.Parameter(torch.randn(64, d) * 0.02)
+        self.vision = nn.TransformerEncoderLayer(d, heads, 2 * d, 0.0, batch_first=True, norm_first=True)
+        self.blocks = nn.ModuleList(Block(d, heads) for _ in range(layers))
+        self.norm, self.head = nn.RMSNorm(d), nn.Linear(d, 2)
+        hd = d // heads
+        inv = 1.0 / (10000 ** (torch.arange(0, hd, 2) / hd))
+        ang = torch.arange(128)[:, None] * inv[None]
+        self.register_buffer("cos", ang.cos())
+        self.register_buffer("sin", ang.sin())
+
+    def forward(self, x):
+        e = self.emb(x)
+        h = torch.cat([self.vision(e[:, :64] + self.pos), e[:, 64:]], 1)
+        t = h.shape[1]
+        for blk in self.blocks:
+            h = blk(h, self.cos[:t], self.sin[:t])
+        return self.head(self.norm(h[:, -1]))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--task", choices=["shape", "exists", "color_attr"], required=True)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=3)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    torch.manual_seed(a.seed)
+    rng = random.Random(a.seed)
+    model = Judge(a.hidden, a.layers, a.heads)
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0)
+    xt, yt = batch(random.Random(1_000_003), a.task, 1000)
+    print(f"task {a.task}: held-out yes rate {yt.float().mean():.3f}", flush=True)
+    t0 = time.time()
+    for step in range(1, a.steps + 1):
+        x, y = batch(rng, a.task, 32)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 250 == 0:
+            with torch.no_grad():
+                acc = (model(xt).argmax(-1) == yt).float().mean().item()
+            print(f"step {step} held-out acc {acc:.3f} ({time.time() - t0:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
