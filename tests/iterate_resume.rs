@@ -227,3 +227,96 @@ fn interrupted_iter_run_resumes_at_every_stage() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A judge that says "yes" to everything: every prompt's images agree, so no round has pairs.
+struct AlwaysYes;
+impl OutcomeJudge for AlwaysYes {
+    fn p_yes(&self, prompts: &[String], _images: &Tensor) -> Result<Vec<f64>> {
+        Ok(vec![1.0; prompts.len()])
+    }
+}
+impl StepJudge for AlwaysYes {
+    fn clarity(&self, prompts: &[String], _images: &Tensor) -> Result<Vec<f64>> {
+        Ok(vec![1.0; prompts.len()])
+    }
+    fn potential(&self, prompts: &[String], _images: &Tensor) -> Result<Vec<(f64, f64)>> {
+        Ok(vec![(1.0, 0.0); prompts.len()])
+    }
+}
+
+#[test]
+fn a_round_without_pairs_keeps_its_policy_and_the_run_goes_on() {
+    let dir = common::temp_dir("iterate-no-pairs");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut recipe = std::fs::read_to_string(root.join("tests/fixtures/tiny.yaml"))
+        .unwrap()
+        .replace("TMP", dir.to_str().unwrap());
+    recipe.push_str(
+        "  guide:\n    reward_coef: 1.0\n    prompts_per_step: 2\n    samples_per_prompt: 2\n    every: 2\n    dpo_coef: 1.0\n\
+         iterate:\n  eval_images_per_prompt: 2\n  verify_n: 2\n  verify_images_per_prompt: 1\n  labeller: orm\n  orm: unused\n  parm_model: unused\n",
+    );
+    let recipe_path = dir.join("recipe.yaml");
+    std::fs::write(&recipe_path, recipe).unwrap();
+    let eval: String = std::fs::read_to_string(root.join("data/glyphs/eval_metadata.jsonl"))
+        .unwrap()
+        .lines()
+        .step_by(30)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(dir.join("eval_metadata.jsonl"), eval).unwrap();
+    let loader = |_: &Recipe, _: &IterateConfig, _: bool, _: bool| -> Result<Judges> {
+        Ok(Judges {
+            orm: Some(Box::new(AlwaysYes)),
+            parm: Some(Box::new(AlwaysYes)),
+        })
+    };
+    let args = || IterArgs {
+        recipe: Some(recipe_path.clone()),
+        iter: 2,
+        guide: "parm".into(),
+        run: "nopairs".into(),
+        reference_base: false,
+        labeller: None,
+    };
+    run(args(), &loader).unwrap();
+    let ckpts = dir.join("ckpts");
+    let pairs = dir.join("runs/nopairs/iter-1/pairs/pairs.jsonl");
+    assert_eq!(
+        std::fs::read_to_string(&pairs).unwrap().trim(),
+        "",
+        "the judge should leave no pairs"
+    );
+    // Both rounds carry the base weights over unchanged.
+    let model = Recipe::load(Some(&recipe_path)).unwrap().paths.model;
+    let base = std::fs::read(model.join("pytorch_model.safetensors")).unwrap();
+    for r in 1..=2 {
+        let got =
+            std::fs::read(ckpts.join(format!("nopairs/iter-{r}/final/pytorch_model.safetensors")))
+                .unwrap();
+        assert!(got == base, "round {r} changed the policy without pairs");
+    }
+    let rows = rows(&dir, "nopairs");
+    let stages: Vec<&str> = rows.iter().map(|r| r.stage.as_str()).collect();
+    assert_eq!(
+        stages,
+        [
+            "base",
+            "base+orm@2",
+            "base+parm@2",
+            "dpo-1",
+            "dpo-2",
+            "final+parm@2"
+        ]
+    );
+    // Same weights, same seeds: the round rows score exactly as the base row.
+    let score = |r: &Row| {
+        let mut v = serde_json::to_value(r).unwrap();
+        v.as_object_mut().unwrap().remove("stage");
+        v
+    };
+    assert_eq!(score(&rows[3]), score(&rows[0]));
+    assert_eq!(score(&rows[4]), score(&rows[0]));
+    // Run again: everything is done, nothing is redone, and it still succeeds.
+    run(args(), &loader).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -248,6 +248,41 @@ fn load_rows(path: &Path) -> Result<Vec<Row>> {
         .with_context(|| format!("reading {}", path.display()))
 }
 
+/// Non-blank lines of a pairs file (0 when it is missing).
+fn count_pairs(file: &Path) -> Result<usize> {
+    if !file.exists() {
+        return Ok(0);
+    }
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    Ok(text.lines().filter(|l| !l.trim().is_empty()).count())
+}
+
+/// Copies the model files of `from` into `to` as a finished round checkpoint: into a temporary
+/// sibling first, renamed at the end, so an interrupted copy is never taken for a checkpoint.
+fn carry_over(from: &Path, to: &Path) -> Result<()> {
+    let parent = to
+        .parent()
+        .context("round checkpoint has no parent folder")?;
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let tmp = parent.join(".final-carry.tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+    for name in ["config.json", "pytorch_model.safetensors"] {
+        std::fs::copy(from.join(name), tmp.join(name)).with_context(|| {
+            format!(
+                "copying {} into {}",
+                from.join(name).display(),
+                tmp.display()
+            )
+        })?;
+    }
+    std::fs::rename(&tmp, to)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), to.display()))
+}
+
 fn is_model_dir(p: &Path) -> bool {
     p.join("config.json").exists() && p.join("pytorch_model.safetensors").exists()
 }
@@ -428,6 +463,15 @@ pub fn run(args: IterArgs, load_judges: &JudgeLoader) -> Result<()> {
         }
         let ckpt_dir = recipe.paths.ckpts.join(&args.run).join(format!("iter-{r}"));
         let final_dir = ckpt_dir.join("final");
+        let pairs_file = pairs_dir.join("pairs.jsonl");
+        if !is_model_dir(&final_dir) && count_pairs(&pairs_file)? == 0 {
+            // Every prompt's images got the same verdict: there is nothing to prefer, so the
+            // round keeps its policy (the run goes on instead of failing in the trainer).
+            println!(
+                "[iter] round {r}: no pairs (the judge gave each prompt's images one verdict): no DPO this round, the policy carries over"
+            );
+            carry_over(&policy, &final_dir)?;
+        }
         if !is_model_dir(&final_dir) {
             println!(
                 "[iter] round {r}: DPO ({} s so far)",
@@ -439,7 +483,7 @@ pub fn run(args: IterArgs, load_judges: &JudgeLoader) -> Result<()> {
                 policy.clone()
             };
             let spec = RoundSpec {
-                pairs: &pairs_dir.join("pairs.jsonl"),
+                pairs: &pairs_file,
                 init: &policy,
                 reference: Some(&reference),
                 ckpt_dir: ckpt_dir.clone(),
@@ -502,6 +546,27 @@ pub fn run(args: IterArgs, load_judges: &JudgeLoader) -> Result<()> {
 }
 
 /// Loads the LLaVA-OneVision ORM and PARM judges named by the recipe.
+/// Output and init folders for one judges-recipe stage trained by the loop: the ORM and PARM go
+/// where `iterate` will load them from, and a PARM that the recipe starts from its ORM starts from
+/// the ORM the loop just wrote (not the recipe's `orm.out`, which `iterate.orm` may override).
+fn judge_stage_paths(
+    judges: &crate::judge::recipe::JudgesRecipe,
+    it: &IterateConfig,
+    stage: &str,
+) -> (Option<PathBuf>, Option<PathBuf>) {
+    match stage {
+        "orm" => (Some(it.orm.clone()), None),
+        "parm" => {
+            let from_orm = judges.parm.init.as_deref() == Some(judges.orm.out.as_path());
+            (
+                Some(it.parm_model.clone()),
+                from_orm.then(|| it.orm.clone()),
+            )
+        }
+        _ => (None, None),
+    }
+}
+
 pub fn load_llava_judges(
     recipe: &Recipe,
     it: &IterateConfig,
@@ -530,13 +595,10 @@ pub fn load_llava_judges(
             device: None,
         })?;
         for stage in judges.stage_names() {
-            let out = match stage.as_str() {
-                "orm" => Some(it.orm.clone()),
-                "parm" => Some(it.parm_model.clone()),
-                _ => None,
-            };
+            let (out, init) = judge_stage_paths(&judges, it, &stage);
             run_reward_ft(RewardFtArgs {
                 out,
+                init,
                 ..RewardFtArgs::for_stage(&stage)
             })?;
         }
@@ -559,4 +621,37 @@ pub fn load_llava_judges(
             None
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn it_config(orm: &str, parm: &str) -> IterateConfig {
+        serde_norway::from_str(&format!("orm: {orm}\nparm_model: {parm}\n")).unwrap()
+    }
+
+    #[test]
+    fn loop_trained_parm_starts_from_the_loops_orm() {
+        let judges = crate::judge::recipe::JudgesRecipe::load(None).unwrap();
+        // The embedded recipe starts its PARM from its ORM.
+        assert_eq!(judges.parm.init.as_deref(), Some(judges.orm.out.as_path()));
+        let it = it_config("elsewhere/orm", "elsewhere/parm");
+        assert_eq!(
+            judge_stage_paths(&judges, &it, "orm"),
+            (Some(PathBuf::from("elsewhere/orm")), None)
+        );
+        assert_eq!(
+            judge_stage_paths(&judges, &it, "parm"),
+            (
+                Some(PathBuf::from("elsewhere/parm")),
+                Some(PathBuf::from("elsewhere/orm"))
+            )
+        );
+        assert_eq!(judge_stage_paths(&judges, &it, "pretrain-1"), (None, None));
+        // A PARM the recipe starts elsewhere keeps the recipe's init.
+        let mut other = judges.clone();
+        other.parm.init = Some(PathBuf::from("some/pretrained"));
+        assert_eq!(judge_stage_paths(&other, &it, "parm").1, None);
+    }
 }
