@@ -137,27 +137,34 @@ fn rows(dir: &Path, run_name: &str) -> Vec<Row> {
     rows
 }
 
-#[test]
-fn interrupted_iter_run_resumes_at_every_stage() {
-    let dir = common::temp_dir("iterate-resume");
+/// The tiny glyph recipe in `dir` with the guidance term and the loop's settings (`verify_n`
+/// candidates per best-of-N image), and every `every`-th evaluation prompt.
+fn loop_recipe(dir: &Path, verify_n: usize, every: usize) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut recipe = std::fs::read_to_string(root.join("tests/fixtures/tiny.yaml"))
         .unwrap()
         .replace("TMP", dir.to_str().unwrap());
     // The online guidance term (a judge call every other step) and the loop's own settings.
-    recipe.push_str(
+    recipe.push_str(&format!(
         "  guide:\n    reward_coef: 1.0\n    prompts_per_step: 2\n    samples_per_prompt: 2\n    every: 2\n    dpo_coef: 1.0\n\
-         iterate:\n  eval_images_per_prompt: 2\n  verify_n: 3\n  verify_images_per_prompt: 1\n  labeller: orm\n  orm: unused\n  parm_model: unused\n",
-    );
+         iterate:\n  eval_images_per_prompt: 2\n  verify_n: {verify_n}\n  verify_images_per_prompt: 1\n  labeller: orm\n  orm: unused\n  parm_model: unused\n",
+    ));
     let recipe_path = dir.join("recipe.yaml");
     std::fs::write(&recipe_path, recipe).unwrap();
     let eval: String = std::fs::read_to_string(root.join("data/glyphs/eval_metadata.jsonl"))
         .unwrap()
         .lines()
-        .step_by(15)
+        .step_by(every)
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(dir.join("eval_metadata.jsonl"), eval).unwrap();
+    recipe_path
+}
+
+#[test]
+fn interrupted_iter_run_resumes_at_every_stage() {
+    let dir = common::temp_dir("iterate-resume");
+    let recipe_path = loop_recipe(&dir, 3, 15);
 
     let tracker = |name: &str, fail_at: Option<usize>| Tracker {
         calls: Arc::new(Mutex::new(Calls {
@@ -247,23 +254,7 @@ impl StepJudge for AlwaysYes {
 #[test]
 fn a_round_without_pairs_keeps_its_policy_and_the_run_goes_on() {
     let dir = common::temp_dir("iterate-no-pairs");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut recipe = std::fs::read_to_string(root.join("tests/fixtures/tiny.yaml"))
-        .unwrap()
-        .replace("TMP", dir.to_str().unwrap());
-    recipe.push_str(
-        "  guide:\n    reward_coef: 1.0\n    prompts_per_step: 2\n    samples_per_prompt: 2\n    every: 2\n    dpo_coef: 1.0\n\
-         iterate:\n  eval_images_per_prompt: 2\n  verify_n: 2\n  verify_images_per_prompt: 1\n  labeller: orm\n  orm: unused\n  parm_model: unused\n",
-    );
-    let recipe_path = dir.join("recipe.yaml");
-    std::fs::write(&recipe_path, recipe).unwrap();
-    let eval: String = std::fs::read_to_string(root.join("data/glyphs/eval_metadata.jsonl"))
-        .unwrap()
-        .lines()
-        .step_by(30)
-        .map(|l| format!("{l}\n"))
-        .collect();
-    std::fs::write(dir.join("eval_metadata.jsonl"), eval).unwrap();
+    let recipe_path = loop_recipe(&dir, 2, 30);
     let loader = |_: &Recipe, _: &IterateConfig, _: bool, _: bool| -> Result<Judges> {
         Ok(Judges {
             orm: Some(Box::new(AlwaysYes)),
