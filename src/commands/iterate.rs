@@ -258,29 +258,24 @@ fn count_pairs(file: &Path) -> Result<usize> {
     Ok(text.lines().filter(|l| !l.trim().is_empty()).count())
 }
 
-/// Copies the model files of `from` into `to` as a finished round checkpoint: into a temporary
-/// sibling first, renamed at the end, so an interrupted copy is never taken for a checkpoint.
+/// Copies the model files of `from` into `to` as a finished round checkpoint, staged and
+/// published by the trainer's own checkpoint writer, so an interrupted copy is never taken for one.
 fn carry_over(from: &Path, to: &Path) -> Result<()> {
-    let parent = to
-        .parent()
-        .context("round checkpoint has no parent folder")?;
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let tmp = parent.join(".final-carry.tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
-    }
-    std::fs::create_dir_all(&tmp)?;
+    let w = crate::train::ckpt::CheckpointWriter::begin(to)?;
     for name in ["config.json", "pytorch_model.safetensors"] {
-        std::fs::copy(from.join(name), tmp.join(name)).with_context(|| {
+        std::fs::copy(from.join(name), w.path().join(name)).with_context(|| {
             format!(
                 "copying {} into {}",
                 from.join(name).display(),
-                tmp.display()
+                w.path().display()
             )
         })?;
     }
-    std::fs::rename(&tmp, to)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), to.display()))
+    w.commit(&crate::train::ckpt::TrainerState {
+        extra: serde_json::json!({ "carried_over_from": from.display().to_string() }),
+        ..Default::default()
+    })?;
+    Ok(())
 }
 
 fn is_model_dir(p: &Path) -> bool {
