@@ -540,7 +540,6 @@ pub fn run(args: IterArgs, load_judges: &JudgeLoader) -> Result<()> {
     Ok(())
 }
 
-/// Loads the LLaVA-OneVision ORM and PARM judges named by the recipe.
 /// Output and init folders for one judges-recipe stage trained by the loop: the ORM and PARM go
 /// where `iterate` will load them from, and a PARM that the recipe starts from its ORM starts from
 /// the ORM the loop just wrote (not the recipe's `orm.out`, which `iterate.orm` may override).
@@ -562,6 +561,7 @@ fn judge_stage_paths(
     }
 }
 
+/// Loads the LLaVA-OneVision ORM and PARM judges named by the recipe.
 pub fn load_llava_judges(
     recipe: &Recipe,
     it: &IterateConfig,
