@@ -16,6 +16,11 @@ About half the questions are built to be true.
 
   python scripts/judge_learnability.py --task shape --lr 3e-4 --steps 750
 prints held-out accuracy (1000 fixed questions) every 250 steps of batch 32.
+
+--aux N adds, at every step, N "first-of-class captions" (the `caption_style: first` records of
+`judge-data`): after the image, each shape present followed by the color of its first glyph; the
+loss is the mean CE of those color tokens, added with weight 1 to the yes/no loss. --pad N puts N
+filler tokens between the question and the answer position, as the ORM prompt's template does.
 """
 
 import argparse
@@ -27,7 +32,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 SHAPES, COLORS = 6, 6
-COLOR_TOK, SHAPE_TOK, SEP, ASK, VOCAB = 37, 43, 50, 51, 52
+COLOR_TOK, SHAPE_TOK, SEP, ASK, FILL, VOCAB = 37, 43, 50, 51, 52, 72
+PAD = 0
 
 
 def scene(rng):
@@ -75,12 +81,32 @@ def question(rng, task, codes, own):
     return [COLOR_TOK + c1, SHAPE_TOK + s1, COLOR_TOK + c2, SHAPE_TOK + s2], y
 
 
+def caption_batch(rng, n):
+    """First-of-class captions: shape, then (target) the color of its first glyph."""
+    xs, targets = [], []
+    for _ in range(n):
+        codes, _ = scene(rng)
+        shapes = sorted({(x - 1) // 6 for x in codes if x})
+        rng.shuffle(shapes)
+        seq = codes + [SEP]
+        tgt = [-100] * len(seq)
+        for s in shapes[:4]:
+            seq += [SHAPE_TOK + s, COLOR_TOK + first_color(codes, s)]
+            tgt += [COLOR_TOK + first_color(codes, s), -100]
+        while len(seq) < 64 + 1 + 8:
+            seq.append(SEP)
+            tgt.append(-100)
+        xs.append(seq)
+        targets.append(tgt)
+    return torch.tensor(xs), torch.tensor(targets)
+
+
 def batch(rng, task, n):
     xs, ys = [], []
     for _ in range(n):
         codes, own = scene(rng)
         q, y = question(rng, task, codes, own)
-        xs.append(codes + [SEP] + q + [ASK])
+        xs.append(codes + [SEP] + q + [FILL + i % 20 for i in range(PAD)] + [ASK])
         ys.append(y)
     return torch.tensor(xs), torch.tensor(ys)
 
@@ -115,18 +141,21 @@ class Judge(nn.Module):
         self.vision = nn.TransformerEncoderLayer(d, heads, 2 * d, 0.0, batch_first=True, norm_first=True)
         self.blocks = nn.ModuleList(Block(d, heads) for _ in range(layers))
         self.norm, self.head = nn.RMSNorm(d), nn.Linear(d, 2)
+        self.lm = nn.Linear(d, VOCAB)
         hd = d // heads
         inv = 1.0 / (10000 ** (torch.arange(0, hd, 2) / hd))
-        ang = torch.arange(128)[:, None] * inv[None]
+        ang = torch.arange(256)[:, None] * inv[None]
         self.register_buffer("cos", ang.cos())
         self.register_buffer("sin", ang.sin())
 
-    def forward(self, x):
+    def forward(self, x, all_positions=False):
         e = self.emb(x)
         h = torch.cat([self.vision(e[:, :64] + self.pos), e[:, 64:]], 1)
         t = h.shape[1]
         for blk in self.blocks:
             h = blk(h, self.cos[:t], self.sin[:t])
+        if all_positions:
+            return self.lm(self.norm(h))
         return self.head(self.norm(h[:, -1]))
 
 
@@ -139,7 +168,11 @@ def main():
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--aux", type=int, default=0)
+    ap.add_argument("--pad", type=int, default=0)
     a = ap.parse_args()
+    global PAD
+    PAD = a.pad
     torch.manual_seed(a.seed)
     rng = random.Random(a.seed)
     model = Judge(a.hidden, a.layers, a.heads)
@@ -150,6 +183,10 @@ def main():
     for step in range(1, a.steps + 1):
         x, y = batch(rng, a.task, 32)
         loss = F.cross_entropy(model(x), y)
+        if a.aux:
+            cx, ct = caption_batch(rng, a.aux)
+            logits = model(cx, all_positions=True).reshape(-1, VOCAB)
+            loss = loss + F.cross_entropy(logits, ct.reshape(-1), ignore_index=-100)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

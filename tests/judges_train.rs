@@ -93,6 +93,8 @@ fn data_cfg(out: &Path) -> JudgeDataConfig {
         repair_positive_tries: 0,
         synthetic: 0,
         captions: 0,
+        caption_style: Default::default(),
+        clutter: Default::default(),
         out: out.to_path_buf(),
     }
 }
@@ -264,11 +266,13 @@ fn ft_cfg(dir: &Path, out: &str, steps: u64) -> RewardFtConfig {
                 path: dir.join("orm_train.jsonl"),
                 sampling: "all".into(),
                 tags: vec![],
+                loss_weight: 1.0,
             },
             DataSource {
                 path: dir.join("parm_train.jsonl"),
                 sampling: "random:50%".into(),
                 tags: vec![],
+                loss_weight: 1.0,
             },
         ],
         heldout: vec![
@@ -276,11 +280,13 @@ fn ft_cfg(dir: &Path, out: &str, steps: u64) -> RewardFtConfig {
                 path: dir.join("orm_heldout.jsonl"),
                 sampling: "all".into(),
                 tags: vec![],
+                loss_weight: 1.0,
             },
             DataSource {
                 path: dir.join("parm_heldout.jsonl"),
                 sampling: "all".into(),
                 tags: vec![],
+                loss_weight: 1.0,
             },
         ],
         init: None,
@@ -526,4 +532,61 @@ fn qwen2_logits_reads_a_text_only_checkpoint() {
         imgcot::judge::cli::qwen2_logits(&dir, &Tensor::from_slice(&[0i64, 50]).view([1, 2]))
             .is_err()
     );
+}
+
+/// A source's `loss_weight` makes the batch loss the token-weighted mean of the per-sample token
+/// CEs (equal weights keep LLaVA's plain token mean), so a caption source can be mixed with yes/no
+/// records without its many tokens drowning the one answer token.
+#[test]
+fn loss_weights_give_the_token_weighted_mean() {
+    use imgcot::models::llava_ov::config::LlavaOvConfig;
+    use imgcot::models::llava_ov::train::{
+        forward_batch, init_weights, model_from_tensors, BatchItem,
+    };
+    let tok = tokenizers::Tokenizer::from_file(tokenizer_path()).unwrap();
+    let json = tiny_scratch().config_json(tok.get_vocab_size(true) as i64);
+    let cfg = LlavaOvConfig::from_json_str(&json.to_string()).unwrap();
+    let model = model_from_tensors(cfg.clone(), init_weights(&cfg, 5), Device::Cpu).unwrap();
+    let turns = |q: &str, a: &str| vec![(false, q.to_string()), (true, a.to_string())];
+    let q = imgcot::models::llava_ov::prompt::orm_question("a photo of a red circle");
+    let short = chat_tokens(&tok, &turns(&q, "yes"), true).unwrap();
+    let long = chat_tokens(
+        &tok,
+        &turns(
+            "<image> Which one of the object is in this image?",
+            "circle red, square blue, cross green",
+        ),
+        true,
+    )
+    .unwrap();
+    tch::manual_seed(1);
+    let img_a = Tensor::randint(256, [3, 128, 128], (Kind::Uint8, Device::Cpu));
+    let img_b = Tensor::randint(256, [3, 128, 128], (Kind::Uint8, Device::Cpu));
+    let item = |tokens, image, weight| BatchItem {
+        tokens,
+        image,
+        weight,
+    };
+    let one = |it: BatchItem| {
+        let o = tch::no_grad(|| forward_batch(&model, &[it])).unwrap();
+        (o.loss.double_value(&[]), o.tokens as f64)
+    };
+    let (la, na) = one(item(&short, &img_a, 1.0));
+    let (lb, nb) = one(item(&long, &img_b, 1.0));
+    assert!(nb > na, "the caption has more supervised tokens");
+    let both = |wa, wb| {
+        tch::no_grad(|| forward_batch(&model, &[item(&short, &img_a, wa), item(&long, &img_b, wb)]))
+            .unwrap()
+            .loss
+            .double_value(&[])
+    };
+    let plain = (na * la + nb * lb) / (na + nb);
+    assert!(
+        (both(2.0, 2.0) - plain).abs() < 1e-5,
+        "equal weights: token mean"
+    );
+    let weighted = (na * la + 0.25 * nb * lb) / (na + 0.25 * nb);
+    let got = both(1.0, 0.25);
+    assert!((got - weighted).abs() < 1e-5, "{got} vs {weighted}");
+    assert!((got - plain).abs() > 1e-3, "the weights change the loss");
 }

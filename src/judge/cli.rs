@@ -146,11 +146,13 @@ fn parse_source(s: &str) -> DataSource {
             path: PathBuf::from(p),
             sampling: samp.to_string(),
             tags: vec![],
+            loss_weight: 1.0,
         },
         _ => DataSource {
             path: PathBuf::from(s),
             sampling: "all".into(),
             tags: vec![],
+            loss_weight: 1.0,
         },
     }
 }

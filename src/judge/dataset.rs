@@ -15,7 +15,8 @@ pub struct Message {
 /// Provenance of a record written by `judge-data` (ignored by LLaVA, used for the metrics).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordMeta {
-    /// `orm`, `clarity` or `potential`.
+    /// `orm`, `orm-rendered` (a rendered scene, not a generator image), `clarity`, `potential` or
+    /// `caption`.
     pub kind: String,
     /// The generation prompt (pairwise ranking groups by it).
     pub prompt: String,
@@ -129,10 +130,24 @@ pub struct DataSource {
     /// Keep only records whose `meta.tag` is listed (before sampling); empty = all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// Weight of this source's supervised tokens in the training loss (a token-weighted mean over
+    /// the batch; 1 everywhere = LLaVA's plain token mean). Not in the paper: when a source with
+    /// long answers (captions) is mixed with yes/no records, the one informative answer token of a
+    /// yes/no record is otherwise outweighed by the caption tokens.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub loss_weight: f64,
 }
 
 fn all() -> String {
     "all".into()
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn is_one(w: &f64) -> bool {
+    *w == 1.0
 }
 
 /// Applies a sampling strategy (`random:k%` shuffles with `seed`, keeps the first ceil(k·n/100)).
@@ -177,8 +192,26 @@ pub fn load_sources(
     image_folder: Option<&Path>,
     seed: u64,
 ) -> Result<Vec<Record>> {
+    Ok(load_weighted_sources(sources, image_folder, seed)?
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect())
+}
+
+/// [`load_sources`] with each record's source `loss_weight`.
+pub fn load_weighted_sources(
+    sources: &[DataSource],
+    image_folder: Option<&Path>,
+    seed: u64,
+) -> Result<Vec<(Record, f64)>> {
     let mut out = Vec::new();
     for s in sources {
+        ensure!(
+            s.loss_weight.is_finite() && s.loss_weight > 0.0,
+            "{}: loss_weight must be a positive number, got {}",
+            s.path.display(),
+            s.loss_weight
+        );
         let mut recs = load_records(&s.path, image_folder)?;
         if !s.tags.is_empty() {
             recs.retain(|r| r.meta.as_ref().is_some_and(|m| s.tags.contains(&m.tag)));
@@ -189,7 +222,11 @@ pub fn load_sources(
                 s.tags
             );
         }
-        out.extend(apply_sampling(recs, &s.sampling, seed)?);
+        out.extend(
+            apply_sampling(recs, &s.sampling, seed)?
+                .into_iter()
+                .map(|r| (r, s.loss_weight)),
+        );
     }
     Ok(out)
 }
@@ -286,6 +323,7 @@ mod tests {
             path: path.clone(),
             sampling: sampling.into(),
             tags: tags.iter().map(|t| t.to_string()).collect(),
+            loss_weight: 1.0,
         };
         let ids = |v: Vec<Record>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
         assert_eq!(

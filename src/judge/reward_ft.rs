@@ -4,7 +4,7 @@
 //! fine-tune or LoRA (merged on save), TensorBoard logging; saves in the original key layout and
 //! reports held-out yes/no accuracy and pairwise ranking accuracy, measured on the reloaded
 //! checkpoint. Without an initial checkpoint a small judge is initialised from scratch.
-use super::dataset::{load_sources, DataSource, Record};
+use super::dataset::{load_sources, load_weighted_sources, DataSource, Record};
 use crate::models::llava_ov::config::LlavaOvConfig;
 use crate::models::llava_ov::model::LlavaOnevision;
 use crate::models::llava_ov::train::{
@@ -101,6 +101,8 @@ pub struct Prepared {
     pub label: Option<bool>,
     pub kind: String,
     pub group: String,
+    /// Loss weight of its supervised tokens (its source's `loss_weight`).
+    pub weight: f64,
 }
 
 /// Tokenises records and loads their images (each image file once).
@@ -133,6 +135,7 @@ pub fn prepare(
                 label: r.answer(),
                 kind: r.kind().to_string(),
                 group: r.group(),
+                weight: 1.0,
             })
         })
         .collect()
@@ -167,6 +170,7 @@ pub fn score_items(
             .map(|p| BatchItem {
                 tokens: &p.tokens,
                 image: &p.image,
+                weight: p.weight,
             })
             .collect();
         let probs = tch::no_grad(|| -> Result<Tensor> {
@@ -327,10 +331,16 @@ pub fn run(
         .map_err(|e| anyhow!("loading {}: {e}", tok_path.display()))?;
     let yes_no = yes_no_ids(&tok)?;
     let size = model.config().vision.image_size;
-    let train_recs = load_sources(&cfg.data, None, cfg.seed)?;
+    let (train_recs, weights): (Vec<Record>, Vec<f64>) =
+        load_weighted_sources(&cfg.data, None, cfg.seed)?
+            .into_iter()
+            .unzip();
     ensure!(!train_recs.is_empty(), "no training records");
     let held_recs = load_sources(&cfg.heldout, None, cfg.seed)?;
-    let train = prepare(&train_recs, &tok, size, cfg.image_to_front)?;
+    let mut train = prepare(&train_recs, &tok, size, cfg.image_to_front)?;
+    for (p, w) in train.iter_mut().zip(weights) {
+        p.weight = w;
+    }
     let held = prepare(&held_recs, &tok, size, cfg.image_to_front)?;
 
     let trainable = Trainable::new(&model, cfg.lora.as_ref())?;
@@ -400,6 +410,7 @@ pub fn run(
             .map(|&i| BatchItem {
                 tokens: &train[i].tokens,
                 image: &train[i].image,
+                weight: train[i].weight,
             })
             .collect();
         let out = forward_batch(&model, &batch)?;

@@ -162,11 +162,14 @@ pub struct BatchItem<'a> {
     pub tokens: &'a ChatTokens,
     /// uint8 [3, S, S] from [`pad_image_u8`].
     pub image: &'a Tensor,
+    /// Weight of this sample's supervised tokens in the batch loss (1 = LLaVA's token mean).
+    pub weight: f64,
 }
 
 /// What one forward pass over a batch gives.
 pub struct BatchOutput {
-    /// Mean CE over the supervised tokens of the batch (shift by one, as Qwen2ForCausalLM).
+    /// Mean CE over the supervised tokens of the batch (shift by one, as Qwen2ForCausalLM),
+    /// weighted by each sample's `weight` when the weights differ.
     pub loss: Tensor,
     /// Supervised tokens counted in `loss`.
     pub tokens: i64,
@@ -190,6 +193,7 @@ pub fn forward_batch(model: &LlavaOnevision, batch: &[BatchItem]) -> Result<Batc
     let mut seqs = Vec::with_capacity(batch.len());
     let mut rows = Vec::new();
     let mut targets = Vec::new();
+    let mut target_weights = Vec::new();
     let mut answer_rows = Vec::new();
     let mut max_len = 0;
     let mut spliced_labels = Vec::with_capacity(batch.len());
@@ -225,6 +229,7 @@ pub fn forward_batch(model: &LlavaOnevision, batch: &[BatchItem]) -> Result<Batc
             if lab[p + 1] != IGNORE_INDEX {
                 rows.push(bi as i64 * max_len + p as i64);
                 targets.push(lab[p + 1]);
+                target_weights.push(batch[bi].weight);
             }
         }
     }
@@ -240,7 +245,18 @@ pub fn forward_batch(model: &LlavaOnevision, batch: &[BatchItem]) -> Result<Batc
     let sel = flat.index_select(0, &Tensor::from_slice(&rows).to_device(dev));
     let logits = lm.lm_logits(&sel);
     let tgt = Tensor::from_slice(&targets).to_device(dev);
-    let loss = logits.cross_entropy_for_logits(&tgt);
+    let loss = if target_weights.iter().all(|&w| w == target_weights[0]) {
+        logits.cross_entropy_for_logits(&tgt)
+    } else {
+        let w = Tensor::from_slice(&target_weights)
+            .to_kind(Kind::Float)
+            .to_device(dev);
+        let nll = -logits
+            .log_softmax(-1, Kind::Float)
+            .gather(1, &tgt.unsqueeze(1), false)
+            .squeeze_dim(1);
+        (nll * &w).sum(Kind::Float) / w.sum(Kind::Float)
+    };
     let arows: Vec<i64> = answer_rows
         .iter()
         .enumerate()
