@@ -21,6 +21,7 @@ prints held-out accuracy (1000 fixed questions) every 250 steps of batch 32.
 `judge-data`): after the image, each shape present followed by the color of its first glyph; the
 loss is the mean CE of those color tokens, added with weight 1 to the yes/no loss. --pad N puts N
 filler tokens between the question and the answer position, as the ORM prompt's template does.
+--dense draws scenes like the glyph generator's images: 6-10 glyphs, all of the two named shapes.
 """
 
 import argparse
@@ -36,10 +37,20 @@ COLOR_TOK, SHAPE_TOK, SEP, ASK, FILL, VOCAB = 37, 43, 50, 51, 52, 72
 PAD = 0
 
 
+DENSE = False
+
+
 def scene(rng):
     s1, s2 = rng.sample(range(SHAPES), 2)
     c1, c2 = rng.randrange(COLORS), rng.randrange(COLORS)
     codes = [0] * 64
+    if DENSE:
+        # Like the glyph generator's images: 6-10 glyphs, all of the two named shapes.
+        for k in rng.sample(range(64), rng.randint(6, 10)):
+            sh = rng.choice([s1, s2])
+            co = rng.choice([c1, c2, rng.randrange(COLORS), rng.randrange(COLORS)])
+            codes[k] = 1 + 6 * sh + co
+        return codes, (s1, c1, s2, c2)
     for k in rng.sample(range(64), rng.randint(2, 10)):
         sh = rng.choice([s1, s2, s1, s2, rng.randrange(SHAPES)])
         co = rng.choice([c1, c2, c1, c2, rng.randrange(COLORS)])
@@ -170,9 +181,10 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--aux", type=int, default=0)
     ap.add_argument("--pad", type=int, default=0)
+    ap.add_argument("--dense", action="store_true")
     a = ap.parse_args()
-    global PAD
-    PAD = a.pad
+    global PAD, DENSE
+    PAD, DENSE = a.pad, a.dense
     torch.manual_seed(a.seed)
     rng = random.Random(a.seed)
     model = Judge(a.hidden, a.layers, a.heads)
