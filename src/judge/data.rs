@@ -868,25 +868,16 @@ pub fn build(cfg: &JudgeDataConfig, device_override: Option<&str>) -> Result<Sum
         if cfg.synthetic > 0 {
             // Held out: a tenth as many fresh scenes for the held-out prompts (another seed), to
             // tell a judge that learned the rule from one that memorised its rendered examples.
-            let syn = if split == "train" {
-                synthetic_records(
-                    &cfg.out,
-                    "syn",
-                    &chosen,
-                    cfg.synthetic,
-                    &cfg.clutter,
-                    cfg.seed,
-                )?
+            let (name, count, seed) = if split == "train" {
+                ("syn", cfg.synthetic, cfg.seed)
             } else {
-                synthetic_records(
-                    &cfg.out,
+                (
                     "syn-heldout",
-                    &chosen,
                     cfg.synthetic.div_ceil(10),
-                    &cfg.clutter,
                     cfg.seed ^ 0x6865_6c64,
-                )?
+                )
             };
+            let syn = synthetic_records(&cfg.out, name, &chosen, count, &cfg.clutter, seed)?;
             let counts = (
                 syn.len(),
                 syn.iter().filter(|r| r.answer() == Some(true)).count(),
