@@ -95,6 +95,7 @@ fn data_cfg(out: &Path) -> JudgeDataConfig {
         captions: 0,
         caption_style: Default::default(),
         clutter: Default::default(),
+        dense: Default::default(),
         out: out.to_path_buf(),
     }
 }

@@ -69,6 +69,34 @@ pub fn run_judge_data(args: JudgeDataArgs) -> Result<()> {
             s.repaired_train, s.repaired_train_yes
         );
     }
+    if s.synthetic_train > 0 {
+        println!(
+            "rendered ORM: train {} ({} yes), held-out {} ({} yes)",
+            s.synthetic_train, s.synthetic_train_yes, s.synthetic_heldout, s.synthetic_heldout_yes
+        );
+    }
+    if s.caption_train > 0 {
+        println!(
+            "captions: train {}, held-out {}",
+            s.caption_train, s.caption_heldout
+        );
+    }
+    if s.dense_train > 0 || s.caption_dense_train > 0 {
+        println!(
+            "crowded ORM: train {} ({} yes), held-out {} ({} yes); crowded captions {}",
+            s.dense_train,
+            s.dense_train_yes,
+            s.dense_heldout,
+            s.dense_heldout_yes,
+            s.caption_dense_train
+        );
+    }
+    let phases: Vec<String> = s
+        .seconds
+        .iter()
+        .map(|(p, t)| format!("{p} {t:.0}s"))
+        .collect();
+    println!("time: {}", phases.join(", "));
     println!(
         "wrote {} ({} steps per path) in {:.0}s",
         cfg.out.display(),

@@ -98,6 +98,9 @@ pub struct JudgeDataConfig {
     /// How the rendered scenes of `synthetic` and `captions` are cluttered.
     #[serde(default)]
     pub clutter: Clutter,
+    /// Rendered scenes drawn like the glyph generator's own images (off by default).
+    #[serde(default)]
+    pub dense: Dense,
     /// Output folder.
     pub out: PathBuf,
 }
@@ -119,6 +122,12 @@ pub enum CaptionStyle {
     /// class and its color): with it mixed into the ORM stage the reasoning-only model of
     /// `scripts/judge_learnability.py` reaches 0.95 on color_attr questions, 0.74 without.
     First,
+    /// [`ask_caption`]: the ORM question's frame with a prompt naming one or two shapes present,
+    /// "a photo of a circle and a square", answered with the colors of their first glyphs,
+    /// "red, blue". The shape words sit where an ORM prompt's do and the color is read at the
+    /// answer position, the route a color_attr verdict takes (a `first` caption reads the color
+    /// at the shape word of its own answer instead).
+    Ask,
 }
 
 /// One sampled path: the prediction after every step (1..=T; the last is the final image).
@@ -164,6 +173,21 @@ pub struct Summary {
     pub caption_train: usize,
     #[serde(default)]
     pub caption_heldout: usize,
+    /// Records (and "yes" answers) of `orm_dense_{train,heldout}.jsonl`, records of
+    /// `caption_dense_train.jsonl`.
+    #[serde(default)]
+    pub dense_train: usize,
+    #[serde(default)]
+    pub dense_train_yes: usize,
+    #[serde(default)]
+    pub dense_heldout: usize,
+    #[serde(default)]
+    pub dense_heldout_yes: usize,
+    #[serde(default)]
+    pub caption_dense_train: usize,
+    /// Wall seconds of each phase ("sample train", "synthetic heldout", ...), in order.
+    #[serde(default)]
+    pub seconds: Vec<(String, f64)>,
     pub steps: usize,
     pub sampler: SamplerConfig,
     pub generator: String,
@@ -531,6 +555,47 @@ fn flood<R: rand::Rng + ?Sized>(
     }
 }
 
+/// A rendered ORM record (kind `kind`): writes `codes` to `out/images/{name}-{i:05}.png` and asks
+/// `meta`'s prompt, answered `label`.
+#[allow(clippy::too_many_arguments)]
+fn rendered_orm_record(
+    out: &Path,
+    name: &str,
+    i: usize,
+    kind: &str,
+    meta: &Metadata,
+    prompt_index: usize,
+    codes: &Codes,
+    label: bool,
+) -> Result<Record> {
+    let rel = format!("images/{name}-{i:05}.png");
+    write_scene(out, &rel, codes)?;
+    Ok(Record {
+        id: format!("{name}-{i:05}-orm"),
+        image: rel,
+        conversations: vec![
+            turn("human", orm_question(&meta.prompt)),
+            turn("gpt", yes_no(label)),
+        ],
+        meta: Some(RecordMeta {
+            kind: kind.into(),
+            prompt: meta.prompt.clone(),
+            prompt_index,
+            candidate: i,
+            step: 0,
+            steps: 0,
+            label,
+            final_label: label,
+            tag: meta.tag.clone(),
+        }),
+    })
+}
+
+fn write_scene(out: &Path, rel: &str, codes: &Codes) -> Result<()> {
+    let n = crate::glyphs::world::IMAGE_SIZE as u32;
+    crate::glyphs::png::write_png(&out.join(rel), n, n, &crate::glyphs::render(codes))
+}
+
 /// Rendered ORM records (see [`JudgeDataConfig::synthetic`]); images go to
 /// `out/images/{name}-*.png`, ids are `{name}-*-orm`.
 pub fn synthetic_records(
@@ -569,30 +634,248 @@ pub fn synthetic_records(
             flood(&mut codes, meta, clutter, &mut rng);
         }
         let label = crate::glyphs::detect::is_correct(meta, &codes, &opts);
-        let rel = format!("images/{name}-{i:05}.png");
-        let n = crate::glyphs::world::IMAGE_SIZE as u32;
-        crate::glyphs::png::write_png(&out.join(&rel), n, n, &crate::glyphs::render(&codes))?;
-        out_records.push(Record {
-            id: format!("{name}-{i:05}-orm"),
-            image: rel,
-            conversations: vec![
-                turn("human", orm_question(&meta.prompt)),
-                turn("gpt", yes_no(label)),
-            ],
-            meta: Some(RecordMeta {
-                kind: "orm-rendered".into(),
-                prompt: meta.prompt.clone(),
-                prompt_index: *pi,
-                candidate: i,
-                step: 0,
-                steps: 0,
-                label,
-                final_label: label,
-                tag: meta.tag.clone(),
-            }),
-        });
+        out_records.push(rendered_orm_record(
+            out,
+            name,
+            i,
+            "orm-rendered",
+            meta,
+            *pi,
+            &codes,
+            label,
+        )?);
     }
     Ok(out_records)
+}
+
+/// Rendered scenes like the glyph generator's images (the `dense:` section; not in the paper).
+/// The generator fills its images with 6–10 glyphs, nearly all of the prompt's shapes, so GenEval's
+/// first-of-class rule decides most labels; the `synthetic` scenes hold about 4 glyphs, and the
+/// generator's own images are few and mostly "no". These scenes are crowded and, for ORM records,
+/// label-balanced by rejection, so that crowding does not predict the answer. (Measured: they did
+/// not get the scratch glyph judge past chance on crowded scenes; README.)
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dense {
+    /// ORM records on such scenes into `orm_dense_train.jsonl` (and a tenth as many for the held-out
+    /// prompts, another seed, into `orm_dense_heldout.jsonl`); 0 = off. Prompts drawn uniformly
+    /// from the split, so tags come in the generator's training proportions.
+    #[serde(default)]
+    pub orm: usize,
+    /// Caption records (style `caption_style`) on such scenes into `caption_dense_train.jsonl`.
+    #[serde(default)]
+    pub captions: usize,
+    /// Glyphs per scene: `min_glyphs..=max_glyphs`, each of a shape the prompt names and, half of
+    /// the time, a color it names (else any color).
+    #[serde(default = "d_dense_min")]
+    pub min_glyphs: usize,
+    #[serde(default = "d_dense_max")]
+    pub max_glyphs: usize,
+    /// Tenths of the ORM scenes redrawn (up to [`DENSE_TRIES`] times) until they satisfy the prompt;
+    /// the others until they do not. A prompt no crowded scene can satisfy (e.g. "two circles")
+    /// gets a scene drawn for it ([`crate::glyphs::scene::sample_scene`]).
+    #[serde(default = "d_yes_tenths")]
+    pub yes_tenths: usize,
+    /// Tenths of the training ORM records that ask about one colored object of the prompt alone
+    /// ("a photo of a red circle", GenEval's `colors` rule: the first circle is red) on the scene
+    /// drawn for the whole prompt. One comparison is where a scratch judge can start: on crowded
+    /// scenes with balanced labels no simpler cue predicts the two-object answer.
+    #[serde(default)]
+    pub single_tenths: usize,
+}
+
+/// Draws of a crowded scene before [`Dense::yes_tenths`] falls back.
+pub const DENSE_TRIES: usize = 1000;
+
+fn d_dense_min() -> usize {
+    6
+}
+fn d_dense_max() -> usize {
+    10
+}
+fn d_yes_tenths() -> usize {
+    5
+}
+
+impl Default for Dense {
+    fn default() -> Self {
+        Dense {
+            orm: 0,
+            captions: 0,
+            min_glyphs: d_dense_min(),
+            max_glyphs: d_dense_max(),
+            yes_tenths: d_yes_tenths(),
+            single_tenths: 0,
+        }
+    }
+}
+
+impl Dense {
+    fn validate(&self) -> Result<()> {
+        ensure!(
+            1 <= self.min_glyphs
+                && self.min_glyphs <= self.max_glyphs
+                && self.max_glyphs <= crate::glyphs::world::NUM_CELLS,
+            "dense: need 1 ≤ min_glyphs ≤ max_glyphs ≤ {}, got {}..{}",
+            crate::glyphs::world::NUM_CELLS,
+            self.min_glyphs,
+            self.max_glyphs
+        );
+        ensure!(
+            self.yes_tenths <= 10 && self.single_tenths <= 10,
+            "dense.yes_tenths and dense.single_tenths must be at most 10"
+        );
+        Ok(())
+    }
+
+    /// One crowded scene for `meta`: glyphs of its shapes, half of them in its colors.
+    pub fn scene<R: rand::Rng + ?Sized>(&self, meta: &Metadata, rng: &mut R) -> Codes {
+        use crate::glyphs::rng::{below, sample_distinct};
+        use crate::glyphs::world::{color_index, shape_index, Glyph, COLORS, NUM_CELLS, SHAPES};
+        let shapes: Vec<usize> = meta
+            .include
+            .iter()
+            .filter_map(|c| shape_index(&c.class))
+            .collect();
+        let colors: Vec<usize> = meta
+            .include
+            .iter()
+            .filter_map(|c| c.color.as_deref().and_then(color_index))
+            .collect();
+        let k = self.min_glyphs + below(rng, self.max_glyphs - self.min_glyphs + 1);
+        let mut codes = [0u8; NUM_CELLS];
+        for cell in sample_distinct(rng, NUM_CELLS, k) {
+            let shape = if shapes.is_empty() {
+                below(rng, SHAPES.len())
+            } else {
+                shapes[below(rng, shapes.len())]
+            };
+            let color = if !colors.is_empty() && below(rng, 2) == 0 {
+                colors[below(rng, colors.len())]
+            } else {
+                below(rng, COLORS.len())
+            };
+            codes[cell] = Glyph { shape, color }.code();
+        }
+        codes
+    }
+
+    /// A crowded scene for `meta` whose label under `asked` is drawn first (`yes_tenths`), then
+    /// that label.
+    pub fn labelled_scene<R: rand::Rng + ?Sized>(
+        &self,
+        meta: &Metadata,
+        asked: &Metadata,
+        rng: &mut R,
+    ) -> Result<(Codes, bool)> {
+        let opts = RuleOptions::default();
+        let want = crate::glyphs::rng::below(rng, 10) < self.yes_tenths;
+        let mut codes = self.scene(meta, rng);
+        for _ in 1..DENSE_TRIES {
+            if crate::glyphs::detect::is_correct(asked, &codes, &opts) == want {
+                return Ok((codes, want));
+            }
+            codes = self.scene(meta, rng);
+        }
+        if want && !crate::glyphs::detect::is_correct(asked, &codes, &opts) {
+            codes = crate::glyphs::scene::sample_scene(asked, rng)?;
+        }
+        let label = crate::glyphs::detect::is_correct(asked, &codes, &opts);
+        Ok((codes, label))
+    }
+
+    /// The prompt an ORM record asks: `meta`, or (`single_tenths`) the `colors` prompt of one of
+    /// its colored objects when it has two or more.
+    fn asked<R: rand::Rng + ?Sized>(&self, meta: &Metadata, rng: &mut R) -> Metadata {
+        use crate::glyphs::rng::below;
+        use crate::glyphs::world::{color_index, shape_index};
+        let singles: Vec<(usize, usize)> = meta
+            .include
+            .iter()
+            .filter_map(|c| {
+                Some((
+                    c.color.as_deref().and_then(color_index)?,
+                    shape_index(&c.class)?,
+                ))
+            })
+            .collect();
+        if singles.len() >= 2 && below(rng, 10) < self.single_tenths {
+            let (color, shape) = singles[below(rng, singles.len())];
+            crate::glyphs::prompts::colors(color, shape)
+        } else {
+            meta.clone()
+        }
+    }
+}
+
+/// Crowded ORM records (see [`Dense`]) for prompts of `pool`: images `out/images/{name}-*.png`,
+/// kind `orm-dense`. `singles` applies [`Dense::single_tenths`] (training data only).
+pub fn dense_records(
+    out: &Path,
+    name: &str,
+    pool: &[(usize, Metadata)],
+    count: usize,
+    dense: &Dense,
+    singles: bool,
+    seed: u64,
+) -> Result<Vec<Record>> {
+    use crate::glyphs::rng::{below, seeded};
+    let mut recs = Vec::with_capacity(count);
+    if pool.is_empty() {
+        return Ok(recs);
+    }
+    let mut rng = seeded(seed, 0x6465_6e73);
+    for i in 0..count {
+        let (pi, scene_meta) = &pool[below(&mut rng, pool.len())];
+        let meta = &if singles {
+            dense.asked(scene_meta, &mut rng)
+        } else {
+            scene_meta.clone()
+        };
+        let (codes, label) = dense.labelled_scene(scene_meta, meta, &mut rng)?;
+        recs.push(rendered_orm_record(
+            out,
+            name,
+            i,
+            "orm-dense",
+            meta,
+            *pi,
+            &codes,
+            label,
+        )?);
+    }
+    Ok(recs)
+}
+
+/// Caption records (style `style`) on `count` crowded scenes for prompts of `pool`.
+pub fn dense_caption_records(
+    out: &Path,
+    pool: &[(usize, Metadata)],
+    count: usize,
+    dense: &Dense,
+    style: CaptionStyle,
+    seed: u64,
+) -> Result<Vec<Record>> {
+    use crate::glyphs::rng::{below, seeded};
+    let mut recs = Vec::with_capacity(count);
+    if pool.is_empty() {
+        return Ok(recs);
+    }
+    let mut rng = seeded(seed, 0x6463_6170);
+    for i in 0..count {
+        let meta = &pool[below(&mut rng, pool.len())].1;
+        let codes = dense.scene(meta, &mut rng);
+        let rel = format!("images/capd-{i:05}.png");
+        write_scene(out, &rel, &codes)?;
+        recs.push(caption_record(
+            format!("capd-{i:05}"),
+            rel,
+            &codes,
+            style,
+            &mut rng,
+        ));
+    }
+    Ok(recs)
 }
 
 /// The question of caption records (words of the glyph vocabulary only).
@@ -680,6 +963,43 @@ pub fn first_caption(codes: &Codes) -> String {
     parts.join(", ")
 }
 
+/// The closing sentence of [`CaptionStyle::Ask`] questions (glyph-vocabulary words only).
+pub const ASK_CAPTION_SENTENCE: &str = "Which one of the object is in this image?";
+
+/// An [`CaptionStyle::Ask`] record's (question, answer): one or two shapes present (random order),
+/// the colors of their first glyphs; "a photo of a circle" / "no object" for an empty scene.
+pub fn ask_caption<R: rand::Rng + ?Sized>(codes: &Codes, rng: &mut R) -> (String, String) {
+    use crate::glyphs::rng::{below, shuffle};
+    use crate::glyphs::world::{glyphs, COLORS, SHAPES};
+    let gs = glyphs(codes);
+    let mut present: Vec<usize> = (0..SHAPES.len())
+        .filter(|&s| gs.iter().any(|g| g.2.shape == s))
+        .collect();
+    let frame = |p: &str| {
+        format!("<image> This image is generated by a prompt: {p}. {ASK_CAPTION_SENTENCE}")
+    };
+    if present.is_empty() {
+        return (frame("a photo of a circle"), "no object".into());
+    }
+    shuffle(rng, &mut present);
+    present.truncate(1 + below(rng, 2));
+    let first = |s: usize| {
+        let g = gs.iter().find(|g| g.2.shape == s).expect("present shape");
+        COLORS[g.2.color]
+    };
+    let prompt = present
+        .iter()
+        .map(|&s| format!("a {}", SHAPES[s]))
+        .collect::<Vec<_>>()
+        .join(" and ");
+    let colors = present
+        .iter()
+        .map(|&s| first(s))
+        .collect::<Vec<_>>()
+        .join(", ");
+    (frame(&format!("a photo of {prompt}")), colors)
+}
+
 fn caption_record(
     id: String,
     image: String,
@@ -688,13 +1008,14 @@ fn caption_record(
     rng: &mut impl rand::Rng,
 ) -> Record {
     let (question, text) = match style {
-        CaptionStyle::Groups => (CAPTION_QUESTION, caption(codes, rng)),
-        CaptionStyle::First => (FIRST_CAPTION_QUESTION, first_caption(codes)),
+        CaptionStyle::Groups => (CAPTION_QUESTION.to_string(), caption(codes, rng)),
+        CaptionStyle::First => (FIRST_CAPTION_QUESTION.to_string(), first_caption(codes)),
+        CaptionStyle::Ask => ask_caption(codes, rng),
     };
     Record {
         id,
         image,
-        conversations: vec![turn("human", question.to_string()), turn("gpt", text)],
+        conversations: vec![turn("human", question), turn("gpt", text)],
         meta: Some(RecordMeta {
             kind: "caption".into(),
             prompt: String::new(),
@@ -817,6 +1138,7 @@ pub fn build(cfg: &JudgeDataConfig, device_override: Option<&str>) -> Result<Sum
     );
     ensure!(cfg.n >= 1, "data.n must be ≥ 1");
     cfg.clutter.validate()?;
+    cfg.dense.validate()?;
     ensure!(
         (0.0..1.0).contains(&cfg.heldout_fraction),
         "heldout_fraction must be in [0, 1)"
@@ -838,6 +1160,14 @@ pub fn build(cfg: &JudgeDataConfig, device_override: Option<&str>) -> Result<Sum
     let mut synthetic = (0, 0);
     let mut synthetic_heldout = (0, 0);
     let mut captions = (0, 0);
+    let mut dense = [(0, 0), (0, 0)];
+    let mut dense_captions = 0;
+    let mut seconds = Vec::new();
+    let mut clock = std::time::Instant::now();
+    let mut lap = |phase: &str, split: &str| {
+        seconds.push((format!("{phase} {split}"), clock.elapsed().as_secs_f64()));
+        clock = std::time::Instant::now();
+    };
     for (split, idx) in [("train", &train), ("heldout", &held)] {
         let chosen: Vec<(usize, Metadata)> = idx.iter().map(|&i| (i, metas[i].clone())).collect();
         let paths = sample_paths(
@@ -851,6 +1181,7 @@ pub fn build(cfg: &JudgeDataConfig, device_override: Option<&str>) -> Result<Sum
             cfg.batch_size,
         )?;
         counts.push(write_split(&cfg.out, split, &paths, cfg)?);
+        lap("sample", split);
         if split == "train" && (cfg.repair_random > 0 || cfg.repair_positive_tries > 0) {
             let rep = repaired_records(
                 &paths,
@@ -864,6 +1195,7 @@ pub fn build(cfg: &JudgeDataConfig, device_override: Option<&str>) -> Result<Sum
                 rep.iter().filter(|r| r.answer() == Some(true)).count(),
             );
             write_jsonl(&cfg.out.join("orm_repaired_train.jsonl"), &rep)?;
+            lap("re-pair", split);
         }
         if cfg.synthetic > 0 {
             // Held out: a tenth as many fresh scenes for the held-out prompts (another seed), to
@@ -888,6 +1220,7 @@ pub fn build(cfg: &JudgeDataConfig, device_override: Option<&str>) -> Result<Sum
                 synthetic_heldout = counts;
             }
             write_jsonl(&cfg.out.join(format!("orm_synthetic_{split}.jsonl")), &syn)?;
+            lap("synthetic", split);
         }
         if cfg.captions > 0 {
             // Held-out captions: the split's final images and a tenth as many rendered scenes.
@@ -903,6 +1236,47 @@ pub fn build(cfg: &JudgeDataConfig, device_override: Option<&str>) -> Result<Sum
                 captions.1 = caps.len();
             }
             write_jsonl(&cfg.out.join(format!("caption_{split}.jsonl")), &caps)?;
+            lap("captions", split);
+        }
+        if cfg.dense.orm > 0 {
+            let (name, count, seed, slot) = if split == "train" {
+                ("dense", cfg.dense.orm, cfg.seed, 0)
+            } else {
+                (
+                    "dense-heldout",
+                    cfg.dense.orm.div_ceil(10),
+                    cfg.seed ^ 0x6865_6c64,
+                    1,
+                )
+            };
+            let recs = dense_records(
+                &cfg.out,
+                name,
+                &chosen,
+                count,
+                &cfg.dense,
+                split == "train",
+                seed,
+            )?;
+            dense[slot] = (
+                recs.len(),
+                recs.iter().filter(|r| r.answer() == Some(true)).count(),
+            );
+            write_jsonl(&cfg.out.join(format!("orm_dense_{split}.jsonl")), &recs)?;
+            lap("dense", split);
+        }
+        if split == "train" && cfg.dense.captions > 0 {
+            let recs = dense_caption_records(
+                &cfg.out,
+                &chosen,
+                cfg.dense.captions,
+                &cfg.dense,
+                cfg.caption_style,
+                cfg.seed,
+            )?;
+            dense_captions = recs.len();
+            write_jsonl(&cfg.out.join("caption_dense_train.jsonl"), &recs)?;
+            lap("dense captions", split);
         }
     }
     let summary = Summary {
@@ -916,6 +1290,12 @@ pub fn build(cfg: &JudgeDataConfig, device_override: Option<&str>) -> Result<Sum
         synthetic_heldout_yes: synthetic_heldout.1,
         caption_train: captions.0,
         caption_heldout: captions.1,
+        dense_train: dense[0].0,
+        dense_train_yes: dense[0].1,
+        dense_heldout: dense[1].0,
+        dense_heldout_yes: dense[1].1,
+        caption_dense_train: dense_captions,
+        seconds,
         steps: sampler.steps,
         sampler,
         generator: model_dir.display().to_string(),
@@ -1016,6 +1396,54 @@ mod tests {
     }
 
     #[test]
+    fn ask_captions_answer_the_first_glyph_colors_of_the_shapes_asked() {
+        use crate::glyphs::prompts::colors;
+        use crate::glyphs::world::{COLORS, NUM_CELLS, SHAPES};
+        let mut rng = crate::glyphs::rng::seeded(8, 9);
+        let empty = [0u8; NUM_CELLS];
+        assert_eq!(ask_caption(&empty, &mut rng).1, "no object");
+        let tok = crate::glyphs::tokenizer::build().unwrap();
+        let meta = crate::glyphs::prompts::color_attr(0, 0, 1, 1);
+        let (mut ones, mut twos) = (0, 0);
+        for _ in 0..200 {
+            let c = Dense::default().scene(&meta, &mut rng);
+            let (q, a) = ask_caption(&c, &mut rng);
+            let p = q
+                .strip_prefix("<image> This image is generated by a prompt: a photo of ")
+                .and_then(|r| r.strip_suffix(&format!(". {ASK_CAPTION_SENTENCE}")))
+                .unwrap_or_else(|| panic!("{q}"));
+            let shapes: Vec<usize> = p
+                .split(" and ")
+                .map(|x| SHAPES.iter().position(|s| x == format!("a {s}")).unwrap())
+                .collect();
+            let cols: Vec<usize> = a
+                .split(", ")
+                .map(|x| COLORS.iter().position(|c| *c == x).unwrap())
+                .collect();
+            assert_eq!(shapes.len(), cols.len(), "{q} → {a}");
+            for (&s, &col) in shapes.iter().zip(&cols) {
+                // The answer is the color GenEval's rule checks: "a {col} {s}" is true.
+                assert!(crate::glyphs::detect::is_correct(
+                    &colors(col, s),
+                    &c,
+                    &RuleOptions::default()
+                ));
+            }
+            ones += (shapes.len() == 1) as usize;
+            twos += (shapes.len() == 2) as usize;
+            let ids = tok.encode(format!("{} {a}", q.replace("<image>", "")).as_str(), false);
+            assert!(
+                !ids.unwrap().get_ids().contains(&0),
+                "{q} {a}: unknown word"
+            );
+        }
+        assert!(
+            ones > 50 && twos > 50,
+            "{ones} one-shape, {twos} two-shape questions"
+        );
+    }
+
+    #[test]
     fn first_captions_name_the_color_the_evaluator_ranks_first() {
         use crate::glyphs::prompts::colors;
         use crate::glyphs::world::{Glyph, COLORS, NUM_CELLS, SHAPES};
@@ -1068,9 +1496,80 @@ mod tests {
     }
 
     #[test]
+    fn dense_scenes_are_crowded_with_named_shapes_and_label_balanced() {
+        use crate::glyphs::world::glyphs;
+        let meta = crate::glyphs::prompts::color_attr(0, 0, 1, 1); // red circle, green square
+        let dense = Dense::default();
+        let opts = RuleOptions::default();
+        let mut rng = crate::glyphs::rng::seeded(3, 3);
+        let (mut yes, mut sizes) = (0, std::collections::BTreeSet::new());
+        for _ in 0..400 {
+            let (c, label) = dense.labelled_scene(&meta, &meta, &mut rng).unwrap();
+            let gs = glyphs(&c);
+            assert!((6..=10).contains(&gs.len()), "{} glyphs", gs.len());
+            assert!(gs.iter().all(|g| g.2.shape <= 1), "only the named shapes");
+            assert_eq!(label, crate::glyphs::detect::is_correct(&meta, &c, &opts));
+            yes += label as usize;
+            sizes.insert(gs.len());
+        }
+        // Half are drawn to be true (binomial sd 10 at 400); unbalanced draws give ~14%.
+        assert!((160..=240).contains(&yes), "{yes} of 400 true");
+        assert_eq!(sizes.len(), 5, "every size 6..=10 occurs");
+        // A prompt no crowded scene satisfies still gets true scenes, drawn for it.
+        let two = crate::glyphs::prompts::load_jsonl(std::path::Path::new(
+            "data/glyphs/train_prompts.jsonl",
+        ))
+        .unwrap()
+        .into_iter()
+        .find(|m| m.tag == "counting")
+        .unwrap();
+        let all_yes = Dense {
+            yes_tenths: 10,
+            ..Dense::default()
+        };
+        let (c, label) = all_yes.labelled_scene(&two, &two, &mut rng).unwrap();
+        assert!(label && crate::glyphs::detect::is_correct(&two, &c, &opts));
+        // Singles ask one colored object of a two-object prompt about the scene drawn for both.
+        let singles = Dense {
+            single_tenths: 10,
+            ..Dense::default()
+        };
+        let asked = singles.asked(&meta, &mut rng);
+        assert_eq!(asked.tag, "colors");
+        assert!(["a photo of a red circle", "a photo of a green square"]
+            .contains(&asked.prompt.as_str()));
+        let (c, label) = singles.labelled_scene(&meta, &asked, &mut rng).unwrap();
+        assert_eq!(label, crate::glyphs::detect::is_correct(&asked, &c, &opts));
+        assert!(glyphs(&c).iter().all(|g| g.2.shape <= 1));
+        assert_eq!(
+            singles.asked(&asked, &mut rng),
+            asked,
+            "one object: asked as is"
+        );
+        for bad in [
+            Dense {
+                min_glyphs: 0,
+                ..Dense::default()
+            },
+            Dense {
+                min_glyphs: 7,
+                max_glyphs: 6,
+                ..Dense::default()
+            },
+            Dense {
+                yes_tenths: 11,
+                ..Dense::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+        assert!(dense.validate().is_ok());
+    }
+
+    #[test]
     fn clutter_adds_named_shapes_up_to_max_extra() {
         use crate::glyphs::world::{glyphs, NUM_CELLS};
-        let meta = crate::glyphs::prompts::color_attr(0, 0, 1, 1); // red circle, blue square
+        let meta = crate::glyphs::prompts::color_attr(0, 0, 1, 1); // red circle, green square
         let clutter = Clutter {
             max_extra: 10,
             named_shape_tenths: 10,

@@ -15,7 +15,8 @@ pub struct Message {
 /// Provenance of a record written by `judge-data` (ignored by LLaVA, used for the metrics).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordMeta {
-    /// `orm`, `orm-rendered` (a rendered scene, not a generator image), `clarity`, `potential` or
+    /// `orm`, `orm-rendered` (a rendered scene, not a generator image), `orm-dense` (a rendered
+    /// scene crowded like the generator's), `clarity`, `potential` or
     /// `caption`.
     pub kind: String,
     /// The generation prompt (pairwise ranking groups by it).
