@@ -512,6 +512,22 @@ impl Clutter {
     }
 }
 
+/// The shapes and the colors `meta`'s prompt names (indices; repeats kept).
+fn named(meta: &Metadata) -> (Vec<usize>, Vec<usize>) {
+    use crate::glyphs::world::{color_index, shape_index};
+    let shapes = meta
+        .include
+        .iter()
+        .filter_map(|c| shape_index(&c.class))
+        .collect();
+    let colors = meta
+        .include
+        .iter()
+        .filter_map(|c| c.color.as_deref().and_then(color_index))
+        .collect();
+    (shapes, colors)
+}
+
 /// Adds 1–`max_extra` glyphs in empty cells, like the generator's clutter: it repeats the prompt's
 /// shapes and colors, so each extra glyph takes a shape named by `meta` with probability
 /// `named_shape_tenths`/10 and a color named by it with probability `named_color_tenths`/10 (else
@@ -526,17 +542,8 @@ fn flood<R: rand::Rng + ?Sized>(
     rng: &mut R,
 ) {
     use crate::glyphs::rng::{below, sample_distinct};
-    use crate::glyphs::world::{color_index, shape_index, Glyph, COLORS, NUM_CELLS, SHAPES};
-    let shapes: Vec<usize> = meta
-        .include
-        .iter()
-        .filter_map(|c| shape_index(&c.class))
-        .collect();
-    let colors: Vec<usize> = meta
-        .include
-        .iter()
-        .filter_map(|c| c.color.as_deref().and_then(color_index))
-        .collect();
+    use crate::glyphs::world::{Glyph, COLORS, NUM_CELLS, SHAPES};
+    let (shapes, colors) = named(meta);
     let pick = |rng: &mut R, named: &[usize], p_named: usize, all: usize| {
         if !named.is_empty() && below(rng, 10) < p_named {
             named[below(rng, named.len())]
@@ -731,17 +738,8 @@ impl Dense {
     /// One crowded scene for `meta`: glyphs of its shapes, half of them in its colors.
     pub fn scene<R: rand::Rng + ?Sized>(&self, meta: &Metadata, rng: &mut R) -> Codes {
         use crate::glyphs::rng::{below, sample_distinct};
-        use crate::glyphs::world::{color_index, shape_index, Glyph, COLORS, NUM_CELLS, SHAPES};
-        let shapes: Vec<usize> = meta
-            .include
-            .iter()
-            .filter_map(|c| shape_index(&c.class))
-            .collect();
-        let colors: Vec<usize> = meta
-            .include
-            .iter()
-            .filter_map(|c| c.color.as_deref().and_then(color_index))
-            .collect();
+        use crate::glyphs::world::{Glyph, COLORS, NUM_CELLS, SHAPES};
+        let (shapes, colors) = named(meta);
         let k = self.min_glyphs + below(rng, self.max_glyphs - self.min_glyphs + 1);
         let mut codes = [0u8; NUM_CELLS];
         for cell in sample_distinct(rng, NUM_CELLS, k) {
