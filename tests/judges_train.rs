@@ -36,6 +36,7 @@ fn tiny_scratch() -> ScratchConfig {
         num_attention_heads: 2,
         num_key_value_heads: 1,
         rope_theta: 10_000.0,
+        weight_init: Default::default(),
     }
 }
 
@@ -96,6 +97,7 @@ fn data_cfg(out: &Path) -> JudgeDataConfig {
         caption_style: Default::default(),
         clutter: Default::default(),
         dense: Default::default(),
+        dense_levels: vec![],
         out: out.to_path_buf(),
     }
 }

@@ -11,7 +11,7 @@ use crate::generate::{self, derive_seed, literal::sample_literal, NoHook, Sample
 use crate::generate::{StepHook, StepState};
 use crate::judge::{OutcomeJudge, StepJudge};
 use crate::models::llava_ov::prompt::{orm_prompt, tokenizer_image_token};
-use crate::models::llava_ov::train::{init_weights_on, model_from_tensors_kind};
+use crate::models::llava_ov::train::{init_weights_on, model_from_tensors_kind, WeightInit};
 use crate::models::llava_ov::{LlavaJudge, LlavaOvConfig};
 use crate::models::showo::{Config, Layout, Showo};
 use crate::models::ImageTokenizer;
@@ -308,7 +308,7 @@ fn random_judge(
 ) -> Result<(LlavaJudge, tokenizers::Tokenizer, i64)> {
     let tok = crate::glyphs::tokenizer::build()?;
     let cfg = judge_config(size, tok.get_vocab_size(true) as i64)?;
-    let tensors = init_weights_on(&cfg, 0, device, kind);
+    let tensors = init_weights_on(&cfg, 0, device, kind, WeightInit::Hf);
     let model = model_from_tensors_kind(cfg, tensors, device, kind)?;
     let params = model
         .named_tensors()

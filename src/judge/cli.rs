@@ -81,14 +81,10 @@ pub fn run_judge_data(args: JudgeDataArgs) -> Result<()> {
             s.caption_train, s.caption_heldout
         );
     }
-    if s.dense_train > 0 || s.caption_dense_train > 0 {
+    for d in &s.dense {
         println!(
-            "crowded ORM: train {} ({} yes), held-out {} ({} yes); crowded captions {}",
-            s.dense_train,
-            s.dense_train_yes,
-            s.dense_heldout,
-            s.dense_heldout_yes,
-            s.caption_dense_train
+            "crowded ORM ({}): train {} ({} yes), held-out {} ({} yes); crowded captions {}",
+            d.name, d.train, d.train_yes, d.heldout, d.heldout_yes, d.captions
         );
     }
     let phases: Vec<String> = s

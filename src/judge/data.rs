@@ -101,12 +101,36 @@ pub struct JudgeDataConfig {
     /// Rendered scenes drawn like the glyph generator's own images (off by default).
     #[serde(default)]
     pub dense: Dense,
+    /// More such sections, each with its own `name` (files `orm_{name}_{split}.jsonl`,
+    /// `caption_{name}_train.jsonl`) and seed: e.g. levels of crowding for a curriculum of
+    /// `pretrain:` stages, 2–4 glyphs, then 4–6, then 6–10.
+    #[serde(default)]
+    pub dense_levels: Vec<Dense>,
     /// Output folder.
     pub out: PathBuf,
 }
 
 fn d_batch() -> usize {
     64
+}
+
+impl JudgeDataConfig {
+    /// The crowded sections in order, `dense` then `dense_levels`, each validated; names distinct.
+    pub fn dense_sections(&self) -> Result<Vec<&Dense>> {
+        let levels: Vec<&Dense> = std::iter::once(&self.dense)
+            .chain(&self.dense_levels)
+            .collect();
+        for (k, d) in levels.iter().enumerate() {
+            d.validate()?;
+            ensure!(
+                levels[..k].iter().all(|e| e.name != d.name),
+                "dense_levels: the name {:?} is used twice (the `dense:` section is {:?})",
+                d.name,
+                self.dense.name
+            );
+        }
+        Ok(levels)
+    }
 }
 
 /// The answer of caption records.
@@ -173,18 +197,10 @@ pub struct Summary {
     pub caption_train: usize,
     #[serde(default)]
     pub caption_heldout: usize,
-    /// Records (and "yes" answers) of `orm_dense_{train,heldout}.jsonl`, records of
-    /// `caption_dense_train.jsonl`.
+    /// Per crowded section (`dense`, then `dense_levels`): records (and "yes" answers) of
+    /// `orm_{name}_{train,heldout}.jsonl`, records of `caption_{name}_train.jsonl`.
     #[serde(default)]
-    pub dense_train: usize,
-    #[serde(default)]
-    pub dense_train_yes: usize,
-    #[serde(default)]
-    pub dense_heldout: usize,
-    #[serde(default)]
-    pub dense_heldout_yes: usize,
-    #[serde(default)]
-    pub caption_dense_train: usize,
+    pub dense: Vec<DenseCounts>,
     /// Wall seconds of each phase ("sample train", "synthetic heldout", ...), in order.
     #[serde(default)]
     pub seconds: Vec<(String, f64)>,
@@ -193,6 +209,17 @@ pub struct Summary {
     pub generator: String,
     pub clarity_rule: String,
     pub config: JudgeDataConfig,
+}
+
+/// Counts of one crowded section (see [`Summary::dense`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DenseCounts {
+    pub name: String,
+    pub train: usize,
+    pub train_yes: usize,
+    pub heldout: usize,
+    pub heldout_yes: usize,
+    pub captions: usize,
 }
 
 fn turn(from: &str, value: String) -> Message {
@@ -659,9 +686,12 @@ pub fn synthetic_records(
 /// generator's own images are few and mostly "no". These scenes are crowded and, for ORM records,
 /// label-balanced by rejection, so that crowding does not predict the answer. (Measured: they did
 /// not get the scratch glyph judge past chance on crowded scenes; README.)
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Dense {
+    /// Names the files and images (`dense` for the `dense:` section).
+    #[serde(default = "d_dense_name")]
+    pub name: String,
     /// ORM records on such scenes into `orm_dense_train.jsonl` (and a tenth as many for the held-out
     /// prompts, another seed, into `orm_dense_heldout.jsonl`); 0 = off. Prompts drawn uniformly
     /// from the split, so tags come in the generator's training proportions.
@@ -701,10 +731,14 @@ fn d_dense_max() -> usize {
 fn d_yes_tenths() -> usize {
     5
 }
+fn d_dense_name() -> String {
+    "dense".into()
+}
 
 impl Default for Dense {
     fn default() -> Self {
         Dense {
+            name: d_dense_name(),
             orm: 0,
             captions: 0,
             min_glyphs: d_dense_min(),
@@ -717,6 +751,15 @@ impl Default for Dense {
 
 impl Dense {
     fn validate(&self) -> Result<()> {
+        ensure!(
+            !self.name.is_empty()
+                && self
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            "dense: name {:?} must be letters, digits, '-' or '_' (it names files)",
+            self.name
+        );
         ensure!(
             1 <= self.min_glyphs
                 && self.min_glyphs <= self.max_glyphs
@@ -861,10 +904,10 @@ pub fn dense_caption_records(
     for i in 0..count {
         let meta = &pool[below(&mut rng, pool.len())].1;
         let codes = dense.scene(meta, &mut rng);
-        let rel = format!("images/capd-{i:05}.png");
+        let rel = format!("images/{}-cap-{i:05}.png", dense.name);
         write_scene(out, &rel, &codes)?;
         recs.push(caption_record(
-            format!("capd-{i:05}"),
+            format!("{}-cap-{i:05}", dense.name),
             rel,
             &codes,
             style,
@@ -1150,7 +1193,7 @@ pub fn build(cfg: &JudgeDataConfig, device_override: Option<&str>) -> Result<Sum
     );
     ensure!(cfg.n >= 1, "data.n must be ≥ 1");
     cfg.clutter.validate()?;
-    cfg.dense.validate()?;
+    let levels = cfg.dense_sections()?;
     ensure!(
         (0.0..1.0).contains(&cfg.heldout_fraction),
         "heldout_fraction must be in [0, 1)"
@@ -1172,8 +1215,13 @@ pub fn build(cfg: &JudgeDataConfig, device_override: Option<&str>) -> Result<Sum
     let mut synthetic = (0, 0);
     let mut synthetic_heldout = (0, 0);
     let mut captions = (0, 0);
-    let mut dense = [(0, 0), (0, 0)];
-    let mut dense_captions = 0;
+    let mut dense: Vec<DenseCounts> = levels
+        .iter()
+        .map(|d| DenseCounts {
+            name: d.name.clone(),
+            ..Default::default()
+        })
+        .collect();
     let mut seconds = Vec::new();
     let mut clock = std::time::Instant::now();
     let mut lap = |phase: &str, split: &str| {
@@ -1242,37 +1290,37 @@ pub fn build(cfg: &JudgeDataConfig, device_override: Option<&str>) -> Result<Sum
             write_jsonl(&cfg.out.join(format!("caption_{split}.jsonl")), &caps)?;
             lap("captions", split);
         }
-        if cfg.dense.orm > 0 {
-            let (name, count, seed) = rendered_draw(split, "dense", cfg.dense.orm, cfg.seed);
-            let slot = (split != "train") as usize;
-            let recs = dense_records(
-                &cfg.out,
-                &name,
-                &chosen,
-                count,
-                &cfg.dense,
-                split == "train",
-                seed,
-            )?;
-            dense[slot] = (
-                recs.len(),
-                recs.iter().filter(|r| r.answer() == Some(true)).count(),
-            );
-            write_jsonl(&cfg.out.join(format!("orm_dense_{split}.jsonl")), &recs)?;
-            lap("dense", split);
-        }
-        if split == "train" && cfg.dense.captions > 0 {
-            let recs = dense_caption_records(
-                &cfg.out,
-                &chosen,
-                cfg.dense.captions,
-                &cfg.dense,
-                cfg.caption_style,
-                cfg.seed,
-            )?;
-            dense_captions = recs.len();
-            write_jsonl(&cfg.out.join("caption_dense_train.jsonl"), &recs)?;
-            lap("dense captions", split);
+        for (k, (d, counts)) in levels.iter().zip(dense.iter_mut()).enumerate() {
+            // Level k > 0 draws with its own seed (the `dense:` section keeps the recipe's).
+            let level_seed = cfg.seed.wrapping_add(k as u64 * 0x9e37_79b9);
+            if d.orm > 0 {
+                let (name, count, seed) = rendered_draw(split, &d.name, d.orm, level_seed);
+                let recs =
+                    dense_records(&cfg.out, &name, &chosen, count, d, split == "train", seed)?;
+                let yes = recs.iter().filter(|r| r.answer() == Some(true)).count();
+                if split == "train" {
+                    (counts.train, counts.train_yes) = (recs.len(), yes);
+                } else {
+                    (counts.heldout, counts.heldout_yes) = (recs.len(), yes);
+                }
+                let file = format!("orm_{}_{split}.jsonl", d.name);
+                write_jsonl(&cfg.out.join(file), &recs)?;
+                lap(&d.name, split);
+            }
+            if split == "train" && d.captions > 0 {
+                let recs = dense_caption_records(
+                    &cfg.out,
+                    &chosen,
+                    d.captions,
+                    d,
+                    cfg.caption_style,
+                    level_seed,
+                )?;
+                counts.captions = recs.len();
+                let file = format!("caption_{}_train.jsonl", d.name);
+                write_jsonl(&cfg.out.join(file), &recs)?;
+                lap(&format!("{} captions", d.name), split);
+            }
         }
     }
     let summary = Summary {
@@ -1286,11 +1334,10 @@ pub fn build(cfg: &JudgeDataConfig, device_override: Option<&str>) -> Result<Sum
         synthetic_heldout_yes: synthetic_heldout.1,
         caption_train: captions.0,
         caption_heldout: captions.1,
-        dense_train: dense[0].0,
-        dense_train_yes: dense[0].1,
-        dense_heldout: dense[1].0,
-        dense_heldout_yes: dense[1].1,
-        caption_dense_train: dense_captions,
+        dense: dense
+            .into_iter()
+            .filter(|c| c.train + c.captions > 0)
+            .collect(),
         seconds,
         steps: sampler.steps,
         sampler,
@@ -1560,6 +1607,48 @@ mod tests {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
         assert!(dense.validate().is_ok());
+        assert!(Dense {
+            name: "../x".into(),
+            ..Dense::default()
+        }
+        .validate()
+        .is_err());
+    }
+
+    #[test]
+    fn dense_levels_are_named_sections_after_dense() {
+        let recipe = crate::judge::recipe::JudgesRecipe::load(Some(std::path::Path::new(
+            "recipes/judges-glyphs-levels.yaml",
+        )))
+        .unwrap();
+        let mut cfg = recipe.data;
+        let names: Vec<(String, usize, usize)> = cfg
+            .dense_sections()
+            .unwrap()
+            .iter()
+            .map(|d| (d.name.clone(), d.min_glyphs, d.max_glyphs))
+            .collect();
+        let want = [
+            ("dense", 6, 10),
+            ("crowd-2-4", 2, 4),
+            ("crowd-4-6", 4, 6),
+            ("crowd-6-10", 6, 10),
+        ];
+        assert_eq!(names.len(), want.len());
+        for (got, (n, lo, hi)) in names.iter().zip(want) {
+            assert_eq!(got, &(n.to_string(), lo, hi));
+        }
+        cfg.dense_levels[1].name = "crowd-2-4".into();
+        let err = cfg.dense_sections().unwrap_err().to_string();
+        assert!(err.contains("used twice"), "{err}");
+        cfg.dense_levels[1].name = "dense".into();
+        assert!(
+            cfg.dense_sections().is_err(),
+            "clashes with the `dense:` section"
+        );
+        cfg.dense_levels[1].name = "crowd-4-6".into();
+        cfg.dense_levels[2].max_glyphs = 1;
+        assert!(cfg.dense_sections().is_err(), "each level is validated");
     }
 
     #[test]

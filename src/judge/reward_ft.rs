@@ -8,7 +8,7 @@ use super::dataset::{load_sources, load_weighted_sources, DataSource, Record};
 use crate::models::llava_ov::config::LlavaOvConfig;
 use crate::models::llava_ov::model::LlavaOnevision;
 use crate::models::llava_ov::train::{
-    chat_tokens, forward_batch, init_weights, model_from_tensors, pad_image_u8, save_checkpoint,
+    chat_tokens, forward_batch, init_weights_on, model_from_tensors, pad_image_u8, save_checkpoint,
     BatchItem, ChatTokens, LoraConfig, ScratchConfig, Trainable,
 };
 use crate::train::logging::{Logger, LoggerOptions};
@@ -291,7 +291,7 @@ pub fn initial_model(
         .map_err(|e| anyhow!("loading {}: {e}", tok_path.display()))?;
     let json = sc.config_json(tok.get_vocab_size(true) as i64);
     let cfg = LlavaOvConfig::from_json_str(&json.to_string()).context("scratch judge config")?;
-    let tensors = init_weights(&cfg, seed as i64);
+    let tensors = init_weights_on(&cfg, seed as i64, Device::Cpu, Kind::Float, sc.weight_init);
     let model = model_from_tensors(cfg, tensors, device)?;
     let side = tok_path
         .parent()

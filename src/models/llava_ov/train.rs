@@ -464,6 +464,22 @@ pub struct ScratchConfig {
     pub num_key_value_heads: i64,
     #[serde(default = "default_theta")]
     pub rope_theta: f64,
+    /// How the weights are drawn (default `hf`).
+    #[serde(default)]
+    pub weight_init: WeightInit,
+}
+
+/// How a judge trained from scratch draws its weights.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightInit {
+    /// HF's `initializer_range`: N(0, 0.02²) for every matrix and embedding, as the 7B configs say.
+    #[default]
+    Hf,
+    /// N(0, 1/fan_in) for matrices and the patch convolution, N(0, 1) for the token and position
+    /// embeddings. At hidden size 128, 0.02 is a quarter of 1/√fan_in: attention starts nearly
+    /// uniform and a scratch glyph judge sat at chance for hundreds of steps (README "Judges").
+    FanIn,
 }
 
 fn default_theta() -> f64 {
@@ -582,7 +598,7 @@ pub fn expected_shapes(cfg: &LlavaOvConfig) -> Vec<(String, Vec<i64>)> {
 /// Random initial weights for `cfg` (HF-style: normal(0, 0.02) matrices and embeddings, zero
 /// biases, unit norms; `image_newline` ~ N(0, 1/hidden) as LLaVA's `embed_std`), seeded.
 pub fn init_weights(cfg: &LlavaOvConfig, seed: i64) -> Vec<(String, Tensor)> {
-    init_weights_on(cfg, seed, Device::Cpu, Kind::Float)
+    init_weights_on(cfg, seed, Device::Cpu, Kind::Float, WeightInit::Hf)
 }
 
 /// [`init_weights`] drawn directly on `device` in `kind`, so a 7B judge never exists as 30 GB of
@@ -592,6 +608,7 @@ pub fn init_weights_on(
     seed: i64,
     device: Device,
     kind: Kind,
+    init: WeightInit,
 ) -> Vec<(String, Tensor)> {
     tch::manual_seed(seed);
     let opts = (kind, device);
@@ -607,11 +624,20 @@ pub fn init_weights_on(
                 // In place: no second copy of the 1 GB embedding matrices (same values as the
                 // out-of-place ops).
                 let mut t = Tensor::randn(&shape, opts);
-                let _ = if name == "model.image_newline" {
-                    t.g_div_scalar_((shape[0] as f64).sqrt())
+                let embedding = name.ends_with("embed_tokens.weight")
+                    || name.ends_with("position_embedding.weight");
+                // Weights are [out, in, kernel…]: fan-in = all but the first dimension.
+                let fan_in: i64 = shape[1..].iter().product();
+                let scale = if name == "model.image_newline" {
+                    1.0 / (shape[0] as f64).sqrt()
+                } else if init == WeightInit::Hf {
+                    0.02
+                } else if embedding {
+                    1.0
                 } else {
-                    t.g_mul_scalar_(0.02)
+                    1.0 / (fan_in.max(1) as f64).sqrt()
                 };
+                let _ = t.g_mul_scalar_(scale);
                 t
             };
             (name, t)
@@ -753,5 +779,46 @@ mod tests {
         assert!(ga.allclose(&ad.a.grad(), 1e-10, 1e-10, false));
         assert!(gb.allclose(&ad.b.grad(), 1e-10, 1e-10, false));
         assert!(ga.abs().sum(Kind::Double).double_value(&[]) > 0.0);
+    }
+
+    #[test]
+    fn fan_in_init_scales_by_fan_in_and_hf_stays_at_0_02() {
+        let sc = ScratchConfig {
+            vision_hidden_size: 64,
+            vision_intermediate_size: 128,
+            vision_layers: 1,
+            vision_heads: 2,
+            image_size: 32,
+            patch_size: 16,
+            hidden_size: 64,
+            intermediate_size: 256,
+            num_hidden_layers: 1,
+            num_attention_heads: 2,
+            num_key_value_heads: 1,
+            rope_theta: 10_000.0,
+            weight_init: WeightInit::FanIn,
+        };
+        let cfg = LlavaOvConfig::from_json_str(&sc.config_json(500).to_string()).unwrap();
+        let std_of = |init: WeightInit, name: &str| {
+            let ts = init_weights_on(&cfg, 1, Device::Cpu, Kind::Float, init);
+            let t = &ts.iter().find(|(n, _)| n.ends_with(name)).unwrap().1;
+            t.std(true).double_value(&[])
+        };
+        let close = |a: f64, b: f64| (a / b - 1.0).abs() < 0.1;
+        // down_proj is [hidden, intermediate]: fan-in 256; the patch conv 3·16·16 = 768.
+        assert!(close(
+            std_of(WeightInit::FanIn, "layers.0.mlp.down_proj.weight"),
+            1.0 / 16.0
+        ));
+        assert!(close(
+            std_of(WeightInit::FanIn, "patch_embedding.weight"),
+            768f64.powf(-0.5)
+        ));
+        assert!(close(std_of(WeightInit::FanIn, "embed_tokens.weight"), 1.0));
+        assert!(close(
+            std_of(WeightInit::Hf, "layers.0.mlp.down_proj.weight"),
+            0.02
+        ));
+        assert!(close(std_of(WeightInit::Hf, "embed_tokens.weight"), 0.02));
     }
 }
