@@ -680,7 +680,8 @@ pub fn synthetic_records(
     Ok(out_records)
 }
 
-/// Rendered scenes like the glyph generator's images (the `dense:` section; not in the paper).
+/// Rendered scenes like the glyph generator's images (the `dense:` section and each entry of
+/// `dense_levels:`; not in the paper).
 /// The generator fills its images with 6–10 glyphs, nearly all of the prompt's shapes, so GenEval's
 /// first-of-class rule decides most labels; the `synthetic` scenes hold about 4 glyphs, and the
 /// generator's own images are few and mostly "no". These scenes are crowded and, for ORM records,

@@ -478,7 +478,8 @@ pub enum WeightInit {
     Hf,
     /// N(0, 1/fan_in) for matrices and the patch convolution, N(0, 1) for the token and position
     /// embeddings. At hidden size 128, 0.02 is a quarter of 1/√fan_in: attention starts nearly
-    /// uniform and a scratch glyph judge sat at chance for hundreds of steps (README "Judges").
+    /// uniform and a scratch glyph judge sat at chance for hundreds of steps (README, "What is not
+    /// done").
     FanIn,
 }
 
