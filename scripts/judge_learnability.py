@@ -21,6 +21,9 @@ prints held-out accuracy (1000 fixed questions) every 250 steps of batch 32.
 `judge-data`): after the image, each shape present followed by the color of its first glyph; the
 loss is the mean CE of those color tokens, added with weight 1 to the yes/no loss. --pad N puts N
 filler tokens between the question and the answer position, as the ORM prompt's template does.
+--bare-share F writes that share of the training questions with the filler before the question
+words instead of after them (the words next to the answer position); held-out questions always
+have it after, as the ORM template does.
 --dense draws scenes like the glyph generator's images: 6-10 glyphs, all of the two named shapes.
 """
 
@@ -112,12 +115,17 @@ def caption_batch(rng, n):
     return torch.tensor(xs), torch.tensor(targets)
 
 
-def batch(rng, task, n):
+def batch(rng, task, n, bare_share=0.0):
     xs, ys = [], []
     for _ in range(n):
         codes, own = scene(rng)
         q, y = question(rng, task, codes, own)
-        xs.append(codes + [SEP] + q + [FILL + i % 20 for i in range(PAD)] + [ASK])
+        fill = [FILL + i % 20 for i in range(PAD)]
+        if rng.random() < bare_share:
+            # Same length, the filler moved before the question: its words sit next to the answer.
+            xs.append(codes + [SEP] + fill + q + [ASK])
+        else:
+            xs.append(codes + [SEP] + q + fill + [ASK])
         ys.append(y)
     return torch.tensor(xs), torch.tensor(ys)
 
@@ -182,6 +190,7 @@ def main():
     ap.add_argument("--aux", type=int, default=0)
     ap.add_argument("--pad", type=int, default=0)
     ap.add_argument("--dense", action="store_true")
+    ap.add_argument("--bare-share", type=float, default=0.0)
     a = ap.parse_args()
     global PAD, DENSE
     PAD, DENSE = a.pad, a.dense
@@ -193,7 +202,7 @@ def main():
     print(f"task {a.task}: held-out yes rate {yt.float().mean():.3f}", flush=True)
     t0 = time.time()
     for step in range(1, a.steps + 1):
-        x, y = batch(rng, a.task, 32)
+        x, y = batch(rng, a.task, 32, a.bare_share)
         loss = F.cross_entropy(model(x), y)
         if a.aux:
             cx, ct = caption_batch(rng, a.aux)
