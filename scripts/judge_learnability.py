@@ -23,7 +23,8 @@ loss is the mean CE of those color tokens, added with weight 1 to the yes/no los
 filler tokens between the question and the answer position, as the ORM prompt's template does.
 --bare-share F writes that share of the training questions with the filler before the question
 words instead of after them (the words next to the answer position); held-out questions always
-have it after, as the ORM template does.
+have it after, as the ORM template does. --additive gives each cell the sum of a shape and a color
+embedding instead of one embedding per (shape, color) code.
 --dense draws scenes like the glyph generator's images: 6-10 glyphs, all of the two named shapes.
 """
 
@@ -121,7 +122,8 @@ def batch(rng, task, n, bare_share=0.0):
         codes, own = scene(rng)
         q, y = question(rng, task, codes, own)
         fill = [FILL + i % 20 for i in range(PAD)]
-        if rng.random() < bare_share:
+        # Draw only when asked, so the default question stream stays as it was.
+        if bare_share and rng.random() < bare_share:
             # Same length, the filler moved before the question: its words sit next to the answer.
             xs.append(codes + [SEP] + fill + q + [ASK])
         else:
@@ -153,9 +155,14 @@ class Block(nn.Module):
 
 
 class Judge(nn.Module):
-    def __init__(self, d, layers, heads):
+    def __init__(self, d, layers, heads, additive=False):
         super().__init__()
         self.emb = nn.Embedding(VOCAB, d)
+        # Additive glyph input: a cell's vector is shape + color (+ empty), so "red circle" is not
+        # its own key and the vision layer must build the conjunction, as a pixel tower must.
+        self.additive = additive
+        if additive:  # only then, so the default model's initialisation stays as it was
+            self.cell_shape, self.cell_color = nn.Embedding(7, d), nn.Embedding(7, d)
         self.pos = nn.Parameter(torch.randn(64, d) * 0.02)
         self.vision = nn.TransformerEncoderLayer(d, heads, 2 * d, 0.0, batch_first=True, norm_first=True)
         self.blocks = nn.ModuleList(Block(d, heads) for _ in range(layers))
@@ -169,7 +176,14 @@ class Judge(nn.Module):
 
     def forward(self, x, all_positions=False):
         e = self.emb(x)
-        h = torch.cat([self.vision(e[:, :64] + self.pos), e[:, 64:]], 1)
+        img = e[:, :64]
+        if self.additive:
+            c = x[:, :64]
+            glyph = c > 0
+            shape = torch.where(glyph, (c - 1) // 6, 6)
+            color = torch.where(glyph, (c - 1) % 6, 6)
+            img = self.cell_shape(shape) + self.cell_color(color)
+        h = torch.cat([self.vision(img + self.pos), e[:, 64:]], 1)
         t = h.shape[1]
         for blk in self.blocks:
             h = blk(h, self.cos[:t], self.sin[:t])
@@ -191,12 +205,13 @@ def main():
     ap.add_argument("--pad", type=int, default=0)
     ap.add_argument("--dense", action="store_true")
     ap.add_argument("--bare-share", type=float, default=0.0)
+    ap.add_argument("--additive", action="store_true")
     a = ap.parse_args()
     global PAD, DENSE
     PAD, DENSE = a.pad, a.dense
     torch.manual_seed(a.seed)
     rng = random.Random(a.seed)
-    model = Judge(a.hidden, a.layers, a.heads)
+    model = Judge(a.hidden, a.layers, a.heads, a.additive)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0)
     xt, yt = batch(random.Random(1_000_003), a.task, 1000)
     print(f"task {a.task}: held-out yes rate {yt.float().mean():.3f}", flush=True)
