@@ -693,12 +693,12 @@ pub struct Dense {
     /// Names the files and images (`dense` for the `dense:` section).
     #[serde(default = "d_dense_name")]
     pub name: String,
-    /// ORM records on such scenes into `orm_dense_train.jsonl` (and a tenth as many for the held-out
-    /// prompts, another seed, into `orm_dense_heldout.jsonl`); 0 = off. Prompts drawn uniformly
-    /// from the split, so tags come in the generator's training proportions.
+    /// ORM records on such scenes into `orm_{name}_train.jsonl` (and a tenth as many for the
+    /// held-out prompts, another seed, into `orm_{name}_heldout.jsonl`); 0 = off. Prompts drawn
+    /// uniformly from the split, so tags come in the generator's training proportions.
     #[serde(default)]
     pub orm: usize,
-    /// Caption records (style `caption_style`) on such scenes into `caption_dense_train.jsonl`.
+    /// Caption records (style `caption_style`) on such scenes into `caption_{name}_train.jsonl`.
     #[serde(default)]
     pub captions: usize,
     /// Glyphs per scene: `min_glyphs..=max_glyphs`, each of a shape the prompt names and, half of
