@@ -8,10 +8,12 @@ use imgcot::eval::geneval::rules::RuleOptions;
 use imgcot::glyphs::detect::is_correct;
 use imgcot::glyphs::world::Codes;
 use imgcot::judge::data::{clarity_label, write_split, JudgeDataConfig, PathSample};
-use imgcot::judge::dataset::{load_records, DataSource};
+use imgcot::judge::dataset::{load_records, DataSource, Layout, Sourced};
 use imgcot::judge::reward_ft::{self, RewardFtConfig};
 use imgcot::judge::OutcomeJudge;
-use imgcot::models::llava_ov::prompt::{orm_prompt, parm_potential_prompt, tokenizer_image_token};
+use imgcot::models::llava_ov::prompt::{
+    orm_prompt, parm_potential_prompt, tokenizer_image_token, IMAGE_TOKEN_INDEX,
+};
 use imgcot::models::llava_ov::train::{chat_tokens, ScratchConfig};
 use imgcot::models::llava_ov::{LlavaJudge, ScoreMode};
 use rand::RngExt;
@@ -270,12 +272,14 @@ fn ft_cfg(dir: &Path, out: &str, steps: u64) -> RewardFtConfig {
                 sampling: "all".into(),
                 tags: vec![],
                 loss_weight: 1.0,
+                layout: Default::default(),
             },
             DataSource {
                 path: dir.join("parm_train.jsonl"),
                 sampling: "random:50%".into(),
                 tags: vec![],
                 loss_weight: 1.0,
+                layout: Default::default(),
             },
         ],
         heldout: vec![
@@ -284,12 +288,14 @@ fn ft_cfg(dir: &Path, out: &str, steps: u64) -> RewardFtConfig {
                 sampling: "all".into(),
                 tags: vec![],
                 loss_weight: 1.0,
+                layout: Default::default(),
             },
             DataSource {
                 path: dir.join("parm_heldout.jsonl"),
                 sampling: "all".into(),
                 tags: vec![],
                 loss_weight: 1.0,
+                layout: Default::default(),
             },
         ],
         init: None,
@@ -369,6 +375,25 @@ fn reward_ft_reduces_loss_and_the_checkpoint_reloads_identically() {
     let judge = LlavaJudge::load(&dir.join("full"), Device::Cpu, Kind::Float).unwrap();
     let tk = tokenizers::Tokenizer::from_file(tok.as_path()).unwrap();
     let prep = reward_ft::prepare(&recs, &tk, 128, true).unwrap();
+    // The `bare` layout of the same records: the image, the generation prompt, then the answer.
+    let sourced: Vec<Sourced> = recs
+        .iter()
+        .map(|r| Sourced {
+            record: r.clone(),
+            loss_weight: 0.5,
+            layout: Layout::Bare,
+        })
+        .collect();
+    let bare = reward_ft::prepare_sourced(&sourced, &tk, 128, true).unwrap();
+    for ((b, p), r) in bare.iter().zip(&prep).zip(&recs) {
+        let prompt = &r.meta.as_ref().unwrap().prompt;
+        let mut want = vec![IMAGE_TOKEN_INDEX];
+        want.extend(tokenizer_image_token(&tk, prompt).unwrap());
+        assert_eq!(b.tokens.prompt_ids(), &want[..]);
+        assert_eq!(b.kind, format!("{}+bare", p.kind));
+        assert_eq!((b.label, b.weight), (p.label, 0.5));
+        assert!(b.image.equal(&p.image));
+    }
     let refs: Vec<_> = prep.iter().collect();
     let s = reward_ft::score_items(judge.model(), &refs, judge.yes_no_ids(), 16).unwrap();
     for (x, y) in a.iter().zip(&s) {

@@ -171,12 +171,14 @@ fn parse_source(s: &str) -> DataSource {
             sampling: samp.to_string(),
             tags: vec![],
             loss_weight: 1.0,
+            layout: Default::default(),
         },
         _ => DataSource {
             path: PathBuf::from(s),
             sampling: "all".into(),
             tags: vec![],
             loss_weight: 1.0,
+            layout: Default::default(),
         },
     }
 }

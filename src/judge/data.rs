@@ -718,6 +718,13 @@ pub struct Dense {
     /// scenes with balanced labels no simpler cue predicts the two-object answer.
     #[serde(default)]
     pub single_tenths: usize,
+    /// Not in the paper, a diagnostic: every ORM record of the section (training and held-out) asks
+    /// GenEval's `single_object` prompt "a photo of a {shape}" instead, for one of the scene
+    /// prompt's shapes or, half of the time, another shape; labelled by the exact evaluator
+    /// (is there such a glyph?). The simplest verdict a judge can be asked (README, "What is not
+    /// done").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub presence: bool,
 }
 
 /// Draws of a crowded scene before [`Dense::yes_tenths`] falls back.
@@ -746,6 +753,7 @@ impl Default for Dense {
             max_glyphs: d_dense_max(),
             yes_tenths: d_yes_tenths(),
             single_tenths: 0,
+            presence: false,
         }
     }
 }
@@ -824,6 +832,27 @@ impl Dense {
         Ok((codes, label))
     }
 
+    /// A [`Dense::presence`] record: a scene for `meta` and a `single_object` prompt, labelled.
+    fn presence_scene<R: rand::Rng + ?Sized>(
+        &self,
+        meta: &Metadata,
+        rng: &mut R,
+    ) -> (Codes, Metadata, bool) {
+        use crate::glyphs::rng::below;
+        use crate::glyphs::world::SHAPES;
+        let codes = self.scene(meta, rng);
+        let (named, _) = named(meta);
+        let others: Vec<usize> = (0..SHAPES.len()).filter(|s| !named.contains(s)).collect();
+        let shape = if named.is_empty() || (!others.is_empty() && below(rng, 2) == 0) {
+            others[below(rng, others.len())]
+        } else {
+            named[below(rng, named.len())]
+        };
+        let asked = crate::glyphs::prompts::single_object(shape);
+        let label = crate::glyphs::detect::is_correct(&asked, &codes, &RuleOptions::default());
+        (codes, asked, label)
+    }
+
     /// The prompt an ORM record asks: `meta`, or (`single_tenths`) the `colors` prompt of one of
     /// its colored objects when it has two or more.
     fn asked<R: rand::Rng + ?Sized>(&self, meta: &Metadata, rng: &mut R) -> Metadata {
@@ -867,18 +896,23 @@ pub fn dense_records(
     let mut rng = seeded(seed, 0x6465_6e73);
     for i in 0..count {
         let (pi, scene_meta) = &pool[below(&mut rng, pool.len())];
-        let meta = &if singles {
-            dense.asked(scene_meta, &mut rng)
+        let (codes, meta, label) = if dense.presence {
+            dense.presence_scene(scene_meta, &mut rng)
         } else {
-            scene_meta.clone()
+            let meta = if singles {
+                dense.asked(scene_meta, &mut rng)
+            } else {
+                scene_meta.clone()
+            };
+            let (codes, label) = dense.labelled_scene(scene_meta, &meta, &mut rng)?;
+            (codes, meta, label)
         };
-        let (codes, label) = dense.labelled_scene(scene_meta, meta, &mut rng)?;
         recs.push(rendered_orm_record(
             out,
             name,
             i,
             "orm-dense",
-            meta,
+            &meta,
             *pi,
             &codes,
             label,
@@ -1612,6 +1646,45 @@ mod tests {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
         assert!(dense.validate().is_ok());
+    }
+
+    #[test]
+    fn presence_asks_single_object_prompts_about_the_scene_with_exact_labels() {
+        use crate::glyphs::world::glyphs;
+        let meta = crate::glyphs::prompts::color_attr(0, 0, 1, 1); // red circle, green square
+        let presence = Dense {
+            presence: true,
+            ..Dense::default()
+        };
+        let opts = RuleOptions::default();
+        let mut rng = crate::glyphs::rng::seeded(5, 5);
+        let (mut yes, mut shapes) = (0, std::collections::BTreeSet::new());
+        for _ in 0..400 {
+            let (c, asked, label) = presence.presence_scene(&meta, &mut rng);
+            assert_eq!(asked.tag, "single_object");
+            assert!(
+                glyphs(&c).iter().all(|g| g.2.shape <= 1),
+                "the scene of `meta`"
+            );
+            let present = glyphs(&c)
+                .iter()
+                .any(|g| crate::glyphs::world::SHAPES[g.2.shape] == asked.include[0].class);
+            assert_eq!(label, present);
+            assert_eq!(label, crate::glyphs::detect::is_correct(&asked, &c, &opts));
+            yes += label as usize;
+            shapes.insert(asked.prompt.clone());
+        }
+        // Half ask a named shape (nearly always present in 6-10 glyphs of two shapes).
+        assert!((160..=240).contains(&yes), "{yes} of 400 true");
+        assert_eq!(shapes.len(), 6, "every shape is asked");
+        // A whole section: every record asks presence, kind orm-dense.
+        let dir = std::env::temp_dir().join(format!("imgcot-presence-{}", std::process::id()));
+        let recs = dense_records(&dir, "p", &[(0, meta)], 6, &presence, false, 1).unwrap();
+        assert!(recs.iter().all(|r| {
+            let m = r.meta.as_ref().unwrap();
+            m.tag == "single_object" && m.kind == "orm-dense" && r.answer() == Some(m.label)
+        }));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

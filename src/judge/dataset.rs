@@ -137,6 +137,38 @@ pub struct DataSource {
     /// yes/no record is otherwise outweighed by the caption tokens.
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub loss_weight: f64,
+    /// How the source's records become tokens (default `chat`, the paper's template).
+    #[serde(default, skip_serializing_if = "Layout::is_chat")]
+    pub layout: Layout,
+}
+
+/// Token layout of a source's records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    /// The paper's `qwen_1_5` chat template around the record's turns (spec §6).
+    #[default]
+    Chat,
+    /// Not in the paper: the image, the record's generation prompt (`meta.prompt`) and the answer,
+    /// with no system prompt, role headers or question (LLaVA's `plain` pretraining layout with the
+    /// prompt as its text). On presence questions a from-scratch judge learns the verdict read
+    /// right after the prompt's words much sooner than one read 24 template tokens later, and then
+    /// carries it over to the chat layout (measured; README, "What is not done").
+    Bare,
+}
+
+impl Layout {
+    fn is_chat(&self) -> bool {
+        *self == Layout::Chat
+    }
+}
+
+/// A loaded record with its source's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sourced {
+    pub record: Record,
+    pub loss_weight: f64,
+    pub layout: Layout,
 }
 
 fn all() -> String {
@@ -195,16 +227,16 @@ pub fn load_sources(
 ) -> Result<Vec<Record>> {
     Ok(load_weighted_sources(sources, image_folder, seed)?
         .into_iter()
-        .map(|(r, _)| r)
+        .map(|s| s.record)
         .collect())
 }
 
-/// [`load_sources`] with each record's source `loss_weight`.
+/// [`load_sources`] with each record's source `loss_weight` and `layout`.
 pub fn load_weighted_sources(
     sources: &[DataSource],
     image_folder: Option<&Path>,
     seed: u64,
-) -> Result<Vec<(Record, f64)>> {
+) -> Result<Vec<Sourced>> {
     let mut out = Vec::new();
     for s in sources {
         ensure!(
@@ -214,6 +246,18 @@ pub fn load_weighted_sources(
             s.loss_weight
         );
         let mut recs = load_records(&s.path, image_folder)?;
+        if s.layout == Layout::Bare {
+            // Fail at load, not mid-training: the bare layout needs the prompt and one answer.
+            for r in &recs {
+                ensure!(
+                    r.meta.as_ref().is_some_and(|m| !m.prompt.trim().is_empty())
+                        && r.turns()?.len() == 2,
+                    "{}: record {}: layout `bare` needs `meta.prompt` and one question and answer",
+                    s.path.display(),
+                    r.id
+                );
+            }
+        }
         if !s.tags.is_empty() {
             recs.retain(|r| r.meta.as_ref().is_some_and(|m| s.tags.contains(&m.tag)));
             ensure!(
@@ -226,7 +270,11 @@ pub fn load_weighted_sources(
         out.extend(
             apply_sampling(recs, &s.sampling, seed)?
                 .into_iter()
-                .map(|r| (r, s.loss_weight)),
+                .map(|record| Sourced {
+                    record,
+                    loss_weight: s.loss_weight,
+                    layout: s.layout,
+                }),
         );
     }
     Ok(out)
@@ -325,6 +373,7 @@ mod tests {
             sampling: sampling.into(),
             tags: tags.iter().map(|t| t.to_string()).collect(),
             loss_weight: 1.0,
+            layout: Default::default(),
         };
         let ids = |v: Vec<Record>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
         assert_eq!(
@@ -342,6 +391,38 @@ mod tests {
             1
         );
         assert!(load_sources(&[src(&["counting"], "all")], None, 0).is_err());
+        // The layout travels with each record; `bare` needs meta.prompt, checked at load.
+        let bare: DataSource =
+            serde_norway::from_str(&format!("{{path: {}, layout: bare}}", path.display())).unwrap();
+        assert_eq!(bare.layout, Layout::Bare);
+        let got = load_weighted_sources(&[src(&[], "first:1"), bare.clone()], None, 0).unwrap();
+        assert_eq!(
+            got.iter().map(|s| s.layout).collect::<Vec<_>>(),
+            [
+                Layout::Chat,
+                Layout::Bare,
+                Layout::Bare,
+                Layout::Bare,
+                Layout::Bare,
+                Layout::Bare,
+                Layout::Bare
+            ]
+        );
+        let no_meta = dir.join("no_meta.jsonl");
+        write_jsonl(&no_meta, &[rec(0)]).unwrap();
+        let err = load_weighted_sources(
+            &[DataSource {
+                path: no_meta.clone(),
+                ..bare
+            }],
+            None,
+            0,
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("layout `bare` needs"),
+            "{err:#}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

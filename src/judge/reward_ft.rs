@@ -4,12 +4,12 @@
 //! fine-tune or LoRA (merged on save), TensorBoard logging; saves in the original key layout and
 //! reports held-out yes/no accuracy and pairwise ranking accuracy, measured on the reloaded
 //! checkpoint. Without an initial checkpoint a small judge is initialised from scratch.
-use super::dataset::{load_sources, load_weighted_sources, DataSource, Record};
+use super::dataset::{load_weighted_sources, DataSource, Layout, Record, Sourced};
 use crate::models::llava_ov::config::LlavaOvConfig;
 use crate::models::llava_ov::model::LlavaOnevision;
 use crate::models::llava_ov::train::{
-    chat_tokens, forward_batch, init_weights_on, model_from_tensors, pad_image_u8, save_checkpoint,
-    BatchItem, ChatTokens, LoraConfig, ScratchConfig, Trainable,
+    bare_tokens, chat_tokens, forward_batch, init_weights_on, model_from_tensors, pad_image_u8,
+    save_checkpoint, BatchItem, ChatTokens, LoraConfig, ScratchConfig, Trainable,
 };
 use crate::train::logging::{Logger, LoggerOptions};
 use crate::train::optim::{AdamW, AdamWConfig, ParamGroup};
@@ -105,19 +105,51 @@ pub struct Prepared {
     pub weight: f64,
 }
 
-/// Tokenises records and loads their images (each image file once).
+/// Tokenises records in the chat layout with weight 1 and loads their images (each file once).
 pub fn prepare(
     records: &[Record],
     tok: &Tokenizer,
     image_size: i64,
     image_to_front: bool,
 ) -> Result<Vec<Prepared>> {
-    let mut cache: HashMap<String, Tensor> = HashMap::new();
-    records
+    let items: Vec<_> = records.iter().map(|r| (r, Layout::Chat, 1.0)).collect();
+    prepare_items(&items, tok, image_size, image_to_front)
+}
+
+/// [`prepare`] for records loaded with their sources' `layout` and `loss_weight`.
+pub fn prepare_sourced(
+    sourced: &[Sourced],
+    tok: &Tokenizer,
+    image_size: i64,
+    image_to_front: bool,
+) -> Result<Vec<Prepared>> {
+    let items: Vec<_> = sourced
         .iter()
-        .map(|r| {
-            let tokens = chat_tokens(tok, &r.turns()?, image_to_front)
-                .with_context(|| format!("record {}", r.id))?;
+        .map(|s| (&s.record, s.layout, s.loss_weight))
+        .collect();
+    prepare_items(&items, tok, image_size, image_to_front)
+}
+
+fn prepare_items(
+    items: &[(&Record, Layout, f64)],
+    tok: &Tokenizer,
+    image_size: i64,
+    image_to_front: bool,
+) -> Result<Vec<Prepared>> {
+    let mut cache: HashMap<String, Tensor> = HashMap::new();
+    items
+        .iter()
+        .map(|&(r, layout, weight)| {
+            let turns = r.turns()?;
+            let tokens = match layout {
+                Layout::Chat => chat_tokens(tok, &turns, image_to_front),
+                Layout::Bare => {
+                    let prompt = &r.meta.as_ref().context("no meta.prompt")?.prompt;
+                    let answer = &turns.last().context("no turns")?.1;
+                    bare_tokens(tok, prompt, answer)
+                }
+            }
+            .with_context(|| format!("record {}", r.id))?;
             let image = match cache.get(&r.image) {
                 Some(t) => t.shallow_clone(),
                 None => {
@@ -133,9 +165,13 @@ pub fn prepare(
                 tokens,
                 image,
                 label: r.answer(),
-                kind: r.kind().to_string(),
+                // Bare records report apart from the chat ones they are copies of.
+                kind: match layout {
+                    Layout::Chat => r.kind().to_string(),
+                    Layout::Bare => format!("{}+bare", r.kind()),
+                },
                 group: r.group(),
-                weight: 1.0,
+                weight,
             })
         })
         .collect()
@@ -331,17 +367,11 @@ pub fn run(
         .map_err(|e| anyhow!("loading {}: {e}", tok_path.display()))?;
     let yes_no = yes_no_ids(&tok)?;
     let size = model.config().vision.image_size;
-    let (train_recs, weights): (Vec<Record>, Vec<f64>) =
-        load_weighted_sources(&cfg.data, None, cfg.seed)?
-            .into_iter()
-            .unzip();
+    let train_recs = load_weighted_sources(&cfg.data, None, cfg.seed)?;
     ensure!(!train_recs.is_empty(), "no training records");
-    let held_recs = load_sources(&cfg.heldout, None, cfg.seed)?;
-    let mut train = prepare(&train_recs, &tok, size, cfg.image_to_front)?;
-    for (p, w) in train.iter_mut().zip(weights) {
-        p.weight = w;
-    }
-    let held = prepare(&held_recs, &tok, size, cfg.image_to_front)?;
+    let held_recs = load_weighted_sources(&cfg.heldout, None, cfg.seed)?;
+    let train = prepare_sourced(&train_recs, &tok, size, cfg.image_to_front)?;
+    let held = prepare_sourced(&held_recs, &tok, size, cfg.image_to_front)?;
 
     let trainable = Trainable::new(&model, cfg.lora.as_ref())?;
     let vision_mult = cfg.vision_lr_mult;

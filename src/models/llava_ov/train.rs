@@ -137,6 +137,25 @@ pub fn chat_tokens(
     })
 }
 
+/// The `bare` layout (not in the paper): the image, the generation prompt (unsupervised), the
+/// answer and LLaVA `plain`'s "\n" separator (supervised). No system prompt, role headers or
+/// question.
+pub fn bare_tokens(tok: &Tokenizer, prompt: &str, answer: &str) -> Result<ChatTokens> {
+    let mut ids = encode(tok, &format!("{IMAGE_PLACEHOLDER}\n{}", prompt.trim()))?;
+    let mut labels = vec![IGNORE_INDEX; ids.len()];
+    let answer_pos = ids.len();
+    let mut tail = encode(tok, answer)?;
+    ensure!(!tail.is_empty(), "the answer tokenises to nothing");
+    tail.extend(encode(tok, "\n")?);
+    labels.extend(&tail);
+    ids.extend(tail);
+    Ok(ChatTokens {
+        ids,
+        labels,
+        answer_pos,
+    })
+}
+
 /// An image as the seed's "pad" preprocessing sees it: expand2square, bicubic resize to `size`²
 /// (skipped at that size), as uint8 [3, size, size]; [`normalize_pixels`] finishes the SigLIP step.
 pub fn pad_image_u8(img: &RgbImage, size: u32) -> Tensor {
@@ -744,6 +763,22 @@ pub fn save_checkpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bare_layout_is_image_prompt_answer_with_only_the_answer_supervised() {
+        let tok = crate::glyphs::tokenizer::load().unwrap();
+        let prompt = "a photo of a red circle";
+        let t = bare_tokens(&tok, prompt, "yes").unwrap();
+        let words = encode(&tok, prompt).unwrap();
+        let yes = encode(&tok, "yes").unwrap();
+        assert_eq!(t.ids[0], IMAGE_TOKEN_INDEX);
+        // Nothing between the prompt's last word and the answer.
+        assert_eq!(&t.ids[1..t.answer_pos], &words[..]);
+        assert_eq!(t.ids[t.answer_pos..t.answer_pos + yes.len()], yes[..]);
+        assert!(t.labels[..t.answer_pos].iter().all(|&l| l == IGNORE_INDEX));
+        assert_eq!(&t.labels[t.answer_pos..], &t.ids[t.answer_pos..]);
+        assert!(bare_tokens(&tok, prompt, "").is_err());
+    }
 
     #[test]
     fn image_moves_to_front() {

@@ -1,0 +1,159 @@
+"""A PyTorch replica of the scratch glyph judge, built from HF modules, on `judge-data` records.
+
+A diagnostic for issue 5, not part of the product or the tests. It asks whether the Rust judge's
+learning curves are the architecture's or a bug of ours: the same small LLaVA-OneVision
+(`recipes/judges-glyphs-presence.yaml`'s sizes: HF `SiglipVisionModel` with 2 layers and no
+post-LayerNorm, the `mlp2x_gelu` projector, `image_newline`, HF `Qwen2ForCausalLM` with 3 layers,
+GQA 4/2, the glyph tokenizer), N(0, 1/fan_in) weights (`--init hf`: HF's 0.02), AdamW with
+warmup + cosine, clipping at 1. It differs from `reward-ft` in one way: the loss is the answer
+token's alone (reward-ft also supervises the template's closing tokens, which are constant).
+
+Layouts of a record, as `reward-ft` builds them:
+  chat  the qwen_1_5 template around the record's question (the paper's; held-out always uses it)
+  bare  the image, the generation prompt (`meta.prompt`), the answer (`layout: bare`)
+--bare-share F writes that share of the training examples in the bare layout; --bare-held
+scores the held-out records in the bare layout instead.
+
+  D=runs/judges-glyphs-presence/data
+  python scripts/judge_replica.py --train $D/orm_presence_train.jsonl \
+      --held $D/orm_presence_heldout.jsonl --bare-share 0.5
+prints the held-out accuracy (800 records) every 100 steps of batch 32.
+"""
+
+import argparse
+import json
+import os
+import random
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image
+from tokenizers import Tokenizer
+from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
+
+H = 128
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load(path, n):
+    """Pixels in [-1, 1] (SigLIP's normalisation), (question, prompt) pairs and yes/no labels."""
+    base = os.path.dirname(os.path.abspath(path))
+    recs = [json.loads(line) for line in open(path)][:n]
+    px = np.stack(
+        [np.asarray(Image.open(os.path.join(base, r["image"])).convert("RGB")) for r in recs]
+    )
+    px = torch.tensor(px).permute(0, 3, 1, 2).float() / 255 * 2 - 1
+    texts = [
+        (r["conversations"][0]["value"].replace("<image>", "").strip(), r["meta"]["prompt"])
+        for r in recs
+    ]
+    ys = torch.tensor([int(r["conversations"][1]["value"] == "yes") for r in recs])
+    return px, texts, ys
+
+
+def init_(modules, kind):
+    for mod in modules:
+        for m in mod.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                fan_in = m.weight[0].numel()
+                nn.init.normal_(m.weight, 0, fan_in**-0.5 if kind == "fan_in" else 0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, 0, 1.0 if kind == "fan_in" else 0.02)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--train", required=True)
+    ap.add_argument("--held", required=True)
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--bare-share", type=float, default=0.0)
+    ap.add_argument("--bare-held", action="store_true")
+    ap.add_argument("--init", choices=["fan_in", "hf"], default="fan_in")
+    ap.add_argument("--ntrain", type=int, default=16000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--every", type=int, default=100)
+    a = ap.parse_args()
+    torch.manual_seed(a.seed)
+    torch.set_num_threads(2)
+    tok = Tokenizer.from_file(os.path.join(ROOT, "data/glyphs/tokenizer.json"))
+    xtr, ttr, ytr = load(a.train, a.ntrain)
+    xte, tte, yte = load(a.held, 800)
+    vision = SiglipVisionModel(
+        SiglipVisionConfig(
+            hidden_size=H, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+            image_size=128, patch_size=16, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6,
+        )
+    )
+    lm = Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=tok.get_vocab_size(), hidden_size=H, intermediate_size=3 * H,
+            num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+            max_position_embeddings=512, rope_theta=10000.0, rms_norm_eps=1e-6,
+            tie_word_embeddings=False,
+        )
+    )
+    proj = nn.Sequential(nn.Linear(H, H), nn.GELU(), nn.Linear(H, H))
+    newline = nn.Parameter(torch.randn(H) / H**0.5)
+    init_([vision, lm, proj], a.init)
+    params = [p for m in (vision, lm, proj) for p in m.parameters()] + [newline]
+    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
+    emb = lm.get_input_embeddings()
+    system = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    head = tok.encode(system + "<|im_start|>user\n").ids
+    yes, no = tok.encode("yes").ids[0], tok.encode("no").ids[0]
+    rng = random.Random(a.seed)
+
+    def logits(px, texts, train):
+        # All layers run, no post-LayerNorm: the Rust judge's 2 layers of a 3-layer config at -2.
+        feats = proj(vision(pixel_values=px, output_hidden_states=True).hidden_states[-1])
+        seqs = []
+        for f, (question, prompt) in zip(feats, texts):
+            bare = a.bare_held if not train else a.bare_share and rng.random() < a.bare_share
+            if bare:
+                seq = [f, newline[None], emb(torch.tensor(tok.encode(prompt).ids))]
+            else:
+                tail = tok.encode("\n" + question + "<|im_end|>\n<|im_start|>assistant\n").ids
+                seq = [emb(torch.tensor(head)), f, newline[None], emb(torch.tensor(tail))]
+            seqs.append(torch.cat(seq))
+        n = max(len(s) for s in seqs)
+        x = torch.zeros(len(seqs), n, H)
+        mask = torch.zeros(len(seqs), n, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            x[i, : len(s)], mask[i, : len(s)] = s, 1
+        out = lm(inputs_embeds=x, attention_mask=mask).logits
+        return out[torch.arange(len(seqs)), mask.sum(1) - 1]
+
+    print(f"{len(ttr)} train, {len(tte)} held-out (yes rate {yte.float().mean():.3f})", flush=True)
+    t0 = time.time()
+    for step in range(1, a.steps + 1):
+        warm = min(1.0, step / max(1, round(0.03 * a.steps)))
+        for g in opt.param_groups:
+            g["lr"] = a.lr * warm * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * step / a.steps)))
+        idx = [rng.randrange(len(ttr)) for _ in range(a.batch)]
+        out = logits(xtr[idx], [ttr[i] for i in idx], True)
+        loss = nn.functional.cross_entropy(out, torch.where(ytr[idx] == 1, yes, no))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % a.every == 0:
+            with torch.no_grad():
+                right = 0
+                for i in range(0, len(tte), 100):
+                    o = logits(xte[i : i + 100], tte[i : i + 100], False)
+                    right += ((o[:, yes] > o[:, no]).long() == yte[i : i + 100]).sum().item()
+            acc = right / len(tte)
+            print(f"step {step} held-out acc {acc:.3f} ({time.time() - t0:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
