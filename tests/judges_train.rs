@@ -317,6 +317,7 @@ fn ft_cfg(dir: &Path, out: &str, steps: u64) -> RewardFtConfig {
         eval_subset: 0,
         image_to_front: true,
         save_dtype: "fp32".into(),
+        answer_only: false,
     }
 }
 
@@ -375,16 +376,20 @@ fn reward_ft_reduces_loss_and_the_checkpoint_reloads_identically() {
     let judge = LlavaJudge::load(&dir.join("full"), Device::Cpu, Kind::Float).unwrap();
     let tk = tokenizers::Tokenizer::from_file(tok.as_path()).unwrap();
     let prep = reward_ft::prepare(&recs, &tk, 128, true).unwrap();
-    // The `bare` layout of the same records: the image, the generation prompt, then the answer.
-    let sourced: Vec<Sourced> = recs
-        .iter()
-        .map(|r| Sourced {
-            record: r.clone(),
-            loss_weight: 0.5,
-            layout: Layout::Bare,
-        })
-        .collect();
-    let bare = reward_ft::prepare_sourced(&sourced, &tk, 128, true).unwrap();
+    // The same records as loaded from a source with `loss_weight` and `layout`.
+    let sourced = |loss_weight: f64, layout: Layout, answer_only: bool| {
+        let items: Vec<Sourced> = recs
+            .iter()
+            .map(|r| Sourced {
+                record: r.clone(),
+                loss_weight,
+                layout,
+            })
+            .collect();
+        reward_ft::prepare_sourced(&items, &tk, 128, true, answer_only).unwrap()
+    };
+    // The `bare` layout: the image, the generation prompt, then the answer.
+    let bare = sourced(0.5, Layout::Bare, false);
     for ((b, p), r) in bare.iter().zip(&prep).zip(&recs) {
         let prompt = &r.meta.as_ref().unwrap().prompt;
         let mut want = vec![IMAGE_TOKEN_INDEX];
@@ -393,6 +398,16 @@ fn reward_ft_reduces_loss_and_the_checkpoint_reloads_identically() {
         assert_eq!(b.kind, format!("{}+bare", p.kind));
         assert_eq!((b.label, b.weight), (p.label, 0.5));
         assert!(b.image.equal(&p.image));
+    }
+    // `answer_only`: the same ids, the loss on the answer token alone.
+    let only = sourced(1.0, Layout::Chat, true);
+    for (o, p) in only.iter().zip(&prep) {
+        assert_eq!(o.tokens.ids, p.tokens.ids);
+        let supervised: Vec<usize> = (0..o.tokens.labels.len())
+            .filter(|&i| o.tokens.labels[i] != -100)
+            .collect();
+        assert_eq!(supervised, [p.tokens.answer_pos]);
+        assert!(p.tokens.labels.iter().filter(|&&l| l != -100).count() > 1);
     }
     let refs: Vec<_> = prep.iter().collect();
     let s = reward_ft::score_items(judge.model(), &refs, judge.yes_no_ids(), 16).unwrap();

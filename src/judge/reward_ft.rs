@@ -75,6 +75,10 @@ pub struct RewardFtConfig {
     /// Stored dtype of the saved weights (`fp32`, `bf16`, `fp16`).
     #[serde(default = "d_save_dtype")]
     pub save_dtype: String,
+    /// Not in the paper, whose loss also covers the assistant header and `<|im_end|>`: the loss on
+    /// each record's last answer alone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub answer_only: bool,
 }
 
 fn one() -> f64 {
@@ -113,7 +117,7 @@ pub fn prepare(
     image_to_front: bool,
 ) -> Result<Vec<Prepared>> {
     let items: Vec<_> = records.iter().map(|r| (r, Layout::Chat, 1.0)).collect();
-    prepare_items(&items, tok, image_size, image_to_front)
+    prepare_items(&items, tok, image_size, image_to_front, false)
 }
 
 /// [`prepare`] for records loaded with their sources' `layout` and `loss_weight`.
@@ -122,12 +126,13 @@ pub fn prepare_sourced(
     tok: &Tokenizer,
     image_size: i64,
     image_to_front: bool,
+    answer_only: bool,
 ) -> Result<Vec<Prepared>> {
     let items: Vec<_> = sourced
         .iter()
         .map(|s| (&s.record, s.layout, s.loss_weight))
         .collect();
-    prepare_items(&items, tok, image_size, image_to_front)
+    prepare_items(&items, tok, image_size, image_to_front, answer_only)
 }
 
 fn prepare_items(
@@ -135,21 +140,27 @@ fn prepare_items(
     tok: &Tokenizer,
     image_size: i64,
     image_to_front: bool,
+    answer_only: bool,
 ) -> Result<Vec<Prepared>> {
     let mut cache: HashMap<String, Tensor> = HashMap::new();
     items
         .iter()
         .map(|&(r, layout, weight)| {
             let turns = r.turns()?;
-            let tokens = match layout {
+            let answer = &turns.last().context("no turns")?.1;
+            let mut tokens = match layout {
                 Layout::Chat => chat_tokens(tok, &turns, image_to_front),
                 Layout::Bare => {
                     let prompt = &r.meta.as_ref().context("no meta.prompt")?.prompt;
-                    let answer = &turns.last().context("no turns")?.1;
                     bare_tokens(tok, prompt, answer)
                 }
             }
             .with_context(|| format!("record {}", r.id))?;
+            if answer_only {
+                tokens
+                    .supervise_answer_only(tok, answer)
+                    .with_context(|| format!("record {}", r.id))?;
+            }
             let image = match cache.get(&r.image) {
                 Some(t) => t.shallow_clone(),
                 None => {
@@ -370,8 +381,8 @@ pub fn run(
     let train_recs = load_weighted_sources(&cfg.data, None, cfg.seed)?;
     ensure!(!train_recs.is_empty(), "no training records");
     let held_recs = load_weighted_sources(&cfg.heldout, None, cfg.seed)?;
-    let train = prepare_sourced(&train_recs, &tok, size, cfg.image_to_front)?;
-    let held = prepare_sourced(&held_recs, &tok, size, cfg.image_to_front)?;
+    let train = prepare_sourced(&train_recs, &tok, size, cfg.image_to_front, cfg.answer_only)?;
+    let held = prepare_sourced(&held_recs, &tok, size, cfg.image_to_front, cfg.answer_only)?;
 
     let trainable = Trainable::new(&model, cfg.lora.as_ref())?;
     let vision_mult = cfg.vision_lr_mult;

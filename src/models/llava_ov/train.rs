@@ -36,6 +36,23 @@ impl ChatTokens {
     pub fn prompt_ids(&self) -> &[i64] {
         &self.ids[..self.answer_pos]
     }
+
+    /// Keeps the loss on the last answer's own tokens (`answer` as encoded alone, as both layouts
+    /// encode it) and drops it from the role header, closing tokens and earlier turns.
+    pub fn supervise_answer_only(&mut self, tok: &Tokenizer, answer: &str) -> Result<()> {
+        let end = self.answer_pos + encode(tok, answer)?.len();
+        ensure!(
+            end <= self.ids.len() && end > self.answer_pos,
+            "answer {answer:?} does not fit after position {}",
+            self.answer_pos
+        );
+        for (i, l) in self.labels.iter_mut().enumerate() {
+            if i < self.answer_pos || i >= end {
+                *l = IGNORE_INDEX;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `preprocess_multimodal` (train.py:378-403): a message holding `<image>` becomes
@@ -778,6 +795,24 @@ mod tests {
         assert!(t.labels[..t.answer_pos].iter().all(|&l| l == IGNORE_INDEX));
         assert_eq!(&t.labels[t.answer_pos..], &t.ids[t.answer_pos..]);
         assert!(bare_tokens(&tok, prompt, "").is_err());
+        // Answer-only supervision keeps exactly the answer's tokens, in either layout.
+        let turns = [
+            (false, format!("<image> {prompt}")),
+            (true, "yes".to_string()),
+        ];
+        let mut chat = chat_tokens(&tok, &turns, true).unwrap();
+        assert!(chat.labels[chat.answer_pos + yes.len()..]
+            .iter()
+            .any(|&l| l != IGNORE_INDEX));
+        chat.supervise_answer_only(&tok, "yes").unwrap();
+        let kept: Vec<usize> = (0..chat.labels.len())
+            .filter(|&i| chat.labels[i] != IGNORE_INDEX)
+            .collect();
+        assert_eq!(
+            kept,
+            (chat.answer_pos..chat.answer_pos + yes.len()).collect::<Vec<_>>()
+        );
+        assert_eq!(chat.labels[chat.answer_pos], yes[0]);
     }
 
     #[test]
