@@ -219,20 +219,8 @@ pub fn apply_sampling(mut recs: Vec<Record>, strategy: &str, seed: u64) -> Resul
     Ok(recs)
 }
 
-/// Loads and concatenates sources.
+/// Loads and concatenates sources, each record with its source's `loss_weight` and `layout`.
 pub fn load_sources(
-    sources: &[DataSource],
-    image_folder: Option<&Path>,
-    seed: u64,
-) -> Result<Vec<Record>> {
-    Ok(load_weighted_sources(sources, image_folder, seed)?
-        .into_iter()
-        .map(|s| s.record)
-        .collect())
-}
-
-/// [`load_sources`] with each record's source `loss_weight` and `layout`.
-pub fn load_weighted_sources(
     sources: &[DataSource],
     image_folder: Option<&Path>,
     seed: u64,
@@ -247,7 +235,8 @@ pub fn load_weighted_sources(
         );
         let mut recs = load_records(&s.path, image_folder)?;
         if s.layout == Layout::Bare {
-            // Fail at load, not mid-training: the bare layout needs the prompt and one answer.
+            // Checked here, where the file is known: the bare layout needs the prompt and one
+            // answer.
             for r in &recs {
                 ensure!(
                     r.meta.as_ref().is_some_and(|m| !m.prompt.trim().is_empty())
@@ -375,7 +364,7 @@ mod tests {
             loss_weight: 1.0,
             layout: Default::default(),
         };
-        let ids = |v: Vec<Record>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        let ids = |v: Vec<Sourced>| v.into_iter().map(|s| s.record.id).collect::<Vec<_>>();
         assert_eq!(
             ids(load_sources(&[src(&[], "all")], None, 0).unwrap()).len(),
             6
@@ -395,7 +384,7 @@ mod tests {
         let bare: DataSource =
             serde_norway::from_str(&format!("{{path: {}, layout: bare}}", path.display())).unwrap();
         assert_eq!(bare.layout, Layout::Bare);
-        let got = load_weighted_sources(&[src(&[], "first:1"), bare.clone()], None, 0).unwrap();
+        let got = load_sources(&[src(&[], "first:1"), bare.clone()], None, 0).unwrap();
         assert_eq!(
             got.iter().map(|s| s.layout).collect::<Vec<_>>(),
             [
@@ -410,7 +399,7 @@ mod tests {
         );
         let no_meta = dir.join("no_meta.jsonl");
         write_jsonl(&no_meta, &[rec(0)]).unwrap();
-        let err = load_weighted_sources(
+        let err = load_sources(
             &[DataSource {
                 path: no_meta.clone(),
                 ..bare

@@ -4,7 +4,7 @@
 //! fine-tune or LoRA (merged on save), TensorBoard logging; saves in the original key layout and
 //! reports held-out yes/no accuracy and pairwise ranking accuracy, measured on the reloaded
 //! checkpoint. Without an initial checkpoint a small judge is initialised from scratch.
-use super::dataset::{load_weighted_sources, DataSource, Layout, Record, Sourced};
+use super::dataset::{load_sources, DataSource, Layout, Record, Sourced};
 use crate::models::llava_ov::config::LlavaOvConfig;
 use crate::models::llava_ov::model::LlavaOnevision;
 use crate::models::llava_ov::train::{
@@ -135,6 +135,23 @@ pub fn prepare_sourced(
     prepare_items(&items, tok, image_size, image_to_front, answer_only)
 }
 
+/// A record's tokens in `layout` (`turns` = [`Record::turns`]).
+fn record_tokens(
+    r: &Record,
+    turns: &[(bool, String)],
+    layout: Layout,
+    tok: &Tokenizer,
+    image_to_front: bool,
+) -> Result<ChatTokens> {
+    match layout {
+        Layout::Chat => chat_tokens(tok, turns, image_to_front),
+        Layout::Bare => {
+            let prompt = &r.meta.as_ref().context("no meta.prompt")?.prompt;
+            bare_tokens(tok, prompt, &turns.last().context("no turns")?.1)
+        }
+    }
+}
+
 fn prepare_items(
     items: &[(&Record, Layout, f64)],
     tok: &Tokenizer,
@@ -146,20 +163,10 @@ fn prepare_items(
     items
         .iter()
         .map(|&(r, layout, weight)| {
-            let turns = r.turns()?;
-            let answer = &turns.last().context("no turns")?.1;
-            let mut tokens = match layout {
-                Layout::Chat => chat_tokens(tok, &turns, image_to_front),
-                Layout::Bare => {
-                    let prompt = &r.meta.as_ref().context("no meta.prompt")?.prompt;
-                    bare_tokens(tok, prompt, answer)
-                }
-            }
-            .with_context(|| format!("record {}", r.id))?;
+            let mut tokens = record_tokens(r, &r.turns()?, layout, tok, image_to_front)
+                .with_context(|| format!("record {}", r.id))?;
             if answer_only {
-                tokens
-                    .supervise_answer_only(tok, answer)
-                    .with_context(|| format!("record {}", r.id))?;
+                tokens.supervise_answer_only();
             }
             let image = match cache.get(&r.image) {
                 Some(t) => t.shallow_clone(),
@@ -378,9 +385,9 @@ pub fn run(
         .map_err(|e| anyhow!("loading {}: {e}", tok_path.display()))?;
     let yes_no = yes_no_ids(&tok)?;
     let size = model.config().vision.image_size;
-    let train_recs = load_weighted_sources(&cfg.data, None, cfg.seed)?;
+    let train_recs = load_sources(&cfg.data, None, cfg.seed)?;
     ensure!(!train_recs.is_empty(), "no training records");
-    let held_recs = load_weighted_sources(&cfg.heldout, None, cfg.seed)?;
+    let held_recs = load_sources(&cfg.heldout, None, cfg.seed)?;
     let train = prepare_sourced(&train_recs, &tok, size, cfg.image_to_front, cfg.answer_only)?;
     let held = prepare_sourced(&held_recs, &tok, size, cfg.image_to_front, cfg.answer_only)?;
 

@@ -29,6 +29,8 @@ pub struct ChatTokens {
     pub labels: Vec<i64>,
     /// Index in `ids` of the first content token of the last assistant turn (the answer scored).
     pub answer_pos: usize,
+    /// One past that turn's last content token (before its closing tokens).
+    pub answer_end: usize,
 }
 
 impl ChatTokens {
@@ -37,21 +39,14 @@ impl ChatTokens {
         &self.ids[..self.answer_pos]
     }
 
-    /// Keeps the loss on the last answer's own tokens (`answer` as encoded alone, as both layouts
-    /// encode it) and drops it from the role header, closing tokens and earlier turns.
-    pub fn supervise_answer_only(&mut self, tok: &Tokenizer, answer: &str) -> Result<()> {
-        let end = self.answer_pos + encode(tok, answer)?.len();
-        ensure!(
-            end <= self.ids.len() && end > self.answer_pos,
-            "answer {answer:?} does not fit after position {}",
-            self.answer_pos
-        );
+    /// Keeps the loss on the last answer's own tokens (`answer_pos..answer_end`) and drops it from
+    /// the role header, closing tokens and earlier turns.
+    pub fn supervise_answer_only(&mut self) {
         for (i, l) in self.labels.iter_mut().enumerate() {
-            if i < self.answer_pos || i >= end {
+            if !(self.answer_pos..self.answer_end).contains(&i) {
                 *l = IGNORE_INDEX;
             }
         }
-        Ok(())
     }
 }
 
@@ -113,7 +108,7 @@ pub fn chat_tokens(
         false,
         &mut ids,
     );
-    let mut answer_pos = 0;
+    let (mut answer_pos, mut answer_end) = (0, 0);
     for (assistant, text) in turns {
         if *assistant {
             ensure!(
@@ -123,6 +118,7 @@ pub fn chat_tokens(
             push(encode(tok, "<|im_start|>assistant\n")?, true, &mut ids);
             answer_pos = ids.len();
             push(encode(tok, text)?, true, &mut ids);
+            answer_end = ids.len();
             push(encode(tok, "<|im_end|>\n")?, true, &mut ids);
         } else {
             let v = if image_to_front {
@@ -151,6 +147,7 @@ pub fn chat_tokens(
         ids,
         labels,
         answer_pos,
+        answer_end,
     })
 }
 
@@ -163,6 +160,7 @@ pub fn bare_tokens(tok: &Tokenizer, prompt: &str, answer: &str) -> Result<ChatTo
     let answer_pos = ids.len();
     let mut tail = encode(tok, answer)?;
     ensure!(!tail.is_empty(), "the answer tokenises to nothing");
+    let answer_end = answer_pos + tail.len();
     tail.extend(encode(tok, "\n")?);
     labels.extend(&tail);
     ids.extend(tail);
@@ -170,6 +168,7 @@ pub fn bare_tokens(tok: &Tokenizer, prompt: &str, answer: &str) -> Result<ChatTo
         ids,
         labels,
         answer_pos,
+        answer_end,
     })
 }
 
@@ -804,7 +803,7 @@ mod tests {
         assert!(chat.labels[chat.answer_pos + yes.len()..]
             .iter()
             .any(|&l| l != IGNORE_INDEX));
-        chat.supervise_answer_only(&tok, "yes").unwrap();
+        chat.supervise_answer_only();
         let kept: Vec<usize> = (0..chat.labels.len())
             .filter(|&i| chat.labels[i] != IGNORE_INDEX)
             .collect();
