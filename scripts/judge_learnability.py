@@ -11,6 +11,8 @@ Tasks (labels by the glyph world's rules; "first" = first in row-major order, as
 detections by score):
   shape       "is there a {shape}?"
   exists      "is there a {color} {shape}?" (any glyph)
+  first       "a {color} {shape}" about a shape present: its first glyph has that color
+  first_hard  the same, a false color taken from a later glyph of that shape where there is one
   color_attr  "a {c1} {s1} and a {c2} {s2}": the first s1 is c1 and the first s2 is c2
 About half the questions are built to be true.
 
@@ -26,6 +28,8 @@ words instead of after them (the words next to the answer position); held-out qu
 have it after, as the ORM template does. --additive gives each cell the sum of a shape and a color
 embedding instead of one embedding per (shape, color) code.
 --dense draws scenes like the glyph generator's images: 6-10 glyphs, all of the two named shapes.
+--no-vision drops the bidirectional layer over the cells (they enter the causal judge as embedded).
+--init fan_in draws the weights as the scratch judges' `weight_init: fan_in` does.
 """
 
 import argparse
@@ -42,6 +46,7 @@ PAD = 0
 
 
 DENSE = False
+NO_VISION = False
 
 
 def scene(rng):
@@ -81,6 +86,18 @@ def question(rng, task, codes, own):
         else:
             s, c = rng.randrange(SHAPES), rng.randrange(COLORS)
         return [COLOR_TOK + c, SHAPE_TOK + s], int(1 + 6 * s + c in codes)
+    if task in ("first", "first_hard"):
+        # One colored object whose shape is present: true iff its first glyph has that color.
+        s = (rng.choice(present) - 1) // 6
+        c = first_color(codes, s)
+        if rng.random() < 0.5:
+            later = {(x - 1) % 6 for x in present if (x - 1) // 6 == s} - {c}
+            if task == "first_hard" and later:
+                # A color some later glyph of the shape has: "is there a red circle?" says yes.
+                c = rng.choice(sorted(later))
+            else:
+                c = rng.choice([k for k in range(COLORS) if k != c])
+        return [COLOR_TOK + c, SHAPE_TOK + s], int(first_color(codes, s) == c)
     shapes = sorted({(x - 1) // 6 for x in present})
     if rng.random() < 0.5 and len(shapes) >= 2:
         s1, s2 = rng.sample(shapes, 2)
@@ -183,7 +200,10 @@ class Judge(nn.Module):
             shape = torch.where(glyph, (c - 1) // 6, 6)
             color = torch.where(glyph, (c - 1) % 6, 6)
             img = self.cell_shape(shape) + self.cell_color(color)
-        h = torch.cat([self.vision(img + self.pos), e[:, 64:]], 1)
+        img = img + self.pos
+        if not NO_VISION:
+            img = self.vision(img)
+        h = torch.cat([img, e[:, 64:]], 1)
         t = h.shape[1]
         for blk in self.blocks:
             h = blk(h, self.cos[:t], self.sin[:t])
@@ -194,7 +214,7 @@ class Judge(nn.Module):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--task", choices=["shape", "exists", "color_attr"], required=True)
+    ap.add_argument("--task", choices=["shape", "exists", "first", "first_hard", "color_attr"], required=True)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--hidden", type=int, default=128)
@@ -206,12 +226,30 @@ def main():
     ap.add_argument("--dense", action="store_true")
     ap.add_argument("--bare-share", type=float, default=0.0)
     ap.add_argument("--additive", action="store_true")
+    ap.add_argument("--init", choices=["torch", "fan_in"], default="torch")
+    ap.add_argument(
+        "--no-vision", action="store_true",
+        help="no bidirectional layer over the cells: they enter the causal judge as embedded",
+    )
     a = ap.parse_args()
-    global PAD, DENSE
-    PAD, DENSE = a.pad, a.dense
+    global PAD, DENSE, NO_VISION
+    PAD, DENSE, NO_VISION = a.pad, a.dense, a.no_vision
     torch.manual_seed(a.seed)
     rng = random.Random(a.seed)
     model = Judge(a.hidden, a.layers, a.heads, a.additive)
+    if a.init == "fan_in":
+        # The scratch judges' `weight_init: fan_in`: N(0, 1/fan_in) matrices, zero biases,
+        # N(0, 1) embeddings and positions (PyTorch's default Linear is uniform, std 1/√(3·fan_in)).
+        with torch.no_grad():
+            for name, w in model.named_parameters():
+                if name.endswith("bias"):
+                    w.zero_()
+                elif "norm" in name:
+                    w.fill_(1.0)
+                elif w.dim() == 2 and ("emb" in name or name.startswith("cell_") or name == "pos"):
+                    w.normal_(0, 1.0)
+                elif w.dim() == 2:
+                    w.normal_(0, w.shape[1] ** -0.5)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0)
     xt, yt = batch(random.Random(1_000_003), a.task, 1000)
     print(f"task {a.task}: held-out yes rate {yt.float().mean():.3f}", flush=True)

@@ -14,6 +14,13 @@ Layouts of a record, as `reward-ft` builds them:
 --bare-share F writes that share of the training examples in the bare layout; --bare-held
 scores the held-out records in the bare layout instead.
 
+--aux FILE pools further chat records with any answer (e.g. `caption_style: first` captions) into
+the training set; every answer token is supervised, at weight --aux-weight in the token mean.
+--codes replaces the vision tower by exact cell codes (each 16-pixel cell's shape and color, read
+from the renderer's pixels) entering as shape + color + position embeddings, and --codes-vision N
+adds N bidirectional pre-LN layers over them: a perfect perception, so what is left to learn is
+the reasoning, in the same Qwen2 and template.
+
   D=runs/judges-glyphs-presence/data
   python scripts/judge_replica.py --train $D/orm_presence_train.jsonl \
       --held $D/orm_presence_heldout.jsonl --bare-share 0.5
@@ -37,19 +44,48 @@ H = 128
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+CODES = None  # {"shape": {mask bytes: id}, "color": {rgb: id}} when --codes
+
+
+def cell_codes(px):
+    """uint8 [N, 128, 128, 3] → int64 [N, 64, 2]: each 16-pixel cell's (shape id, color id), ids
+    assigned in order of first appearance (0 = empty), from the exact renderer's pixels."""
+    n = len(px)
+    cells = px.reshape(n, 8, 16, 8, 16, 3).transpose(0, 1, 3, 2, 4, 5).reshape(n * 64, 256, 3)
+    painted = (cells != 255).any(-1)
+    out = np.zeros((n * 64, 2), dtype=np.int64)
+    for i in np.nonzero(painted.any(1))[0]:
+        m = painted[i]
+        sk = np.packbits(m).tobytes()
+        ck = tuple(cells[i][m][0])
+        out[i, 0] = CODES["shape"].setdefault(sk, len(CODES["shape"]) + 1)
+        out[i, 1] = CODES["color"].setdefault(ck, len(CODES["color"]) + 1)
+    return out.reshape(n, 64, 2)
+
+
 def load(path, n):
-    """Pixels in [-1, 1] (SigLIP's normalisation), (question, prompt) pairs and yes/no labels."""
+    """Pixels in [-1, 1] (SigLIP's normalisation), (question, prompt, answer) triples and yes/no
+    labels (-1 for an answer that is neither, e.g. a caption)."""
     base = os.path.dirname(os.path.abspath(path))
     recs = [json.loads(line) for line in open(path)][:n]
     px = np.stack(
         [np.asarray(Image.open(os.path.join(base, r["image"])).convert("RGB")) for r in recs]
     )
-    px = torch.tensor(px).permute(0, 3, 1, 2).float() / 255 * 2 - 1
+    if CODES is not None:
+        px = torch.tensor(cell_codes(px))
+    else:
+        px = torch.tensor(px).permute(0, 3, 1, 2).float() / 255 * 2 - 1
     texts = [
-        (r["conversations"][0]["value"].replace("<image>", "").strip(), r["meta"]["prompt"])
+        (
+            r["conversations"][0]["value"].replace("<image>", "").strip(),
+            r["meta"]["prompt"],
+            r["conversations"][1]["value"],
+        )
         for r in recs
     ]
-    ys = torch.tensor([int(r["conversations"][1]["value"] == "yes") for r in recs])
+    ys = torch.tensor(
+        [{"yes": 1, "no": 0}.get(r["conversations"][1]["value"], -1) for r in recs]
+    )
     return px, texts, ys
 
 
@@ -81,11 +117,28 @@ def main():
     ap.add_argument("--ntrain", type=int, default=16000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--every", type=int, default=100)
+    ap.add_argument("--aux", help="extra chat records with any answer (e.g. captions), pooled")
+    ap.add_argument("--aux-weight", type=float, default=1.0, help="their tokens' loss weight")
+    ap.add_argument("--naux", type=int, default=16000)
+    ap.add_argument(
+        "--codes", action="store_true",
+        help="no vision tower: each cell enters as shape + color + position embeddings",
+    )
+    ap.add_argument(
+        "--codes-vision", type=int, default=0,
+        help="with --codes: this many bidirectional pre-LN layers over the cells",
+    )
     a = ap.parse_args()
+    global CODES
+    if a.codes:
+        CODES = {"shape": {}, "color": {}}
     torch.manual_seed(a.seed)
     torch.set_num_threads(2)
     tok = Tokenizer.from_file(os.path.join(ROOT, "data/glyphs/tokenizer.json"))
     xtr, ttr, ytr = load(a.train, a.ntrain)
+    if a.aux:
+        xa, ta, ya = load(a.aux, a.naux)
+        xtr, ttr, ytr = torch.cat([xtr, xa]), ttr + ta, torch.cat([ytr, ya])
     xte, tte, yte = load(a.held, 800)
     vision = SiglipVisionModel(
         SiglipVisionConfig(
@@ -102,6 +155,20 @@ def main():
         )
     )
     proj = nn.Sequential(nn.Linear(H, H), nn.GELU(), nn.Linear(H, H))
+    if a.codes:
+        print(f"{len(CODES['shape'])} shapes, {len(CODES['color'])} colors", flush=True)
+        # Replaces the tower: additive embeddings, N(0, 1) as fan_in's embeddings.
+        vision = nn.ModuleDict(
+            {
+                "shape": nn.Embedding(len(CODES["shape"]) + 1, H),
+                "color": nn.Embedding(len(CODES["color"]) + 1, H),
+                "pos": nn.Embedding(64, H),
+                "layers": nn.ModuleList(
+                    nn.TransformerEncoderLayer(H, 4, 2 * H, 0.0, batch_first=True, norm_first=True)
+                    for _ in range(a.codes_vision)
+                ),
+            }
+        )
     newline = nn.Parameter(torch.randn(H) / H**0.5)
     init_([vision, lm, proj], a.init)
     params = [p for m in (vision, lm, proj) for p in m.parameters()] + [newline]
@@ -113,24 +180,50 @@ def main():
     rng = random.Random(a.seed)
 
     def logits(px, texts, train):
+        """Logits at the answer position (held-out), or, when training, (logits, targets,
+        weights) at every position predicting an answer token (teacher-forced)."""
         # All layers run, no post-LayerNorm: the Rust judge's 2 layers of a 3-layer config at -2.
-        feats = proj(vision(pixel_values=px, output_hidden_states=True).hidden_states[-1])
-        seqs = []
-        for f, (question, prompt) in zip(feats, texts):
+        if a.codes:
+            feats = vision["shape"](px[..., 0]) + vision["color"](px[..., 1])
+            feats = feats + vision["pos"].weight[None]
+            for layer in vision["layers"]:
+                feats = layer(feats)
+        else:
+            feats = vision(pixel_values=px, output_hidden_states=True).hidden_states[-1]
+        feats = proj(feats)
+        seqs, answers = [], []
+        for f, (question, prompt, answer) in zip(feats, texts):
             bare = a.bare_held if not train else a.bare_share and rng.random() < a.bare_share
+            bare = bare and bool(prompt)
             if bare:
                 seq = [f, newline[None], emb(torch.tensor(tok.encode(prompt).ids))]
             else:
                 tail = tok.encode("\n" + question + "<|im_end|>\n<|im_start|>assistant\n").ids
                 seq = [emb(torch.tensor(head)), f, newline[None], emb(torch.tensor(tail))]
+            ans = tok.encode(answer).ids if train else []
+            if len(ans) > 1:
+                seq.append(emb(torch.tensor(ans[:-1])))
             seqs.append(torch.cat(seq))
+            answers.append(ans)
         n = max(len(s) for s in seqs)
         x = torch.zeros(len(seqs), n, H)
         mask = torch.zeros(len(seqs), n, dtype=torch.long)
         for i, s in enumerate(seqs):
             x[i, : len(s)], mask[i, : len(s)] = s, 1
         out = lm(inputs_embeds=x, attention_mask=mask).logits
-        return out[torch.arange(len(seqs)), mask.sum(1) - 1]
+        if not train:
+            return out[torch.arange(len(seqs)), mask.sum(1) - 1]
+        rows, cols, tgts, ws = [], [], [], []
+        for i, ans in enumerate(answers):
+            end = len(seqs[i])
+            start = end - len(ans)
+            w = 1.0 if texts[i][2] in ("yes", "no") else a.aux_weight
+            for j, t in enumerate(ans):
+                rows.append(i)
+                cols.append(start + j)
+                tgts.append(t)
+                ws.append(w)
+        return out[torch.tensor(rows), torch.tensor(cols)], torch.tensor(tgts), torch.tensor(ws)
 
     print(f"{len(ttr)} train, {len(tte)} held-out (yes rate {yte.float().mean():.3f})", flush=True)
     t0 = time.time()
@@ -139,8 +232,9 @@ def main():
         for g in opt.param_groups:
             g["lr"] = a.lr * warm * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * step / a.steps)))
         idx = [rng.randrange(len(ttr)) for _ in range(a.batch)]
-        out = logits(xtr[idx], [ttr[i] for i in idx], True)
-        loss = nn.functional.cross_entropy(out, torch.where(ytr[idx] == 1, yes, no))
+        out, tgt, w = logits(xtr[idx], [ttr[i] for i in idx], True)
+        nll = nn.functional.cross_entropy(out, tgt, reduction="none")
+        loss = (nll * w).sum() / w.sum()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
