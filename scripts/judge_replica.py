@@ -181,7 +181,7 @@ def main():
 
     def logits(px, texts, train):
         """Logits at the answer position (held-out), or, when training, (logits, targets,
-        weights) at every position predicting an answer token (teacher-forced)."""
+        record index) at every position predicting an answer token (teacher-forced)."""
         # All layers run, no post-LayerNorm: the Rust judge's 2 layers of a 3-layer config at -2.
         if a.codes:
             feats = vision["shape"](px[..., 0]) + vision["color"](px[..., 1])
@@ -213,17 +213,15 @@ def main():
         out = lm(inputs_embeds=x, attention_mask=mask).logits
         if not train:
             return out[torch.arange(len(seqs)), mask.sum(1) - 1]
-        rows, cols, tgts, ws = [], [], [], []
+        rows, cols, tgts = [], [], []
         for i, ans in enumerate(answers):
-            end = len(seqs[i])
-            start = end - len(ans)
-            w = 1.0 if texts[i][2] in ("yes", "no") else a.aux_weight
+            start = len(seqs[i]) - len(ans)
             for j, t in enumerate(ans):
                 rows.append(i)
                 cols.append(start + j)
                 tgts.append(t)
-                ws.append(w)
-        return out[torch.tensor(rows), torch.tensor(cols)], torch.tensor(tgts), torch.tensor(ws)
+        rows = torch.tensor(rows)
+        return out[rows, torch.tensor(cols)], torch.tensor(tgts), rows
 
     print(f"{len(ttr)} train, {len(tte)} held-out (yes rate {yte.float().mean():.3f})", flush=True)
     t0 = time.time()
@@ -232,7 +230,9 @@ def main():
         for g in opt.param_groups:
             g["lr"] = a.lr * warm * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * step / a.steps)))
         idx = [rng.randrange(len(ttr)) for _ in range(a.batch)]
-        out, tgt, w = logits(xtr[idx], [ttr[i] for i in idx], True)
+        out, tgt, rec = logits(xtr[idx], [ttr[i] for i in idx], True)
+        # yes/no records (label ≥ 0) weigh 1, --aux records (label −1) --aux-weight.
+        w = torch.where(ytr[idx] >= 0, 1.0, a.aux_weight)[rec]
         nll = nn.functional.cross_entropy(out, tgt, reduction="none")
         loss = (nll * w).sum() / w.sum()
         opt.zero_grad()

@@ -135,16 +135,16 @@ pub fn prepare_sourced(
     prepare_items(&items, tok, image_size, image_to_front, answer_only)
 }
 
-/// A record's tokens in `layout` (`turns` = [`Record::turns`]).
+/// A record's tokens in `layout`.
 fn record_tokens(
     r: &Record,
-    turns: &[(bool, String)],
     layout: Layout,
     tok: &Tokenizer,
     image_to_front: bool,
 ) -> Result<ChatTokens> {
+    let turns = r.turns()?;
     match layout {
-        Layout::Chat => chat_tokens(tok, turns, image_to_front),
+        Layout::Chat => chat_tokens(tok, &turns, image_to_front),
         Layout::Bare => {
             let prompt = &r.meta.as_ref().context("no meta.prompt")?.prompt;
             bare_tokens(tok, prompt, &turns.last().context("no turns")?.1)
@@ -163,7 +163,7 @@ fn prepare_items(
     items
         .iter()
         .map(|&(r, layout, weight)| {
-            let mut tokens = record_tokens(r, &r.turns()?, layout, tok, image_to_front)
+            let mut tokens = record_tokens(r, layout, tok, image_to_front)
                 .with_context(|| format!("record {}", r.id))?;
             if answer_only {
                 tokens.supervise_answer_only();
