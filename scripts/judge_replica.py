@@ -64,7 +64,7 @@ def cell_codes(px):
 
 
 def load(path, n):
-    """Pixels in [-1, 1] (SigLIP's normalisation), (question, prompt, answer) triples and yes/no
+    """Pixels (uint8, scaled to SigLIP's [-1, 1] when used), (question, prompt, answer) triples and yes/no
     labels (-1 for an answer that is neither, e.g. a caption)."""
     base = os.path.dirname(os.path.abspath(path))
     recs = [json.loads(line) for line in open(path)][:n]
@@ -74,7 +74,8 @@ def load(path, n):
     if CODES is not None:
         px = torch.tensor(cell_codes(px))
     else:
-        px = torch.tensor(px).permute(0, 3, 1, 2).float() / 255 * 2 - 1
+        # uint8 until a batch needs it: 46,000 images as floats would take 9 GB.
+        px = torch.tensor(px).permute(0, 3, 1, 2)
     texts = [
         (
             r["conversations"][0]["value"].replace("<image>", "").strip(),
@@ -128,6 +129,12 @@ def main():
         "--codes-vision", type=int, default=0,
         help="with --codes: this many bidirectional pre-LN layers over the cells",
     )
+    ap.add_argument(
+        "--tower-pretrain", type=int, default=0,
+        help="first train the pixel tower alone this many steps to classify each cell's shape "
+        "and color (linear heads on its features, then dropped)",
+    )
+    ap.add_argument("--tower-lr", type=float, default=1e-3)
     a = ap.parse_args()
     global CODES
     if a.codes:
@@ -179,6 +186,45 @@ def main():
     yes, no = tok.encode("yes").ids[0], tok.encode("no").ids[0]
     rng = random.Random(a.seed)
 
+    if a.tower_pretrain:
+        # Per-cell labels from the renderer's pixels (the codes' ids), for the training images.
+        CODES = {"shape": {}, "color": {}}
+        cells = torch.tensor(cell_codes(xtr.permute(0, 2, 3, 1).numpy()))
+        CODES = None
+        heads = nn.ModuleList(
+            nn.Linear(H, int(cells[..., k].max()) + 1) for k in range(2)
+        )
+        tparams = list(vision.parameters()) + list(heads.parameters())
+        topt = torch.optim.AdamW(tparams, lr=a.tower_lr, weight_decay=0.0)
+        t0 = time.time()
+        for step in range(1, a.tower_pretrain + 1):
+            for g in topt.param_groups:
+                g["lr"] = a.tower_lr * min(1.0, step / 20) * 0.5 * (
+                    1 + np.cos(np.pi * step / a.tower_pretrain)
+                )
+            idx = torch.tensor([rng.randrange(len(ttr)) for _ in range(a.batch)])
+            px = xtr[idx].float() / 255 * 2 - 1
+            f = vision(pixel_values=px, output_hidden_states=True).hidden_states[-1]
+            loss = sum(
+                nn.functional.cross_entropy(heads[k](f).flatten(0, 1), cells[idx][..., k].flatten())
+                for k in range(2)
+            )
+            topt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(tparams, 1.0)
+            topt.step()
+            if step % 50 == 0 or step == a.tower_pretrain:
+                with torch.no_grad():
+                    acc = [
+                        (heads[k](f).argmax(-1) == cells[idx][..., k]).float().mean().item()
+                        for k in range(2)
+                    ]
+                print(
+                    f"tower step {step} loss {loss.item():.4f} cell acc shape {acc[0]:.3f} "
+                    f"color {acc[1]:.3f} ({time.time() - t0:.0f} s)",
+                    flush=True,
+                )
+
     def logits(px, texts, train):
         """Logits at the answer position (held-out), or, when training, (logits, targets,
         record index) at every position predicting an answer token (teacher-forced)."""
@@ -189,6 +235,7 @@ def main():
             for layer in vision["layers"]:
                 feats = layer(feats)
         else:
+            px = px.float() / 255 * 2 - 1
             feats = vision(pixel_values=px, output_hidden_states=True).hidden_states[-1]
         feats = proj(feats)
         seqs, answers = [], []

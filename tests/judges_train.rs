@@ -10,9 +10,11 @@ use imgcot::glyphs::world::Codes;
 use imgcot::judge::data::{clarity_label, write_split, JudgeDataConfig, PathSample};
 use imgcot::judge::dataset::{load_records, DataSource, Layout, Sourced};
 use imgcot::judge::reward_ft::{self, RewardFtConfig};
+use imgcot::judge::vision_pretrain::VisionPretrain;
 use imgcot::judge::OutcomeJudge;
 use imgcot::models::llava_ov::prompt::{
-    orm_prompt, parm_potential_prompt, tokenizer_image_token, IMAGE_TOKEN_INDEX,
+    orm_prompt, parm_potential_prompt, tokenizer_image_token, JudgeQuestion, PromptLayout,
+    IMAGE_TOKEN_INDEX,
 };
 use imgcot::models::llava_ov::train::{chat_tokens, ScratchConfig};
 use imgcot::models::llava_ov::{LlavaJudge, ScoreMode};
@@ -318,6 +320,8 @@ fn ft_cfg(dir: &Path, out: &str, steps: u64) -> RewardFtConfig {
         image_to_front: true,
         save_dtype: "fp32".into(),
         answer_only: false,
+        vision_pretrain: None,
+        prompt_layout: None,
     }
 }
 
@@ -330,19 +334,19 @@ fn judge_scores(dir: &Path, ckpt: &Path) -> Vec<f64> {
         .iter()
         .map(|r| r.meta.as_ref().unwrap().prompt.clone())
         .collect();
-    let imgs: Vec<Tensor> = recs
-        .iter()
-        .map(|r| {
-            let (_, _, rgb) = imgcot::glyphs::png::read_rgb(Path::new(&r.image)).unwrap();
-            Tensor::from_slice(&rgb)
-                .view([128, 128, 3])
-                .permute([2, 0, 1])
-                .to_kind(Kind::Float)
-                / 127.5
-                - 1.0
-        })
-        .collect();
+    let imgs: Vec<Tensor> = recs.iter().map(|r| unit_image(&r.image)).collect();
     judge.p_yes(&prompts, &Tensor::stack(&imgs, 0)).unwrap()
+}
+
+/// A record's PNG as the generators hand images to judges: float [3, 128, 128] in [-1, 1].
+fn unit_image(path: &str) -> Tensor {
+    let (_, _, rgb) = imgcot::glyphs::png::read_rgb(Path::new(path)).unwrap();
+    Tensor::from_slice(&rgb)
+        .view([128, 128, 3])
+        .permute([2, 0, 1])
+        .to_kind(Kind::Float)
+        / 127.5
+        - 1.0
 }
 
 #[test]
@@ -632,4 +636,131 @@ fn loss_weights_give_the_token_weighted_mean() {
     let got = both(1.0, 0.25);
     assert!((got - weighted).abs() < 1e-5, "{got} vs {weighted}");
     assert!((got - plain).abs() > 1e-3, "the weights change the loss");
+}
+
+#[test]
+fn vision_pretrain_teaches_the_tower_to_name_each_cell() {
+    let dir = common::temp_dir("judges-vision-pretrain");
+    build_tiny_data(&dir, 12);
+    let sc = tiny_scratch();
+    let tok = tokenizer_path();
+    let mut cfg = ft_cfg(&dir, "vp", 1);
+    cfg.lr = 0.0;
+    cfg.vision_pretrain = Some(VisionPretrain {
+        steps: 1,
+        lr: 3e-3,
+        batch_size: 16,
+    });
+    // One step: the heads start at chance (7 classes per cell, mostly empty cells).
+    let before = reward_ft::run(&cfg, Some((&sc, &tok)), Device::Cpu)
+        .unwrap()
+        .vision_pretrain
+        .unwrap();
+    cfg.vision_pretrain.as_mut().unwrap().steps = 120;
+    cfg.out = dir.join("vp120");
+    cfg.run_dir = dir.join("run-vp120");
+    let rep = reward_ft::run(&cfg, Some((&sc, &tok)), Device::Cpu).unwrap();
+    let after = rep.vision_pretrain.clone().unwrap();
+    assert_eq!(after.steps, 120);
+    assert!(after.heldout_images > 0);
+    let (s0, c0) = (
+        before.heldout_shape_acc.unwrap(),
+        before.heldout_color_acc.unwrap(),
+    );
+    let (s1, c1) = (
+        after.heldout_shape_acc.unwrap(),
+        after.heldout_color_acc.unwrap(),
+    );
+    assert!(
+        s1 > 0.95 && c1 > 0.95 && s1 > s0 && c1 > c0,
+        "cell accuracy shape {s0} → {s1}, color {c0} → {c1}"
+    );
+    assert!(after.final_loss < 0.2, "{}", after.final_loss);
+    // The pretrained tower is what the fine-tune (here at LR 0) saved: the judge changed.
+    assert_ne!(
+        judge_scores(&dir, &dir.join("vp")),
+        judge_scores(&dir, &dir.join("vp120"))
+    );
+}
+
+#[test]
+fn a_bare_judge_is_asked_at_inference_as_it_was_trained() {
+    let dir = common::temp_dir("judges-bare");
+    build_tiny_data(&dir, 12);
+    let sc = tiny_scratch();
+    let tok = tokenizer_path();
+    let mut cfg = ft_cfg(&dir, "bare", 3);
+    for d in cfg.data.iter_mut().chain(cfg.heldout.iter_mut()) {
+        d.layout = Layout::Bare;
+    }
+    cfg.prompt_layout = Some(PromptLayout::Bare);
+    reward_ft::run(&cfg, Some((&sc, &tok)), Device::Cpu).unwrap();
+    let mut judge = LlavaJudge::load(&dir.join("bare"), Device::Cpu, Kind::Float).unwrap();
+    judge.mode = ScoreMode::Exact;
+    assert_eq!(judge.layout, PromptLayout::Bare);
+    let tk = tokenizers::Tokenizer::from_file(tok.as_path()).unwrap();
+    let mut kinds = std::collections::BTreeSet::new();
+    for file in ["orm_heldout.jsonl", "parm_heldout.jsonl"] {
+        let recs = load_records(&dir.join(file), None).unwrap();
+        let items: Vec<Sourced> = recs
+            .iter()
+            .map(|r| Sourced {
+                record: r.clone(),
+                loss_weight: 1.0,
+                layout: Layout::Bare,
+            })
+            .collect();
+        let prep = reward_ft::prepare_sourced(&items, &tk, 128, true, false).unwrap();
+        let refs: Vec<_> = prep.iter().collect();
+        let want = reward_ft::score_items(judge.model(), &refs, judge.yes_no_ids(), 16).unwrap();
+        for (r, (y, n)) in recs.iter().zip(want) {
+            let m = r.meta.as_ref().unwrap();
+            let p = [m.prompt.clone()];
+            let img = unit_image(&r.image).unsqueeze(0);
+            // Each question through the judge's API: the scores of the records it was trained on.
+            let (gy, gn) = match m.kind.as_str() {
+                "clarity" => (y, 1.0 - judge.clarity(&p, &img).unwrap()[0]),
+                "potential" => judge.potential(&p, &img).unwrap()[0],
+                _ => (judge.outcome(&p, &img).unwrap()[0], n),
+            };
+            assert!(
+                (gy - y).abs() < 1e-5 && (gn - n).abs() < 1e-5,
+                "{} ({}): judge ({gy}, {gn}) vs training scorer ({y}, {n})",
+                r.id,
+                m.kind
+            );
+            kinds.insert(m.kind.clone());
+        }
+    }
+    assert!(["orm", "clarity", "potential"]
+        .iter()
+        .all(|k| kinds.contains(*k)));
+    // The three questions differ, and a judge saved without the setting asks the paper's template.
+    let texts: Vec<String> = [
+        JudgeQuestion::Outcome,
+        JudgeQuestion::Clarity,
+        JudgeQuestion::Potential,
+    ]
+    .iter()
+    .map(|&q| judge.prompt_text(q, "a photo of a red circle"))
+    .collect();
+    assert!(texts[0] != texts[1] && texts[1] != texts[2] && texts[0] != texts[2]);
+    cfg.prompt_layout = None;
+    cfg.out = dir.join("chat");
+    cfg.run_dir = dir.join("run-chat");
+    cfg.max_steps = Some(1);
+    reward_ft::run(&cfg, Some((&sc, &tok)), Device::Cpu).unwrap();
+    let chat = LlavaJudge::load(&dir.join("chat"), Device::Cpu, Kind::Float).unwrap();
+    assert_eq!(chat.layout, PromptLayout::Chat);
+    assert_eq!(
+        chat.prompt_text(JudgeQuestion::Outcome, "a photo of a red circle"),
+        orm_prompt("a photo of a red circle")
+    );
+    // --init from the bare judge keeps its layout.
+    cfg.init = Some(dir.join("bare"));
+    cfg.out = dir.join("bare-again");
+    cfg.run_dir = dir.join("run-bare-again");
+    reward_ft::run(&cfg, None, Device::Cpu).unwrap();
+    let again = LlavaJudge::load(&dir.join("bare-again"), Device::Cpu, Kind::Float).unwrap();
+    assert_eq!(again.layout, PromptLayout::Bare);
 }

@@ -142,26 +142,10 @@ pub struct DataSource {
     pub layout: Layout,
 }
 
-/// Token layout of a source's records.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Layout {
-    /// The paper's `qwen_1_5` chat template around the record's turns (spec §6).
-    #[default]
-    Chat,
-    /// Not in the paper: the image, the record's generation prompt (`meta.prompt`) and the answer,
-    /// with no system prompt, role headers or question (LLaVA's `plain` pretraining layout with the
-    /// prompt as its text). On presence questions a from-scratch judge learns the verdict read
-    /// right after the prompt's words much sooner than one read 24 template tokens later, and then
-    /// carries it over to the chat layout (measured; README, "What is not done").
-    Bare,
-}
-
-impl Layout {
-    fn is_chat(&self) -> bool {
-        *self == Layout::Chat
-    }
-}
+/// Token layout of a source's records: the judge's prompt layout (`chat`, the paper's, or `bare`).
+/// In `bare` a record asks its kind's question (`clarity`, `potential`, else the outcome) about its
+/// `meta.prompt`.
+pub use crate::models::llava_ov::prompt::PromptLayout as Layout;
 
 /// A loaded record with its source's settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -235,13 +219,16 @@ pub fn load_sources(
         );
         let mut recs = load_records(&s.path, image_folder)?;
         if s.layout == Layout::Bare {
-            // Checked here, where the file is known: the bare layout needs the prompt and one
+            // Checked here, where the file is known: the bare layout needs the prompt; it asks the
+            // record kind's question (PARM potential's two turns become one) and keeps the last
             // answer.
             for r in &recs {
+                let turns = r.turns()?.len();
+                let one_question = turns == 2 || (turns == 4 && r.kind() == "potential");
                 ensure!(
-                    r.meta.as_ref().is_some_and(|m| !m.prompt.trim().is_empty())
-                        && r.turns()?.len() == 2,
-                    "{}: record {}: layout `bare` needs `meta.prompt` and one question and answer",
+                    r.meta.as_ref().is_some_and(|m| !m.prompt.trim().is_empty()) && one_question,
+                    "{}: record {}: layout `bare` needs `meta.prompt` and one question and answer \
+                     (PARM potential: the clarity exchange, then its own)",
                     s.path.display(),
                     r.id
                 );

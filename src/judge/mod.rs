@@ -5,13 +5,14 @@
 //! generation prompts (one per image).
 //!
 //! Training the LLaVA-OneVision judges: [`dataset`] (LLaVA conversation records), [`data`]
-//! (`judge-data`: ORM/PARM data from a generator), [`reward_ft`] (`reward-ft`), [`recipe`]
+//! (`judge-data`: ORM/PARM data from a generator), [`reward_ft`] (`reward-ft`), [`vision_pretrain`] (a scratch glyph judge's tower), [`recipe`]
 //! (`recipes/judges-*.yaml`).
 pub mod cli;
 pub mod data;
 pub mod dataset;
 pub mod recipe;
 pub mod reward_ft;
+pub mod vision_pretrain;
 
 use crate::models::llava_ov::judge::LlavaJudge;
 use anyhow::Result;

@@ -5,8 +5,10 @@
 //! reports held-out yes/no accuracy and pairwise ranking accuracy, measured on the reloaded
 //! checkpoint. Without an initial checkpoint a small judge is initialised from scratch.
 use super::dataset::{load_sources, DataSource, Layout, Record, Sourced};
+use super::vision_pretrain::{pretrain_tower, VisionPretrain, VisionPretrainReport};
 use crate::models::llava_ov::config::LlavaOvConfig;
 use crate::models::llava_ov::model::LlavaOnevision;
+use crate::models::llava_ov::prompt::{JudgeQuestion, PromptLayout};
 use crate::models::llava_ov::train::{
     bare_tokens, chat_tokens, forward_batch, init_weights_on, model_from_tensors, pad_image_u8,
     save_checkpoint, BatchItem, ChatTokens, LoraConfig, ScratchConfig, Trainable,
@@ -79,6 +81,14 @@ pub struct RewardFtConfig {
     /// each record's last answer alone.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub answer_only: bool,
+    /// Not in the paper (its tower is a pretrained SigLIP): first train the tower alone to name
+    /// each glyph cell's shape and color ([`super::vision_pretrain`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vision_pretrain: Option<VisionPretrain>,
+    /// How the saved judge is asked at inference (`imgcot_prompt_layout` in its config.json);
+    /// None keeps the initial checkpoint's (the paper's chat template for a scratch judge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_layout: Option<PromptLayout>,
 }
 
 fn one() -> f64 {
@@ -147,7 +157,8 @@ fn record_tokens(
         Layout::Chat => chat_tokens(tok, &turns, image_to_front),
         Layout::Bare => {
             let prompt = &r.meta.as_ref().context("no meta.prompt")?.prompt;
-            bare_tokens(tok, prompt, &turns.last().context("no turns")?.1)
+            let question = JudgeQuestion::of_kind(r.kind());
+            bare_tokens(tok, question, prompt, &turns.last().context("no turns")?.1)
         }
     }
 }
@@ -313,6 +324,9 @@ pub struct Report {
     /// Largest |ΔP(yes)|, |ΔP(no)| on the held-out records between the trained model in memory
     /// and the saved checkpoint reloaded with `LlavaJudge::load`.
     pub reload_max_abs_diff: f64,
+    /// The tower pretraining, when the stage has `vision_pretrain`.
+    #[serde(default)]
+    pub vision_pretrain: Option<VisionPretrainReport>,
     /// Held-out metrics of the saved checkpoint, reloaded from disk.
     pub heldout: BTreeMap<String, KindMetrics>,
     pub config: RewardFtConfig,
@@ -391,6 +405,35 @@ pub fn run(
     let train = prepare_sourced(&train_recs, &tok, size, cfg.image_to_front, cfg.answer_only)?;
     let held = prepare_sourced(&held_recs, &tok, size, cfg.image_to_front, cfg.answer_only)?;
 
+    let steps_per_epoch = train.len().div_ceil(cfg.batch_size) as u64;
+    let total = cfg
+        .max_steps
+        .unwrap_or(((cfg.epochs * steps_per_epoch as f64).ceil() as u64).max(1));
+    let mut log = Logger::new(
+        &cfg.run_dir,
+        total,
+        LoggerOptions {
+            print_every: cfg.log_every.max(1),
+            ..LoggerOptions::default()
+        },
+    )?;
+    // Before `Trainable::new`, which sets what trains (the tower pretraining trains the tower).
+    let vision_pretrain = match &cfg.vision_pretrain {
+        Some(vp) => {
+            fn imgs(p: &[Prepared]) -> Vec<&Tensor> {
+                p.iter().map(|x| &x.image).collect()
+            }
+            Some(pretrain_tower(
+                &model,
+                &imgs(&train),
+                &imgs(&held),
+                vp,
+                cfg.seed,
+                &mut log,
+            )?)
+        }
+        None => None,
+    };
     let trainable = Trainable::new(&model, cfg.lora.as_ref())?;
     let vision_mult = cfg.vision_lr_mult;
     let mut opt = AdamW::with_groups(
@@ -408,23 +451,11 @@ pub fn run(
             g
         },
     )?;
-    let steps_per_epoch = train.len().div_ceil(cfg.batch_size) as u64;
-    let total = cfg
-        .max_steps
-        .unwrap_or(((cfg.epochs * steps_per_epoch as f64).ceil() as u64).max(1));
     let sched = LrSchedule::Cosine {
         warmup_steps: (cfg.warmup_ratio * total as f64).ceil() as u64,
         total_steps: total,
         min_lr_ratio: cfg.min_lr_ratio,
     };
-    let mut log = Logger::new(
-        &cfg.run_dir,
-        total,
-        LoggerOptions {
-            print_every: cfg.log_every.max(1),
-            ..LoggerOptions::default()
-        },
-    )?;
     log.info(format!(
         "reward-ft: {} train / {} held-out records, {} steps of batch {}, {} trainable params{}",
         train.len(),
@@ -512,6 +543,13 @@ pub fn run(
     let save_kind = crate::util::parse_dtype(&cfg.save_dtype)?;
     let all: Vec<&Prepared> = held.iter().collect();
     let in_memory = score_items(&model, &all, yes_no, 64)?;
+    let mut config_json = config_json;
+    if let Some(l) = cfg.prompt_layout {
+        config_json
+            .as_object_mut()
+            .context("config.json is not an object")?
+            .insert("imgcot_prompt_layout".into(), serde_json::to_value(l)?);
+    }
     save_checkpoint(&model, config_json, &side, &cfg.out, save_kind)?;
     drop(model);
     // Metrics from the checkpoint as saved: proves it loads and scores as trained.
@@ -548,6 +586,7 @@ pub fn run(
         final_loss: last_loss,
         seconds: t0.elapsed().as_secs_f64(),
         reload_max_abs_diff,
+        vision_pretrain,
         heldout,
         config: cfg.clone(),
     };

@@ -6,6 +6,7 @@
 //!   seed hard-codes SigLIP-so400m, spec-judges §1.1), so it defaults to so400m unless a
 //!   `vision_config` object is present;
 //! - HF (`llava-hf/...-hf`, `model_type: "llava_onevision"`): `text_config` + `vision_config`.
+use super::prompt::PromptLayout;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use std::path::Path;
@@ -230,10 +231,14 @@ pub struct LlavaOvConfig {
     pub image_aspect_ratio: AspectMode,
     /// `image_newline` is used (`"unpad" in mm_patch_merge_type`, always true for OneVision).
     pub has_image_newline: bool,
+    /// How the judge is asked (`imgcot_prompt_layout`, ours; absent = the paper's chat template).
+    pub prompt_layout: PromptLayout,
 }
 
 #[derive(Deserialize)]
 struct OriginalFields {
+    #[serde(default)]
+    imgcot_prompt_layout: PromptLayout,
     #[serde(default)]
     mm_hidden_size: Option<i64>,
     #[serde(default)]
@@ -254,6 +259,8 @@ struct OriginalFields {
 
 #[derive(Deserialize)]
 struct HfFields {
+    #[serde(default)]
+    imgcot_prompt_layout: PromptLayout,
     text_config: Qwen2Config,
     vision_config: SiglipVisionConfig,
     #[serde(default)]
@@ -359,6 +366,7 @@ impl LlavaOvConfig {
                 o.image_aspect_ratio.as_deref().unwrap_or("anyres_max_9"),
             )?,
             has_image_newline: merge.contains("unpad"),
+            prompt_layout: o.imgcot_prompt_layout,
             text,
             vision,
         })
@@ -401,6 +409,7 @@ impl LlavaOvConfig {
                 h.vision_aspect_ratio.as_deref().unwrap_or("anyres_max_9"),
             )?,
             has_image_newline: true,
+            prompt_layout: h.imgcot_prompt_layout,
             text: h.text_config,
             vision: h.vision_config,
         })

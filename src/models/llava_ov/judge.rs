@@ -4,8 +4,8 @@ use super::config::AspectMode;
 use super::image_processing::{image_from_unit_tensor, preprocess_anyres, preprocess_pad};
 use super::model::LlavaOnevision;
 use super::prompt::{
-    dpo_reward_prompt, orm_prompt, parm_clarity_prompt, parm_potential_prompt,
-    tokenizer_image_token,
+    bare_prompt, dpo_reward_prompt, orm_prompt, parm_clarity_prompt, parm_potential_prompt,
+    tokenizer_image_token, JudgeQuestion, PromptLayout,
 };
 use super::scoring::{answer_distribution, ScoreMode};
 use anyhow::{anyhow, ensure, Context, Result};
@@ -30,6 +30,8 @@ pub struct LlavaJudge {
     /// Image path; the seed overrides the checkpoints' anyres_max_9 to "pad" at inference.
     pub aspect: AspectMode,
     pub outcome_question: OutcomeQuestion,
+    /// How the questions are put (the checkpoint's `imgcot_prompt_layout`; default the paper's).
+    pub layout: PromptLayout,
     /// Sequences per forward pass.
     pub max_batch: usize,
     yes_id: i64,
@@ -72,12 +74,14 @@ impl LlavaJudge {
             yes_id < v && no_id < v,
             "yes/no ids {yes_id}/{no_id} outside the model vocabulary {v}"
         );
+        let layout = model.config().prompt_layout;
         Ok(Self {
             model,
             tokenizer,
             mode: ScoreMode::paper(),
             aspect: AspectMode::Pad,
             outcome_question: OutcomeQuestion::Orm,
+            layout,
             max_batch: 8,
             yes_id,
             no_id,
@@ -176,13 +180,30 @@ impl LlavaJudge {
         Ok(yes.into_iter().zip(no).collect())
     }
 
+    /// The prompt text (with `<image>`) of `question` about generation prompt `p` in this judge's
+    /// layout.
+    pub fn prompt_text(&self, question: JudgeQuestion, p: &str) -> String {
+        match (self.layout, question) {
+            (PromptLayout::Bare, q) => bare_prompt(q, p),
+            (PromptLayout::Chat, JudgeQuestion::Outcome) => match self.outcome_question {
+                OutcomeQuestion::Orm => orm_prompt(p),
+                OutcomeQuestion::DpoReward => dpo_reward_prompt(p),
+            },
+            (PromptLayout::Chat, JudgeQuestion::Clarity) => parm_clarity_prompt(p),
+            (PromptLayout::Chat, JudgeQuestion::Potential) => parm_potential_prompt(p),
+        }
+    }
+
+    fn texts(&self, question: JudgeQuestion, prompts: &[String]) -> Vec<String> {
+        prompts
+            .iter()
+            .map(|p| self.prompt_text(question, p))
+            .collect()
+    }
+
     /// Outcome score P(yes) of the ORM (or DPO-reward) question.
     pub fn outcome(&self, prompts: &[String], images: &Tensor) -> Result<Vec<f64>> {
-        let q = |p: &String| match self.outcome_question {
-            OutcomeQuestion::Orm => orm_prompt(p),
-            OutcomeQuestion::DpoReward => dpo_reward_prompt(p),
-        };
-        let texts: Vec<String> = prompts.iter().map(q).collect();
+        let texts = self.texts(JudgeQuestion::Outcome, prompts);
         Ok(self
             .yes_no(&texts, images)?
             .into_iter()
@@ -193,7 +214,7 @@ impl LlavaJudge {
     /// PARM clarity: probability that the answer is not "no" (the seed treats any other first token
     /// as "clear", selector.py:93-111).
     pub fn clarity(&self, prompts: &[String], images: &Tensor) -> Result<Vec<f64>> {
-        let texts: Vec<String> = prompts.iter().map(|p| parm_clarity_prompt(p)).collect();
+        let texts = self.texts(JudgeQuestion::Clarity, prompts);
         Ok(self
             .yes_no(&texts, images)?
             .into_iter()
@@ -203,7 +224,7 @@ impl LlavaJudge {
 
     /// PARM potential: (P(yes), P(no)) of the second-turn question.
     pub fn potential(&self, prompts: &[String], images: &Tensor) -> Result<Vec<(f64, f64)>> {
-        let texts: Vec<String> = prompts.iter().map(|p| parm_potential_prompt(p)).collect();
+        let texts = self.texts(JudgeQuestion::Potential, prompts);
         self.yes_no(&texts, images)
     }
 }

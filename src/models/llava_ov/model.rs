@@ -81,14 +81,21 @@ impl LlavaOnevision {
         out
     }
 
+    /// Crops [N, 3, S, S] → the tower's output of the selected layer [N, P, vision hidden], before
+    /// the projector.
+    pub fn vision_features(&self, pixels: &Tensor) -> Result<Tensor> {
+        let f = self.vision.forward(pixels)?;
+        Ok(if self.cfg.drop_first_vision_token {
+            let p = f.size()[1];
+            f.narrow(1, 1, p - 1)
+        } else {
+            f
+        })
+    }
+
     /// Crops [N, 3, S, S] → projected features [N, P, hidden] (tower output of the selected layer).
     pub fn image_features(&self, pixels: &Tensor) -> Result<Tensor> {
-        let mut f = self.vision.forward(pixels)?;
-        if self.cfg.drop_first_vision_token {
-            let p = f.size()[1];
-            f = f.narrow(1, 1, p - 1);
-        }
-        Ok(self.projector.forward(&f))
+        Ok(self.projector.forward(&self.vision_features(pixels)?))
     }
 
     fn newline(&self) -> Result<&Tensor> {

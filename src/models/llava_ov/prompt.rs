@@ -86,6 +86,60 @@ pub fn dpo_reward_question(p: &str) -> String {
     )
 }
 
+/// How a judge is asked, recorded in its checkpoint's config.json as `imgcot_prompt_layout`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptLayout {
+    /// The paper's `qwen_1_5` chat template around its questions (spec §6).
+    #[default]
+    Chat,
+    /// Not in the paper: the image, a word naming the question (none for the outcome, `clear` for
+    /// PARM clarity, `potential` for PARM potential) and the generation prompt; the answer follows
+    /// at once, with no system prompt, role headers or question text (LLaVA's `plain` pretraining
+    /// layout). For from-scratch glyph judges, which learn the verdict in this layout and not in
+    /// the chat template within a CPU run (measured; README, "What is not done").
+    Bare,
+}
+
+impl PromptLayout {
+    pub fn is_chat(&self) -> bool {
+        *self == PromptLayout::Chat
+    }
+}
+
+/// The questions a judge answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JudgeQuestion {
+    /// ORM (or the DPO-reward question): does the image satisfy the prompt?
+    Outcome,
+    /// PARM clarity: is this step clear enough to judge?
+    Clarity,
+    /// PARM potential: can this step still reach an image satisfying the prompt?
+    Potential,
+}
+
+impl JudgeQuestion {
+    /// The question of a `judge-data` record kind (`clarity`, `potential`; anything else asks the
+    /// outcome).
+    pub fn of_kind(kind: &str) -> Self {
+        match kind {
+            "clarity" => Self::Clarity,
+            "potential" => Self::Potential,
+            _ => Self::Outcome,
+        }
+    }
+}
+
+/// The [`PromptLayout::Bare`] prompt text (with `<image>`), up to the answer.
+pub fn bare_prompt(question: JudgeQuestion, p: &str) -> String {
+    let word = match question {
+        JudgeQuestion::Outcome => "",
+        JudgeQuestion::Clarity => "clear ",
+        JudgeQuestion::Potential => "potential ",
+    };
+    format!("<image>\n{word}{}", p.trim())
+}
+
 /// Full ORM prompt text (system + user + generation prompt).
 pub fn orm_prompt(p: &str) -> String {
     Conversation::qwen_1_5()

@@ -7,7 +7,9 @@ use super::config::LlavaOvConfig;
 use super::image_processing::expand2square;
 use super::image_processing::resize_bicubic;
 use super::model::LlavaOnevision;
-use super::prompt::{tokenizer_image_token, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX};
+use super::prompt::{
+    bare_prompt, tokenizer_image_token, JudgeQuestion, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX,
+};
 use super::weights::{Weights, VISION_PREFIX};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use image::RgbImage;
@@ -151,11 +153,16 @@ pub fn chat_tokens(
     })
 }
 
-/// The `bare` layout (not in the paper): the image, the generation prompt (unsupervised), the
-/// answer and LLaVA `plain`'s "\n" separator (supervised). No system prompt, role headers or
-/// question.
-pub fn bare_tokens(tok: &Tokenizer, prompt: &str, answer: &str) -> Result<ChatTokens> {
-    let mut ids = encode(tok, &format!("{IMAGE_PLACEHOLDER}\n{}", prompt.trim()))?;
+/// The `bare` layout ([`super::prompt::PromptLayout::Bare`], not in the paper): the image, the
+/// question's word, the generation prompt (unsupervised), the answer and LLaVA `plain`'s "\n"
+/// separator (supervised).
+pub fn bare_tokens(
+    tok: &Tokenizer,
+    question: JudgeQuestion,
+    prompt: &str,
+    answer: &str,
+) -> Result<ChatTokens> {
+    let mut ids = encode(tok, &bare_prompt(question, prompt))?;
     let mut labels = vec![IGNORE_INDEX; ids.len()];
     let answer_pos = ids.len();
     let mut tail = encode(tok, answer)?;
@@ -784,7 +791,7 @@ mod tests {
     fn bare_layout_is_image_prompt_answer_with_only_the_answer_supervised() {
         let tok = crate::glyphs::tokenizer::load().unwrap();
         let prompt = "a photo of a red circle";
-        let t = bare_tokens(&tok, prompt, "yes").unwrap();
+        let t = bare_tokens(&tok, JudgeQuestion::Outcome, prompt, "yes").unwrap();
         let words = encode(&tok, prompt).unwrap();
         let yes = encode(&tok, "yes").unwrap();
         assert_eq!(t.ids[0], IMAGE_TOKEN_INDEX);
@@ -793,7 +800,18 @@ mod tests {
         assert_eq!(t.ids[t.answer_pos..t.answer_pos + yes.len()], yes[..]);
         assert!(t.labels[..t.answer_pos].iter().all(|&l| l == IGNORE_INDEX));
         assert_eq!(&t.labels[t.answer_pos..], &t.ids[t.answer_pos..]);
-        assert!(bare_tokens(&tok, prompt, "").is_err());
+        assert!(bare_tokens(&tok, JudgeQuestion::Outcome, prompt, "").is_err());
+        // PARM's questions: one word naming the question before the prompt.
+        for (q, word) in [
+            (JudgeQuestion::Clarity, "clear"),
+            (JudgeQuestion::Potential, "potential"),
+        ] {
+            let t = bare_tokens(&tok, q, prompt, "no").unwrap();
+            let mut want = vec![IMAGE_TOKEN_INDEX];
+            want.extend(encode(&tok, word).unwrap());
+            want.extend(&words);
+            assert_eq!(t.prompt_ids(), &want[..]);
+        }
         // Answer-only supervision keeps exactly the answer's tokens, in either layout.
         let turns = [
             (false, format!("<image> {prompt}")),
