@@ -651,7 +651,7 @@ fn vision_pretrain_teaches_the_tower_to_name_each_cell() {
         lr: 3e-3,
         batch_size: 16,
     });
-    // One step: the heads start at chance (7 classes per cell, mostly empty cells).
+    // One step, taken at the warmup's LR 0: the heads' chance level (7 classes per cell).
     let before = reward_ft::run(&cfg, Some((&sc, &tok)), Device::Cpu)
         .unwrap()
         .vision_pretrain
@@ -730,6 +730,22 @@ fn a_bare_judge_is_asked_at_inference_as_it_was_trained() {
                 m.kind
             );
             kinds.insert(m.kind.clone());
+            // `inspect judge --prompt` asks in the checkpoint's layout too.
+            let [exact, _] =
+                imgcot::judge::cli::inspect_judge(&imgcot::judge::cli::InspectJudgeArgs {
+                    model: dir.join("bare"),
+                    image: PathBuf::from(&r.image),
+                    prompt: Some(m.prompt.clone()),
+                    input_ids: None,
+                    kind: match m.kind.as_str() {
+                        "clarity" | "potential" => m.kind.clone(),
+                        _ => "orm".into(),
+                    },
+                    device: "cpu".into(),
+                    dtype: "fp32".into(),
+                })
+                .unwrap();
+            assert!((exact.0 - y).abs() < 1e-5 && (exact.1 - n).abs() < 1e-5);
         }
     }
     assert!(["orm", "clarity", "potential"]

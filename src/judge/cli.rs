@@ -6,9 +6,7 @@ use crate::judge::recipe::JudgesRecipe;
 use crate::judge::reward_ft::{self, RewardFtConfig};
 use crate::models::llava_ov::config::Qwen2Config;
 use crate::models::llava_ov::image_processing::preprocess_pad;
-use crate::models::llava_ov::prompt::{
-    orm_prompt, parm_clarity_prompt, parm_potential_prompt, tokenizer_image_token,
-};
+use crate::models::llava_ov::prompt::{tokenizer_image_token, JudgeQuestion};
 use crate::models::llava_ov::scoring::{answer_distribution, ScoreMode};
 use crate::models::llava_ov::{LlavaJudge, Qwen2ForCausalLM, Weights};
 use anyhow::{bail, ensure, Context, Result};
@@ -261,7 +259,8 @@ pub struct InspectJudgeArgs {
     pub model: PathBuf,
     #[arg(long)]
     pub image: PathBuf,
-    /// Generation prompt; the question is built from it according to --kind.
+    /// Generation prompt; the question is built from it according to --kind, in the judge's
+    /// prompt layout (its config.json's `imgcot_prompt_layout`; default the paper's template).
     #[arg(long, conflicts_with = "input_ids")]
     pub prompt: Option<String>,
     /// safetensors file with int64 `input_ids` [L] or [1, L] holding −200 where the image goes.
@@ -286,13 +285,14 @@ pub fn inspect_judge(args: &InspectJudgeArgs) -> Result<[(f64, f64); 2]> {
         .map_err(|e| anyhow::anyhow!("loading {}: {e}", tok_path.display()))?;
     let ids: Vec<i64> = match (&args.prompt, &args.input_ids) {
         (Some(p), None) => {
-            let text = match args.kind.as_str() {
-                "orm" => orm_prompt(p),
-                "clarity" => parm_clarity_prompt(p),
-                "potential" => parm_potential_prompt(p),
+            let q = match args.kind.as_str() {
+                "orm" => JudgeQuestion::Outcome,
+                "clarity" => JudgeQuestion::Clarity,
+                "potential" => JudgeQuestion::Potential,
                 k => bail!("--kind {k}: expected orm, clarity or potential"),
             };
-            tokenizer_image_token(&tok, &text)?
+            // In the layout the checkpoint was trained for (the paper's template by default).
+            tokenizer_image_token(&tok, &judge.prompt_text(q, p))?
         }
         (None, Some(f)) => read_ids(f)?,
         _ => bail!("give --prompt TEXT or --input-ids FILE"),

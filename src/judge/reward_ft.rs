@@ -434,6 +434,15 @@ pub fn run(
         }
         None => None,
     };
+    // The saved judge is asked in this layout; training it only in another is almost surely a
+    // recipe mistake (a scratch judge learns the verdict in one layout at a time; README).
+    let asked = cfg.prompt_layout.unwrap_or(model.config().prompt_layout);
+    if !cfg.data.iter().any(|d| d.layout == asked) {
+        log.info(format!(
+            "warning: the saved judge will be asked in the {asked:?} layout, which no training \
+             source uses (set `prompt_layout` or a source's `layout`)"
+        ));
+    }
     let trainable = Trainable::new(&model, cfg.lora.as_ref())?;
     let vision_mult = cfg.vision_lr_mult;
     let mut opt = AdamW::with_groups(

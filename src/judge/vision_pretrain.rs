@@ -2,8 +2,9 @@
 //! from. A scratch glyph judge's tower, shaped only by the yes/no bit and captions, stays blind for
 //! longer than a CPU run lasts (README, "What is not done"). So before the fine-tune the tower alone
 //! learns to name each 16-pixel cell's shape and color: two linear heads on its output features
-//! (the layer the projector reads), dropped afterwards. The labels are the glyph world's exact
-//! encoder's codes of the training images, so nothing but pixels goes in.
+//! (the layer the projector reads), dropped afterwards. The labels are the glyph world's
+//! nearest-patch encoder's codes of the training images (exact on rendered and decoded glyph
+//! images), so nothing but pixels goes in.
 use crate::glyphs::world::{encode, Glyph, CELL, COLORS, IMAGE_SIZE, NUM_CELLS, SHAPES};
 use crate::models::llava_ov::model::LlavaOnevision;
 use crate::models::llava_ov::train::normalize_pixels;
@@ -22,11 +23,12 @@ use tch::{Kind, Tensor};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VisionPretrain {
-    /// Optimizer steps (warmup, then cosine to 0).
+    /// Optimizer steps (linear warmup from 0 at the first step, then cosine to 0).
     pub steps: u64,
     #[serde(default = "d_lr")]
     pub lr: f64,
-    /// Images per step, drawn with replacement from the stage's training images.
+    /// Images per step, drawn with replacement from the stage's training records (an image asked
+    /// about in several records is drawn that much more often).
     #[serde(default = "d_batch")]
     pub batch_size: usize,
 }
@@ -76,7 +78,7 @@ pub fn cell_labels(image: &Tensor) -> Result<Tensor> {
 }
 
 /// Trains `model`'s vision tower in place on `train` images (uint8 [3, S, S]); scores the heads on
-/// up to 256 of `heldout`. Every tower weight trains, whatever the later fine-tune freezes: call
+/// the first (up to) 256 of `heldout`. Every tower weight trains, whatever the later fine-tune freezes: call
 /// it before the fine-tune sets `requires_grad`.
 pub fn pretrain_tower(
     model: &LlavaOnevision,
@@ -250,6 +252,8 @@ pub fn pretrain_tower(
         heldout_images: n_held,
         seconds: t0.elapsed().as_secs_f64(),
     };
+    // The fine-tune after this reads tower gradients (LoRA routes W.grad into its factors).
+    opt.zero_grad();
     let show = |a: Option<f64>| a.map(|a| format!("{a:.4}")).unwrap_or("-".into());
     log.info(format!(
         "vision_pretrain done in {:.0}s: held-out cell accuracy shape {} color {} ({n_held} images)",
