@@ -1,6 +1,7 @@
 //! Judge training data in the LLaVA conversation format (spec-judges §6): one record per image with
 //! `human`/`gpt` turns, read from a JSON list or JSONL; the seed's data-mix syntax
 //! (`random:70%`, `first:N`, `all`); image paths absolute or relative to the data file.
+use crate::models::llava_ov::prompt::JudgeQuestion;
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -224,7 +225,8 @@ pub fn load_sources(
             // answer.
             for r in &recs {
                 let turns = r.turns()?.len();
-                let one_question = turns == 2 || (turns == 4 && r.kind() == "potential");
+                let potential = JudgeQuestion::of_kind(r.kind()) == JudgeQuestion::Potential;
+                let one_question = turns == 2 || (turns == 4 && potential);
                 ensure!(
                     r.meta.as_ref().is_some_and(|m| !m.prompt.trim().is_empty()) && one_question,
                     "{}: record {}: layout `bare` needs `meta.prompt` and one question and answer \

@@ -5,8 +5,8 @@
 //! generation prompts (one per image).
 //!
 //! Training the LLaVA-OneVision judges: [`dataset`] (LLaVA conversation records), [`data`]
-//! (`judge-data`: ORM/PARM data from a generator), [`reward_ft`] (`reward-ft`), [`vision_pretrain`] (a scratch glyph judge's tower), [`recipe`]
-//! (`recipes/judges-*.yaml`).
+//! (`judge-data`: ORM/PARM data from a generator), [`reward_ft`] (`reward-ft`), [`vision_pretrain`]
+//! (a scratch glyph judge's tower), [`recipe`] (`recipes/judges-*.yaml`).
 pub mod cli;
 pub mod data;
 pub mod dataset;

@@ -392,7 +392,8 @@ pub fn run(
         cfg.run_dir.display(),
         cfg.out.display()
     );
-    let (model, config_json, side) = initial_model(cfg.init.as_deref(), scratch, device, cfg.seed)?;
+    let (model, mut config_json, side) =
+        initial_model(cfg.init.as_deref(), scratch, device, cfg.seed)?;
     check_side_dir(&side)?;
     let tok_path = side.join("tokenizer.json");
     let tok = Tokenizer::from_file(&tok_path)
@@ -552,7 +553,6 @@ pub fn run(
     let save_kind = crate::util::parse_dtype(&cfg.save_dtype)?;
     let all: Vec<&Prepared> = held.iter().collect();
     let in_memory = score_items(&model, &all, yes_no, 64)?;
-    let mut config_json = config_json;
     if let Some(l) = cfg.prompt_layout {
         config_json
             .as_object_mut()

@@ -77,9 +77,33 @@ pub fn cell_labels(image: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_slice(&out).view([NUM_CELLS as i64, 2]))
 }
 
+/// Images `idx` of `pool` stacked, with their [`cell_labels`] (cached in `labels` by index).
+fn batch(
+    pool: &[&Tensor],
+    idx: &[usize],
+    labels: &mut HashMap<usize, Tensor>,
+) -> Result<(Tensor, Tensor)> {
+    let mut px = Vec::with_capacity(idx.len());
+    let mut tgt = Vec::with_capacity(idx.len());
+    for &i in idx {
+        px.push(pool[i].shallow_clone());
+        let l = match labels.get(&i) {
+            Some(l) => l.shallow_clone(),
+            None => {
+                let l =
+                    cell_labels(pool[i]).with_context(|| format!("vision_pretrain image {i}"))?;
+                labels.insert(i, l.shallow_clone());
+                l
+            }
+        };
+        tgt.push(l);
+    }
+    Ok((Tensor::stack(&px, 0), Tensor::stack(&tgt, 0)))
+}
+
 /// Trains `model`'s vision tower in place on `train` images (uint8 [3, S, S]); scores the heads on
-/// the first (up to) 256 of `heldout`. Every tower weight trains, whatever the later fine-tune freezes: call
-/// it before the fine-tune sets `requires_grad`.
+/// the first (up to) 256 of `heldout`. Every tower weight trains, whatever the later fine-tune
+/// freezes: call it before the fine-tune sets `requires_grad`.
 pub fn pretrain_tower(
     model: &LlavaOnevision,
     train: &[&Tensor],
@@ -147,15 +171,6 @@ pub fn pretrain_tower(
         total_steps: cfg.steps,
         min_lr_ratio: 0.0,
     };
-    let mut labels: HashMap<usize, Tensor> = HashMap::new();
-    let mut label_of = |pool: &[&Tensor], i: usize, key: usize| -> Result<Tensor> {
-        if let Some(t) = labels.get(&key) {
-            return Ok(t.shallow_clone());
-        }
-        let t = cell_labels(pool[i]).with_context(|| format!("vision_pretrain image {i}"))?;
-        labels.insert(key, t.shallow_clone());
-        Ok(t)
-    };
     // (loss, per-head accuracy) of a batch of images with their labels.
     let forward = |px: &Tensor, tgt: &Tensor| -> Result<(Tensor, [f64; 2])> {
         let f = model.vision_features(&normalize_pixels(px).to_device(dev))?;
@@ -183,23 +198,13 @@ pub fn pretrain_tower(
         Ok((loss, acc))
     };
     let mut rng = crate::glyphs::rng::seeded(seed, 0x7669_7370);
+    let mut train_labels = HashMap::new();
     let mut last = f64::NAN;
     for step in 0..cfg.steps {
         let idx: Vec<usize> = (0..cfg.batch_size)
             .map(|_| crate::glyphs::rng::below(&mut rng, train.len()))
             .collect();
-        let px = Tensor::stack(
-            &idx.iter()
-                .map(|&i| train[i].shallow_clone())
-                .collect::<Vec<_>>(),
-            0,
-        );
-        let tgt = Tensor::stack(
-            &idx.iter()
-                .map(|&i| label_of(train, i, i))
-                .collect::<Result<Vec<_>>>()?,
-            0,
-        );
+        let (px, tgt) = batch(train, &idx, &mut train_labels)?;
         let (loss, acc) = forward(&px, &tgt)?;
         opt.zero_grad();
         loss.backward();
@@ -224,20 +229,7 @@ pub fn pretrain_tower(
     let n_held = heldout.len().min(256);
     let mut right = [0.0; 2];
     for chunk in (0..n_held).collect::<Vec<_>>().chunks(64) {
-        let px = Tensor::stack(
-            &chunk
-                .iter()
-                .map(|&i| heldout[i].shallow_clone())
-                .collect::<Vec<_>>(),
-            0,
-        );
-        let tgt = Tensor::stack(
-            &chunk
-                .iter()
-                .map(|&i| label_of(heldout, i, usize::MAX - i))
-                .collect::<Result<Vec<_>>>()?,
-            0,
-        );
+        let (px, tgt) = batch(heldout, chunk, &mut HashMap::new())?;
         let (_, acc) = tch::no_grad(|| forward(&px, &tgt))?;
         for k in 0..2 {
             right[k] += acc[k] * chunk.len() as f64;
