@@ -1,7 +1,7 @@
-//! The full glyph-world judge training (`judge-data`, then `reward-ft` for the ORM and the PARM) with
-//! the embedded `recipes/judges-glyphs.yaml`, and its acceptance bar: held-out ORM accuracy ≥ 0.85
-//! and PARM potential accuracy on clear steps ≥ 0.75. About 10 minutes on 2 CPU cores, so it is
-//! opt-in: `cargo test --release --test judges_glyphs_full -- --ignored --nocapture`.
+//! The full glyph-world judge training (`judge-data`, then `reward-ft` for every stage of the
+//! embedded `recipes/judges-glyphs.yaml` in order) and its acceptance bar: held-out ORM accuracy
+//! ≥ 0.85 and PARM potential accuracy on clear steps ≥ 0.75. About 18 minutes on 2 CPU cores, so it
+//! is opt-in: `cargo test --release --test judges_glyphs_full -- --ignored --nocapture`.
 //! `IMGCOT_JUDGES_RECIPE` selects another recipe file; `IMGCOT_JUDGES_GENERATOR` another generator
 //! checkpoint (default: the generator recipe's, ckpts/glyphs/base).
 use imgcot::judge::cli::{run_judge_data, run_reward_ft, JudgeDataArgs, RewardFtArgs};
@@ -18,7 +18,7 @@ fn stage_args(recipe: &Option<PathBuf>, stage: &str) -> RewardFtArgs {
 }
 
 #[test]
-#[ignore = "full glyph-world judge training (~10 min on 2 CPU cores); run with --ignored"]
+#[ignore = "full glyph-world judge training (~18 min on 2 CPU cores); run with --ignored"]
 fn glyph_judges_reach_the_accuracy_bar() {
     std::env::set_current_dir(env!("CARGO_MANIFEST_DIR")).unwrap();
     let recipe = std::env::var("IMGCOT_JUDGES_RECIPE")
@@ -37,8 +37,9 @@ fn glyph_judges_reach_the_accuracy_bar() {
         device: None,
     })
     .unwrap();
-    run_reward_ft(stage_args(&recipe, "orm")).unwrap();
-    run_reward_ft(stage_args(&recipe, "parm")).unwrap();
+    for stage in r.stage_names() {
+        run_reward_ft(stage_args(&recipe, &stage)).unwrap();
+    }
     let report = |p: &PathBuf| -> Report {
         serde_json::from_str(&std::fs::read_to_string(p.join("reward_ft.json")).unwrap()).unwrap()
     };
