@@ -570,7 +570,7 @@ pub fn load_llava_judges(
 ) -> Result<Judges> {
     let device = recipe.device()?;
     // Missing judges are trained first with the embedded judges recipe (judge-data, then
-    // reward-ft for the ORM and the PARM), exactly as the CLI commands do.
+    // reward-ft for every stage: pretrain-N, ORM, PARM), exactly as the CLI commands do.
     let missing = (orm && !it.orm.join("config.json").exists())
         || (parm && !it.parm_model.join("config.json").exists());
     if missing {
@@ -629,8 +629,12 @@ mod tests {
     #[test]
     fn loop_trained_parm_starts_from_the_loops_orm() {
         let judges = crate::judge::recipe::JudgesRecipe::load(None).unwrap();
-        // The embedded recipe starts its PARM from its ORM.
+        // The embedded recipe starts its PARM from its ORM, and its ORM from the last pretrain stage.
         assert_eq!(judges.parm.init.as_deref(), Some(judges.orm.out.as_path()));
+        assert_eq!(
+            judges.orm.init.as_deref(),
+            judges.pretrain.last().map(|p| p.out.as_path())
+        );
         let it = it_config("elsewhere/orm", "elsewhere/parm");
         assert_eq!(
             judge_stage_paths(&judges, &it, "orm"),

@@ -52,9 +52,29 @@ pub struct LogpConfig {
     /// log_softmax((1+s)·cond − s·uncond), both branches with gradient (0: the conditional
     /// likelihood, as the paper's code). Set it to the sampler's `cfg_scale`: on the glyph world
     /// a round on the conditional likelihood raised the unguided score and lowered the guided
-    /// one, flooding the canvas (README).
-    #[serde(default)]
+    /// one, flooding the canvas (README). Needs `columns: codebook`. Rows whose prompt is dropped
+    /// (`cond_dropout`) reduce to the unconditional log-prob, at the cost of the second forward.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub cfg_scale: f64,
+}
+
+// Unguided settings serialize as before, so reference caches written by older builds still match.
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
+
+impl LogpConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.cfg_scale == 0.0 || self.columns == Columns::Codebook,
+            "dpo.logp.cfg_scale needs `columns: codebook`: the sampler guides the image codes only"
+        );
+        anyhow::ensure!(
+            self.cfg_scale.is_finite(),
+            "dpo.logp.cfg_scale must be finite"
+        );
+        Ok(())
+    }
 }
 
 fn d_mc() -> usize {
@@ -293,6 +313,23 @@ mod tests {
             },
         );
         assert!(ind.iter().any(|(c, r)| c != r));
+    }
+
+    #[test]
+    fn guidance_needs_codebook_columns_and_unguided_keys_serialize_as_before() {
+        let guided = LogpConfig {
+            cfg_scale: 1.75,
+            ..Default::default()
+        };
+        assert!(guided.validate().is_err(), "full columns with guidance");
+        let ok = LogpConfig {
+            columns: Columns::Codebook,
+            ..guided
+        };
+        ok.validate().unwrap();
+        assert!(serde_json::to_string(&ok).unwrap().contains("cfg_scale"));
+        let plain = serde_json::to_string(&LogpConfig::default()).unwrap();
+        assert!(!plain.contains("cfg_scale"), "{plain}");
     }
 
     #[test]

@@ -287,6 +287,7 @@ pub fn train_round(
     mut guide: Option<&mut dyn ImageScorer>,
 ) -> Result<RoundResult> {
     cfg.loss.validate()?;
+    cfg.logp.validate()?;
     ensure!(
         cfg.batch_size > 0 && cfg.grad_accum > 0 && cfg.logp.n_mc > 0,
         "batch_size, grad_accum and logp.n_mc must be positive"
