@@ -130,8 +130,6 @@ pub fn guidance_loss(traj_logps: &Tensor, advantages: &[f64], n_tokens: i64, coe
 mod tests {
     use super::*;
     use crate::generate::{sample, NoHook, SamplerConfig};
-    use crate::models::showo::Config;
-    use tch::Device;
 
     #[test]
     fn rloo_baseline() {
@@ -145,20 +143,7 @@ mod tests {
 
     #[test]
     fn trajectory_logp_matches_sampling_and_has_gradient() {
-        tch::manual_seed(5);
-        let cfg = Config::from_json(
-            r#"{"llm_vocab_size":20,"codebook_size":12,"num_vq_tokens":16,"vocab_size":43,
-               "hidden_size":32,"intermediate_size":64,"num_hidden_layers":1,"num_attention_heads":1,"max_text_len":4}"#,
-        )
-        .unwrap();
-        let model = Showo::new(cfg, Device::Cpu, Kind::Float).unwrap();
-        tch::no_grad(|| {
-            for (_, mut v) in model.vs.variables() {
-                let r = Tensor::randn_like(&v) * 0.3;
-                v.copy_(&r);
-            }
-        });
-        let layout = Layout::with_ids(&model.cfg, 0, 0);
+        let (model, layout) = crate::models::showo::tiny_random(5, crate::models::showo::TINY_1L);
         let text = Tensor::from_slice(&layout.text_ids(&[3, 4])).view([1, layout.text_len]);
         let sc = SamplerConfig {
             steps: 5,

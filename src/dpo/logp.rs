@@ -334,22 +334,8 @@ mod tests {
 
     #[test]
     fn guided_logp_is_the_samplers_cfg_distribution() {
-        use crate::models::showo::Config;
         use tch::Device;
-        tch::manual_seed(3);
-        let cfg = Config::from_json(
-            r#"{"llm_vocab_size":20,"codebook_size":12,"num_vq_tokens":16,"vocab_size":43,
-               "hidden_size":32,"intermediate_size":64,"num_hidden_layers":1,"num_attention_heads":1,"max_text_len":4}"#,
-        )
-        .unwrap();
-        let model = Showo::new(cfg, Device::Cpu, Kind::Float).unwrap();
-        tch::no_grad(|| {
-            for (_, mut v) in model.vs.variables() {
-                let r = Tensor::randn_like(&v) * 0.3;
-                v.copy_(&r);
-            }
-        });
-        let layout = Layout::with_ids(&model.cfg, 0, 0);
+        let (model, layout) = crate::models::showo::tiny_random(3, crate::models::showo::TINY_1L);
         let text = Tensor::from_slice(&layout.text_ids(&[3, 4]))
             .view([1, layout.text_len])
             .expand([2, layout.text_len], false);

@@ -325,27 +325,14 @@ pub(crate) fn unit_f32(g: &mut ChaCha8Rng) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::showo::Config;
-    use tch::Device;
 
     fn tiny() -> (Showo, Layout) {
-        tch::manual_seed(7);
-        let cfg = Config::from_json(
+        crate::models::showo::tiny_random(
+            7,
             r#"{"llm_vocab_size":20,"codebook_size":12,"num_vq_tokens":16,"vocab_size":43,
                "hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,"num_attention_heads":2,
                "max_text_len":6}"#,
         )
-        .unwrap();
-        let model = Showo::new(cfg, Device::Cpu, Kind::Float).unwrap();
-        // Larger random weights than the init so that predictions are not near-uniform.
-        tch::no_grad(|| {
-            for (_, mut v) in model.vs.variables() {
-                let r = Tensor::randn_like(&v) * 0.3;
-                v.copy_(&r);
-            }
-        });
-        let layout = Layout::with_ids(&model.cfg, 0, 0);
-        (model, layout)
     }
 
     fn texts(layout: &Layout, prompts: &[&[i64]]) -> Tensor {

@@ -17,6 +17,28 @@ pub mod phi;
 pub use config::{Config, Specials};
 pub use layout::{additive_mask, omni_attention_mask, Layout, TextTokenizer};
 
+/// A tiny Show-o for unit tests: `config_json` with weights drawn N(0, 0.3²) after
+/// `manual_seed(seed)` — larger than the init, so predictions are not near-uniform.
+#[cfg(test)]
+pub(crate) fn tiny_random(seed: i64, config_json: &str) -> (Showo, Layout) {
+    tch::manual_seed(seed);
+    let cfg = Config::from_json(config_json).unwrap();
+    let model = Showo::new(cfg, tch::Device::Cpu, tch::Kind::Float).unwrap();
+    tch::no_grad(|| {
+        for (_, mut v) in model.vs.variables() {
+            let r = tch::Tensor::randn_like(&v) * 0.3;
+            v.copy_(&r);
+        }
+    });
+    let layout = Layout::with_ids(&model.cfg, 0, 0);
+    (model, layout)
+}
+
+/// The config of the smallest test model (one layer, 12 codes, 16 image tokens).
+#[cfg(test)]
+pub(crate) const TINY_1L: &str = r#"{"llm_vocab_size":20,"codebook_size":12,"num_vq_tokens":16,"vocab_size":43,
+               "hidden_size":32,"intermediate_size":64,"num_hidden_layers":1,"num_attention_heads":1,"max_text_len":4}"#;
+
 use crate::nn::rotary::Rotary;
 use crate::nn::weights;
 use anyhow::{Context, Result};
