@@ -6,6 +6,7 @@
 //!
 //! Candidates stay batched; intermediates are decoded only for the paths a judge needs.
 use crate::generate::{self, SamplerConfig, StepHook, StepState};
+use crate::judge::data::clarity_label;
 use crate::judge::{OutcomeJudge, StepJudge};
 use crate::models::showo::{Layout, Showo};
 use crate::models::ImageTokenizer;
@@ -27,6 +28,23 @@ pub struct ParmConfig {
     /// Never prune (the paper's released code); for ablations and the cost comparison.
     #[serde(default)]
     pub no_prune: bool,
+    /// Who decides that a step is clear: the judge's clarity answer (the paper), or the static
+    /// step rule its clarity data is labelled with (`judge::data::clarity_label`).
+    #[serde(default)]
+    pub clarity: ClaritySource,
+}
+
+/// Where PARM's clarity decision comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClaritySource {
+    /// Ask the judge the clarity question at every step until it answers "yes".
+    #[default]
+    Judge,
+    /// The first step the static rule labels clear (8 of 12, 12 of 18), with no clarity call:
+    /// for judges whose learned clarity is near chance, which would assess potential on
+    /// unfinished images and prune good paths.
+    Rule,
 }
 
 fn half() -> f64 {
@@ -39,6 +57,7 @@ impl Default for ParmConfig {
             clarity_threshold: 0.5,
             potential_threshold: None,
             no_prune: false,
+            clarity: ClaritySource::Judge,
         }
     }
 }
@@ -116,6 +135,11 @@ impl StepHook for ParmHook<'_> {
         if need.is_empty() {
             return Ok(vec![]);
         }
+        // The rule needs no image before its first clear step.
+        let rule_clear = clarity_label(s.step + 1, s.steps) == Some(true);
+        if self.cfg.clarity == ClaritySource::Rule && !rule_clear {
+            return Ok(vec![]);
+        }
         let idx = Tensor::from_slice(&need.iter().map(|&i| i as i64).collect::<Vec<_>>())
             .to_device(s.sampled.device());
         let images = self
@@ -126,15 +150,25 @@ impl StepHook for ParmHook<'_> {
             .iter()
             .map(|&i| self.prompts[s.live[i]].clone())
             .collect();
-        let clear = self.judge.clarity(&prompts, &images)?;
-        self.stats.clarity_calls += need.len();
         let mut newly: Vec<usize> = Vec::new();
-        for (j, &i) in need.iter().enumerate() {
-            let row = s.live[i];
-            self.paths[row].clarity.push((s.step, clear[j]));
-            if clear[j] > self.cfg.clarity_threshold {
-                self.paths[row].clear_at = Some(s.step);
-                newly.push(j);
+        match self.cfg.clarity {
+            ClaritySource::Judge => {
+                let clear = self.judge.clarity(&prompts, &images)?;
+                self.stats.clarity_calls += need.len();
+                for (j, &i) in need.iter().enumerate() {
+                    let row = s.live[i];
+                    self.paths[row].clarity.push((s.step, clear[j]));
+                    if clear[j] > self.cfg.clarity_threshold {
+                        self.paths[row].clear_at = Some(s.step);
+                        newly.push(j);
+                    }
+                }
+            }
+            ClaritySource::Rule => {
+                for (j, &i) in need.iter().enumerate() {
+                    self.paths[s.live[i]].clear_at = Some(s.step);
+                    newly.push(j);
+                }
             }
         }
         if newly.is_empty() {
@@ -351,7 +385,10 @@ impl Verifier<'_> {
     pub fn name(&self) -> String {
         match self {
             Verifier::Orm { n, .. } => format!("orm-best-of-{n}"),
-            Verifier::Parm { n, .. } => format!("parm-best-of-{n}"),
+            Verifier::Parm { n, cfg, .. } => match cfg.clarity {
+                ClaritySource::Judge => format!("parm-best-of-{n}"),
+                ClaritySource::Rule => format!("parm-best-of-{n}-clarity-rule"),
+            },
         }
     }
 
@@ -564,6 +601,31 @@ mod tests {
             vec![1, 0],
             "b (0.99) and d (0.9, first of ties) win when nothing is pruned"
         );
+
+        // With the static rule (6 steps: clear from 1-based step 4), no clarity call is made and
+        // every live path's potential is assessed once, at 0-based step 3.
+        let judge3 = Scripted {
+            script: judge.script.clone(),
+            calls: RefCell::new(HashMap::new()),
+        };
+        let rule = ParmConfig {
+            clarity: ClaritySource::Rule,
+            ..Default::default()
+        };
+        let sel3 = best_of_n_parm(
+            &model, &layout, &vq, &judge3, &judge3, &text, &prompt_of, &prompts, &seeds, 3, &cfg,
+            &rule,
+        )
+        .unwrap();
+        assert!(sel3.paths.iter().all(|p| p.clear_at == Some(3)));
+        assert!(sel3.paths.iter().all(|p| p.clarity.is_empty()));
+        let s3 = &sel3.stats;
+        assert_eq!((s3.clarity_calls, s3.potential_calls), (0, 6));
+        assert_eq!(s3.decoded_intermediates, 6);
+        // a is the only survivor (c is now assessed and hopeless); group 1 falls back to f.
+        assert_eq!(sel3.chosen, vec![0, 2]);
+        assert_eq!((s3.pruned, s3.fallbacks, s3.outcome_calls), (5, 1, 1));
+        assert_eq!(s3.row_steps, 6 + 4 * 5);
 
         // ORM best-of-N picks the highest P(yes).
         let orm = best_of_n_orm(

@@ -239,6 +239,7 @@ pub fn generate(args: &GenevalArgs, ckpt: &std::path::Path) -> Result<()> {
     let vq = crate::world::image_tokenizer(&recipe.paths.vq, device)?;
     let oracle = crate::verify::OracleJudge;
     let llava;
+    let parm_outcome;
     let verifier = match args.verify.as_deref() {
         None => None,
         Some("oracle") => Some(crate::verify::Verifier::Orm {
@@ -258,11 +259,16 @@ pub fn generate(args: &GenevalArgs, ckpt: &std::path::Path) -> Result<()> {
                     n: args.n,
                 }
             } else {
+                // The recipe's PARM settings, as `sample --verify` and the loop use them.
+                parm_outcome = crate::commands::iterate::parm_outcome_judge(&recipe, device)?;
                 crate::verify::Verifier::Parm {
                     step: &llava,
-                    outcome: &llava,
+                    outcome: match &parm_outcome {
+                        Some(orm) => orm,
+                        None => &llava,
+                    },
                     n: args.n,
-                    cfg: Default::default(),
+                    cfg: recipe.iterate.as_ref().map(|i| i.parm).unwrap_or_default(),
                 }
             })
         }
@@ -281,7 +287,7 @@ pub fn generate(args: &GenevalArgs, ckpt: &std::path::Path) -> Result<()> {
         )),
         serde_json::to_string_pretty(&settings)?.as_bytes(),
     )?;
-    let (done, _) = crate::commands::eval::generate_layout(
+    let (done, stats) = crate::commands::eval::generate_layout(
         &model,
         &layout,
         &tok,
@@ -295,6 +301,16 @@ pub fn generate(args: &GenevalArgs, ckpt: &std::path::Path) -> Result<()> {
         &args.images,
         verifier.as_ref(),
     )?;
+    if verifier.is_some() {
+        // What the verifier cost and decided (pruned paths, judge calls), per shard.
+        crate::util::atomic_write(
+            &args.images.join(format!(
+                "verify_stats-shard{}.json",
+                shard.to_string().replace('/', "of")
+            )),
+            serde_json::to_string_pretty(&stats)?.as_bytes(),
+        )?;
+    }
     println!(
         "generated {done} prompt folders (shard {shard}, {} prompts) into {}",
         indices.len(),

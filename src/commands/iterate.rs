@@ -121,6 +121,9 @@ pub struct IterateConfig {
     pub labeller: String,
     #[serde(default)]
     pub parm: ParmConfig,
+    /// The checkpoint that answers the outcome question in PARM's best-of-N′ among survivors.
+    #[serde(default)]
+    pub parm_outcome: ParmOutcome,
     /// ORM and PARM checkpoints (trained by `reward-ft` when missing).
     pub orm: PathBuf,
     pub parm_model: PathBuf,
@@ -128,6 +131,17 @@ pub struct IterateConfig {
     /// prompts with `score: official`).
     #[serde(default)]
     pub geneval_each_round: Option<GenevalRound>,
+}
+
+/// Who scores PARM's survivors.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParmOutcome {
+    /// The PARM checkpoint itself, asked the ORM question (the paper).
+    #[default]
+    Parm,
+    /// The ORM checkpoint (`iterate.orm`).
+    Orm,
 }
 
 /// `iterate.geneval_each_round`: what `eval geneval` runs at the end of each round.
@@ -409,12 +423,18 @@ pub fn run(args: IterArgs, load_judges: &JudgeLoader) -> Result<()> {
         )?;
     }
     // PARM best-of-N, used for the base and the final policy.
-    let parm_verifier = judges.parm.as_deref().map(|parm| Verifier::Parm {
-        step: parm,
-        outcome: parm,
-        n: it.verify_n,
-        cfg: it.parm,
-    });
+    let parm_verifier = match judges.parm.as_deref() {
+        Some(parm) => Some(Verifier::Parm {
+            step: parm,
+            outcome: match it.parm_outcome {
+                ParmOutcome::Parm => parm,
+                ParmOutcome::Orm => outcome_for("orm")?,
+            },
+            n: it.verify_n,
+            cfg: it.parm,
+        }),
+        None => None,
+    };
     if let Some(v) = &parm_verifier {
         stage(
             &mut rows,
@@ -561,6 +581,22 @@ fn judge_stage_paths(
     }
 }
 
+/// The separate outcome judge of PARM's best-of-N′ when the recipe asks for the ORM
+/// (`iterate.parm_outcome: orm`); None: the PARM checkpoint answers.
+pub fn parm_outcome_judge(
+    recipe: &Recipe,
+    device: tch::Device,
+) -> Result<Option<crate::models::llava_ov::judge::LlavaJudge>> {
+    match &recipe.iterate {
+        Some(it) if it.parm_outcome == ParmOutcome::Orm => {
+            crate::models::llava_ov::judge::LlavaJudge::load(&it.orm, device, tch::Kind::Float)
+                .with_context(|| format!("iterate.parm_outcome: orm: loading {}", it.orm.display()))
+                .map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
 /// Loads the LLaVA-OneVision ORM and PARM judges named by the recipe.
 pub fn load_llava_judges(
     recipe: &Recipe,
@@ -624,6 +660,23 @@ mod tests {
 
     fn it_config(orm: &str, parm: &str) -> IterateConfig {
         serde_norway::from_str(&format!("orm: {orm}\nparm_model: {parm}\n")).unwrap()
+    }
+
+    #[test]
+    fn parm_settings_default_to_the_paper_and_parse() {
+        let it = it_config("o", "p");
+        assert_eq!(it.parm_outcome, ParmOutcome::Parm);
+        assert_eq!(it.parm.clarity, crate::verify::ClaritySource::Judge);
+        let it: IterateConfig = serde_norway::from_str(
+            "orm: o\nparm_model: p\nparm_outcome: orm\nparm:\n  clarity: rule\n",
+        )
+        .unwrap();
+        assert_eq!(it.parm_outcome, ParmOutcome::Orm);
+        assert_eq!(it.parm.clarity, crate::verify::ClaritySource::Rule);
+        let bad = serde_norway::from_str::<IterateConfig>(
+            "orm: o\nparm_model: p\nparm:\n  clarity: sometimes\n",
+        );
+        assert!(bad.is_err());
     }
 
     #[test]

@@ -268,6 +268,7 @@ fn run_verified(
     };
     let oracle = OracleJudge;
     let llava;
+    let parm_outcome;
     let verifier = match which {
         "oracle" => Verifier::Orm {
             judge: &oracle,
@@ -290,9 +291,13 @@ fn run_verified(
                 device,
                 tch::Kind::Float,
             )?;
+            parm_outcome = crate::commands::iterate::parm_outcome_judge(recipe, device)?;
             Verifier::Parm {
                 step: &llava,
-                outcome: &llava,
+                outcome: match &parm_outcome {
+                    Some(orm) => orm,
+                    None => &llava,
+                },
                 n: args.n,
                 cfg: it.map(|i| i.parm).unwrap_or_default(),
             }

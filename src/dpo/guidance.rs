@@ -29,6 +29,14 @@ pub struct GuideConfig {
     /// Weight of the DPO loss (0: the guidance term alone, for ablations).
     #[serde(default = "d_one")]
     pub dpo_coef: f64,
+    /// Replay this many of the T sampler states per trajectory, drawn uniformly each step, for an
+    /// unbiased estimate of its log-probability at that fraction of the cost (0: all T).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub replay_steps: usize,
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }
 
 fn d_prompts() -> usize {
@@ -55,13 +63,31 @@ pub fn trajectory_logps(
     steps: usize,
     cfg_scale: f64,
 ) -> Tensor {
+    let all: Vec<i64> = (0..steps as i64).collect();
+    trajectory_logps_at(model, layout, text, codes, commit, steps, cfg_scale, &all)
+}
+
+/// [`trajectory_logps`] from the replayed states `replay` only (distinct steps in 0..T), scaled by
+/// T/|replay|: for a uniformly drawn subset an unbiased estimate of the full sum at |replay|/T of
+/// the cost (the replay is the guidance term's expensive part: T states × 2 CFG branches per row).
+#[allow(clippy::too_many_arguments)]
+pub fn trajectory_logps_at(
+    model: &Showo,
+    layout: &Layout,
+    text: &Tensor,
+    codes: &Tensor,
+    commit: &Tensor,
+    steps: usize,
+    cfg_scale: f64,
+    replay: &[i64],
+) -> Tensor {
     let (r, n) = codes.size2().expect("[R, N]");
     let dev = codes.device();
-    let t = steps as i64;
+    let t = replay.len() as i64;
     // State s: positions committed before s are known; targets are those committed at s.
-    let s_idx = Tensor::arange(t, (Kind::Int64, dev)).view([1, t, 1]);
+    let s_idx = Tensor::from_slice(replay).to_device(dev).view([1, t, 1]);
     let c = commit.unsqueeze(1); // [R, 1, N]
-    let known = c.lt_tensor(&s_idx); // [R, T, N]
+    let known = c.lt_tensor(&s_idx); // [R, t, N]
     let target = c.eq_tensor(&s_idx);
     let ids_img = (codes.unsqueeze(1) + layout.sp.image_offset).expand([r, t, n], false);
     let ids_img = ids_img
@@ -96,7 +122,7 @@ pub fn trajectory_logps(
         false,
     );
     let lp = lp.squeeze_dim(-1).view([r, t, n]) * target.to_kind(Kind::Float);
-    lp.sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Float)
+    lp.sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Float) * (steps as f64 / t as f64)
 }
 
 /// RLOO advantages: reward minus the mean reward of the other samples of the same prompt; rows
@@ -182,5 +208,28 @@ mod tests {
             .map(|v| v.grad().abs().sum(Kind::Float).double_value(&[]))
             .sum();
         assert!(g > 0.0, "guidance term has no gradient");
+
+        // Replaying one state at a time, scaled by T, averages back to the full replay; replaying
+        // every state is the full replay.
+        let parts: Vec<Tensor> = (0..5)
+            .map(|s| trajectory_logps_at(&model, &layout, &texts, &out.codes, c, 5, 1.5, &[s]))
+            .collect();
+        let mean = Tensor::stack(&parts, 0).mean_dim(0, false, Kind::Float);
+        let full = trajectory_logps(&model, &layout, &texts, &out.codes, c, 5, 1.5);
+        let d = (&mean - &full).abs().max().double_value(&[]);
+        assert!(d < 1e-3, "mean of single-state replays differs by {d}");
+        let every = trajectory_logps_at(
+            &model,
+            &layout,
+            &texts,
+            &out.codes,
+            c,
+            5,
+            1.5,
+            &[4, 0, 2, 1, 3],
+        );
+        assert!((&every - &full).abs().max().double_value(&[]) < 1e-4);
+        // A single state's estimate is not the full sum (the states differ).
+        assert!((&parts[0] - &full).abs().max().double_value(&[]) > 1e-3);
     }
 }

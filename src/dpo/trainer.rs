@@ -511,7 +511,10 @@ pub fn train_round(
     for step in start..total {
         opt.zero_grad();
         let mut sums: Vec<(&'static str, f64)> = Vec::new();
-        for micro in 0..cfg.grad_accum {
+        let dpo_coef = guide_cfg.as_ref().map(|g| g.dpo_coef).unwrap_or(1.0);
+        // With `dpo_coef: 0` (the guidance term alone) the pair forward would be wasted work.
+        let micros = if dpo_coef == 0.0 { 0 } else { cfg.grad_accum };
+        for micro in 0..micros {
             let pos = (step * per_step) as usize + micro * cfg.batch_size;
             let epoch = (pos / m) as u64;
             let order = rng::epoch_order(cfg.seed, epoch, m);
@@ -530,10 +533,7 @@ pub fn train_round(
                 },
                 Some(&nll),
             )?;
-            let dpo_coef = guide_cfg.as_ref().map(|g| g.dpo_coef).unwrap_or(1.0);
-            if dpo_coef != 0.0 {
-                (out.loss * (dpo_coef / cfg.grad_accum as f64)).backward();
-            }
+            (out.loss * (dpo_coef / cfg.grad_accum as f64)).backward();
             for (k, v) in out.metrics.named() {
                 match sums.iter_mut().find(|(n, _)| *n == k) {
                     Some(e) => e.1 += v / cfg.grad_accum as f64,
@@ -682,14 +682,28 @@ pub fn guided_backward(
     let adv = super::guidance::rloo_advantages(&rewards, k);
     let idx =
         Tensor::from_slice(&prompt_of.iter().map(|&j| j as i64).collect::<Vec<_>>()).to_device(dev);
-    let traj = super::guidance::trajectory_logps(
+    let t = recipe.sampler.steps;
+    let replay: Vec<i64> = if g.replay_steps == 0 || g.replay_steps >= t {
+        (0..t as i64).collect()
+    } else {
+        // A uniform subset of the states (partial Fisher–Yates on the same per-step stream).
+        let mut all: Vec<i64> = (0..t as i64).collect();
+        for i in 0..g.replay_steps {
+            let j = i + rng.below((t - i) as u64) as usize;
+            all.swap(i, j);
+        }
+        all.truncate(g.replay_steps);
+        all
+    };
+    let traj = super::guidance::trajectory_logps_at(
         policy,
         layout,
         &text.index_select(0, &idx),
         &out.codes.to_device(dev),
         &out.commit_step.to_device(dev),
-        recipe.sampler.steps,
+        t,
         recipe.sampler.cfg_scale,
+        &replay,
     );
     let loss = super::guidance::guidance_loss(&traj, &adv, layout.num_vq_tokens, g.reward_coef);
     loss.backward();
