@@ -280,11 +280,15 @@ pub fn generate(args: &GenevalArgs, ckpt: &std::path::Path) -> Result<()> {
         "images_per_prompt": args.images_per_prompt, "seed": args.seed, "shard": shard.to_string(),
         "sampler": recipe.sampler, "verifier": verifier.as_ref().map(|v| v.name()),
     });
-    crate::util::atomic_write(
-        &args.images.join(format!(
-            "settings-shard{}.json",
+    // Per-shard file names, so shards run in parallel do not overwrite each other.
+    let shard_file = |stem: &str| {
+        args.images.join(format!(
+            "{stem}-shard{}.json",
             shard.to_string().replace('/', "of")
-        )),
+        ))
+    };
+    crate::util::atomic_write(
+        &shard_file("settings"),
         serde_json::to_string_pretty(&settings)?.as_bytes(),
     )?;
     let (done, stats) = crate::commands::eval::generate_layout(
@@ -304,10 +308,7 @@ pub fn generate(args: &GenevalArgs, ckpt: &std::path::Path) -> Result<()> {
     if verifier.is_some() {
         // What the verifier cost and decided (pruned paths, judge calls), per shard.
         crate::util::atomic_write(
-            &args.images.join(format!(
-                "verify_stats-shard{}.json",
-                shard.to_string().replace('/', "of")
-            )),
+            &shard_file("verify_stats"),
             serde_json::to_string_pretty(&stats)?.as_bytes(),
         )?;
     }

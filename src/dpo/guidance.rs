@@ -201,12 +201,7 @@ mod tests {
         let adv = rloo_advantages(&[1.0, 0.0, 0.5], 3);
         let loss = guidance_loss(&lp, &adv, 16, 1.0);
         loss.backward();
-        let g: f64 = model
-            .vs
-            .trainable_variables()
-            .iter()
-            .map(|v| v.grad().abs().sum(Kind::Float).double_value(&[]))
-            .sum();
+        let g = crate::models::showo::grad_abs_sum(&model);
         assert!(g > 0.0, "guidance term has no gradient");
 
         // Replaying one state at a time, scaled by T, averages back to the full replay; replaying

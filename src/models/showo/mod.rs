@@ -34,6 +34,17 @@ pub(crate) fn tiny_random(seed: i64, config_json: &str) -> (Showo, Layout) {
     (model, layout)
 }
 
+/// Test-only: Σ |grad| over the model's trainable variables (non-zero iff a gradient reached it).
+#[cfg(test)]
+pub(crate) fn grad_abs_sum(model: &Showo) -> f64 {
+    model
+        .vs
+        .trainable_variables()
+        .iter()
+        .map(|v| v.grad().abs().sum(tch::Kind::Float).double_value(&[]))
+        .sum()
+}
+
 /// The config of the smallest test model (one layer, 12 codes, 16 image tokens).
 #[cfg(test)]
 pub(crate) const TINY_1L: &str = r#"{"llm_vocab_size":20,"codebook_size":12,"num_vq_tokens":16,"vocab_size":43,
