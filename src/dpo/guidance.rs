@@ -33,6 +33,15 @@ pub struct GuideConfig {
     /// unbiased estimate of its log-probability at that fraction of the cost (0: all T).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub replay_steps: usize,
+    /// Weight of a KL penalty to the reference on the replayed states (exact, over the codebook,
+    /// at the committed positions, per image token as the reward term): it holds the policy
+    /// near the reference where the noisy reward gradient alone lets it drift (0: off).
+    #[serde(default, skip_serializing_if = "is_zero_f")]
+    pub kl_coef: f64,
+}
+
+fn is_zero_f(v: &f64) -> bool {
+    *v == 0.0
 }
 
 fn is_zero(v: &usize) -> bool {
@@ -81,14 +90,41 @@ pub fn trajectory_logps_at(
     cfg_scale: f64,
     replay: &[i64],
 ) -> Tensor {
+    let r = replay_states(layout, text, codes, commit, replay);
+    r.trajectory_logps(&r.log_probs(model, layout, cfg_scale), steps)
+}
+
+/// The sampler states of R trajectories at the replayed steps, batched as R·t rows.
+pub struct Replay {
+    /// Image ids of each state (committed codes, the rest masked) [R·t, N].
+    ids_img: Tensor,
+    /// Prompt rows repeated per state [R·t, T_text].
+    text_rows: Tensor,
+    /// The codes, repeated per state [R·t, N, 1].
+    targets: Tensor,
+    /// 1 where a position was committed at that state, else 0 [R, t, N].
+    committed: Tensor,
+    r: i64,
+    t: i64,
+    n: i64,
+}
+
+/// Builds the replayed states: state s knows the positions committed before s; its targets are
+/// those committed at s.
+pub fn replay_states(
+    layout: &Layout,
+    text: &Tensor,
+    codes: &Tensor,
+    commit: &Tensor,
+    replay: &[i64],
+) -> Replay {
     let (r, n) = codes.size2().expect("[R, N]");
     let dev = codes.device();
     let t = replay.len() as i64;
-    // State s: positions committed before s are known; targets are those committed at s.
     let s_idx = Tensor::from_slice(replay).to_device(dev).view([1, t, 1]);
     let c = commit.unsqueeze(1); // [R, 1, N]
     let known = c.lt_tensor(&s_idx); // [R, t, N]
-    let target = c.eq_tensor(&s_idx);
+    let committed = c.eq_tensor(&s_idx).to_kind(Kind::Float);
     let ids_img = (codes.unsqueeze(1) + layout.sp.image_offset).expand([r, t, n], false);
     let ids_img = ids_img
         .where_self(&known, &Tensor::from(layout.mask_id).to_device(dev))
@@ -97,32 +133,67 @@ pub fn trajectory_logps_at(
         .unsqueeze(1)
         .expand([r, t, layout.text_len], false)
         .reshape([r * t, layout.text_len]);
-    let k = model.cfg.codebook_size;
-    let logits_of = |txt: &Tensor| -> Tensor {
-        let ids = layout.sequence(txt, &ids_img);
-        let h = model
-            .hidden(&ids, &omni_attention_mask(&ids, &layout.sp))
-            .narrow(1, layout.text_len + 1, n);
-        model.logits_cols(&h, layout.sp.image_offset, k)
-    };
-    let logits = if cfg_scale != 0.0 {
-        let unc = layout
-            .uncond_text(dev)
-            .expand([r * t, layout.text_len], false);
-        logits_of(&text_rows) * (1.0 + cfg_scale) - logits_of(&unc) * cfg_scale
-    } else {
-        logits_of(&text_rows)
-    };
-    let lp = logits.log_softmax(-1, Kind::Float).gather(
-        2,
-        &codes
-            .unsqueeze(1)
-            .expand([r, t, n], false)
-            .reshape([r * t, n, 1]),
-        false,
-    );
-    let lp = lp.squeeze_dim(-1).view([r, t, n]) * target.to_kind(Kind::Float);
-    lp.sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Float) * (steps as f64 / t as f64)
+    let targets = codes
+        .unsqueeze(1)
+        .expand([r, t, n], false)
+        .reshape([r * t, n, 1]);
+    Replay {
+        ids_img,
+        text_rows,
+        targets,
+        committed,
+        r,
+        t,
+        n,
+    }
+}
+
+impl Replay {
+    /// Codebook log-probabilities of the sampler's (CFG-combined) distribution at every image
+    /// position of every state [R·t, N, K].
+    pub fn log_probs(&self, model: &Showo, layout: &Layout, cfg_scale: f64) -> Tensor {
+        let k = model.cfg.codebook_size;
+        let n = self.n;
+        let logits_of = |txt: &Tensor| -> Tensor {
+            let ids = layout.sequence(txt, &self.ids_img);
+            let h = model
+                .hidden(&ids, &omni_attention_mask(&ids, &layout.sp))
+                .narrow(1, layout.text_len + 1, n);
+            model.logits_cols(&h, layout.sp.image_offset, k)
+        };
+        let logits = if cfg_scale != 0.0 {
+            let unc = layout
+                .uncond_text(self.ids_img.device())
+                .expand([self.r * self.t, layout.text_len], false);
+            logits_of(&self.text_rows) * (1.0 + cfg_scale) - logits_of(&unc) * cfg_scale
+        } else {
+            logits_of(&self.text_rows)
+        };
+        logits.log_softmax(-1, Kind::Float)
+    }
+
+    /// Σ over the replayed states of the committed codes' log-probs, scaled by T/t [R].
+    pub fn trajectory_logps(&self, log_probs: &Tensor, steps: usize) -> Tensor {
+        let lp = log_probs
+            .gather(2, &self.targets, false)
+            .squeeze_dim(-1)
+            .view([self.r, self.t, self.n])
+            * &self.committed;
+        lp.sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Float)
+            * (steps as f64 / self.t as f64)
+    }
+
+    /// Σ over the replayed states and committed positions of KL(policy ‖ reference) between the
+    /// two full codebook distributions, scaled by T/t [R]: the exact per-position KL (37 codes on
+    /// the glyph world), which has less variance than the sampled-token estimate.
+    pub fn kl(&self, policy_lp: &Tensor, ref_lp: &Tensor, steps: usize) -> Tensor {
+        let kl = (policy_lp.exp() * (policy_lp - ref_lp))
+            .sum_dim_intlist([-1i64].as_slice(), false, Kind::Float)
+            .view([self.r, self.t, self.n])
+            * &self.committed;
+        kl.sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Float)
+            * (steps as f64 / self.t as f64)
+    }
 }
 
 /// RLOO advantages: reward minus the mean reward of the other samples of the same prompt; rows
@@ -226,5 +297,30 @@ mod tests {
         assert!((&every - &full).abs().max().double_value(&[]) < 1e-4);
         // A single state's estimate is not the full sum (the states differ).
         assert!((&parts[0] - &full).abs().max().double_value(&[]) > 1e-3);
+
+        // KL penalty: zero against itself, with zero gradient there (KL's minimum); positive and
+        // with a gradient against another model.
+        let zero_grads = || {
+            for mut v in model.vs.trainable_variables() {
+                v.zero_grad();
+            }
+        };
+        let st = replay_states(&layout, &texts, &out.codes, c, &[0, 1, 2, 3, 4]);
+        let lp = st.log_probs(&model, &layout, 1.5);
+        let same = tch::no_grad(|| st.log_probs(&model, &layout, 1.5));
+        zero_grads();
+        let self_kl = st.kl(&lp, &same, 5);
+        assert!(self_kl.abs().max().double_value(&[]) < 1e-5);
+        self_kl.sum(Kind::Float).backward();
+        let g0 = crate::models::showo::grad_abs_sum(&model);
+        assert!(g0 < 1e-4, "KL(p‖p) has gradient {g0}");
+        let (other, _) = crate::models::showo::tiny_random(6, crate::models::showo::TINY_1L);
+        let lq = tch::no_grad(|| st.log_probs(&other, &layout, 1.5));
+        zero_grads();
+        let lp = st.log_probs(&model, &layout, 1.5);
+        let kl = st.kl(&lp, &lq, 5);
+        assert!(bool::try_from(kl.gt(1e-3).all()).unwrap(), "KL {kl:?}");
+        kl.sum(Kind::Float).backward();
+        assert!(crate::models::showo::grad_abs_sum(&model) > 1e-3);
     }
 }

@@ -425,6 +425,10 @@ pub fn train_round(
         }
         None => None,
     };
+    // The guidance term's KL penalty needs the reference model itself, also when the DPO term
+    // reads precomputed log-probs.
+    let kl_needs_model = guide_cfg.as_ref().is_some_and(|g| g.kl_coef > 0.0);
+    let mut kl_model: Option<Box<Showo>> = None;
     let reference = match cfg.reference {
         ReferenceMode::Frozen => RefSource::Model(Box::new(ref_model)),
         ReferenceMode::Precomputed => {
@@ -445,7 +449,11 @@ pub fn train_round(
                 device,
                 &mut log,
             )?;
-            drop(ref_model);
+            if kl_needs_model {
+                kl_model = Some(Box::new(ref_model));
+            } else {
+                drop(ref_model);
+            }
             RefSource::Cache(c)
         }
     };
@@ -543,8 +551,15 @@ pub fn train_round(
         }
         if let (Some(scorer), Some(g)) = (guide.as_deref_mut(), &guide_cfg) {
             if step % g.every == 0 {
-                let (reward, gl) = guided_backward(
+                // Only a penalised run pays for the reference's replay.
+                let ref_for_kl = match (&reference, &kl_model) {
+                    _ if g.kl_coef == 0.0 => None,
+                    (_, Some(m)) | (RefSource::Model(m), None) => Some(&**m),
+                    (RefSource::Cache(_), None) => None,
+                };
+                let gs = guided_backward(
                     &policy,
+                    ref_for_kl,
                     &layout,
                     &tok,
                     vq.as_ref(),
@@ -555,8 +570,11 @@ pub fn train_round(
                     cfg.seed,
                     step,
                 )?;
-                sums.push(("guide/reward", reward));
-                sums.push(("guide/loss", gl));
+                sums.push(("guide/reward", gs.reward));
+                sums.push(("guide/loss", gs.loss));
+                if let Some(kl) = gs.kl {
+                    sums.push(("guide/kl", kl));
+                }
             }
         }
         let gnorm = grad::clip_grad_norm(&vars, cfg.max_grad_norm);
@@ -636,8 +654,20 @@ fn batch_ref_only(
 /// Samples with the current policy, scores with the judge, and backpropagates the guidance term.
 /// Returns (mean reward, guidance loss).
 #[allow(clippy::too_many_arguments)]
+/// What one guided step measured: mean reward, the term's loss, and the mean KL to the reference
+/// per trajectory (when a reference is given).
+pub struct GuideStep {
+    pub reward: f64,
+    pub loss: f64,
+    pub kl: Option<f64>,
+}
+
+/// One step of the guidance term: sample, score, replay, backward. With `reference`, the KL to it
+/// on the replayed states is measured (and penalised when `g.kl_coef` > 0, which requires it).
+#[allow(clippy::too_many_arguments)]
 pub fn guided_backward(
     policy: &Showo,
+    reference: Option<&Showo>,
     layout: &Layout,
     tok: &TextTokenizer,
     vq: &dyn crate::models::ImageTokenizer,
@@ -647,7 +677,7 @@ pub fn guided_backward(
     recipe: &Recipe,
     seed: u64,
     step: u64,
-) -> Result<(f64, f64)> {
+) -> Result<GuideStep> {
     ensure!(!metas.is_empty(), "no prompts for guidance");
     ensure!(
         g.samples_per_prompt >= 2,
@@ -695,20 +725,35 @@ pub fn guided_backward(
         all.truncate(g.replay_steps);
         all
     };
-    let traj = super::guidance::trajectory_logps_at(
-        policy,
+    let states = super::guidance::replay_states(
         layout,
         &text.index_select(0, &idx),
         &out.codes.to_device(dev),
         &out.commit_step.to_device(dev),
-        t,
-        recipe.sampler.cfg_scale,
         &replay,
     );
-    let loss = super::guidance::guidance_loss(&traj, &adv, layout.num_vq_tokens, g.reward_coef);
+    let cfg_scale = recipe.sampler.cfg_scale;
+    let policy_lp = states.log_probs(policy, layout, cfg_scale);
+    let traj = states.trajectory_logps(&policy_lp, t);
+    let mut loss = super::guidance::guidance_loss(&traj, &adv, layout.num_vq_tokens, g.reward_coef);
+    // With a reference the KL is measured; with `kl_coef` > 0 it is also penalised.
+    ensure!(
+        g.kl_coef == 0.0 || reference.is_some(),
+        "dpo.guide.kl_coef needs the reference model"
+    );
+    let mut kl_mean = None;
+    if let Some(reference) = reference {
+        let ref_lp = tch::no_grad(|| states.log_probs(reference, layout, cfg_scale));
+        let kl = states.kl(&policy_lp, &ref_lp, t).mean(Kind::Float);
+        kl_mean = Some(kl.double_value(&[]));
+        if g.kl_coef > 0.0 {
+            loss += kl * (g.kl_coef / layout.num_vq_tokens as f64);
+        }
+    }
     loss.backward();
-    Ok((
-        rewards.iter().sum::<f64>() / rewards.len() as f64,
-        loss.double_value(&[]),
-    ))
+    Ok(GuideStep {
+        reward: rewards.iter().sum::<f64>() / rewards.len() as f64,
+        loss: loss.double_value(&[]),
+        kl: kl_mean,
+    })
 }
