@@ -651,9 +651,6 @@ fn batch_ref_only(
     Ok((Tensor::cat(&cs, 0), Tensor::cat(&rs, 0)))
 }
 
-/// Samples with the current policy, scores with the judge, and backpropagates the guidance term.
-/// Returns (mean reward, guidance loss).
-#[allow(clippy::too_many_arguments)]
 /// What one guided step measured: mean reward, the term's loss, and the mean KL to the reference
 /// per trajectory (when a reference is given).
 pub struct GuideStep {
@@ -662,8 +659,9 @@ pub struct GuideStep {
     pub kl: Option<f64>,
 }
 
-/// One step of the guidance term: sample, score, replay, backward. With `reference`, the KL to it
-/// on the replayed states is measured (and penalised when `g.kl_coef` > 0, which requires it).
+/// Samples with the current policy, scores with the judge, and backpropagates the guidance term.
+/// With `reference`, the KL to it on the replayed states is measured (and penalised when
+/// `g.kl_coef` > 0, which requires it).
 #[allow(clippy::too_many_arguments)]
 pub fn guided_backward(
     policy: &Showo,
@@ -679,6 +677,15 @@ pub fn guided_backward(
     step: u64,
 ) -> Result<GuideStep> {
     ensure!(!metas.is_empty(), "no prompts for guidance");
+    ensure!(
+        g.kl_coef.is_finite() && g.kl_coef >= 0.0,
+        "dpo.guide.kl_coef must be a finite number ≥ 0, found {}",
+        g.kl_coef
+    );
+    ensure!(
+        g.kl_coef == 0.0 || reference.is_some(),
+        "dpo.guide.kl_coef needs the reference model"
+    );
     ensure!(
         g.samples_per_prompt >= 2,
         "dpo.guide.samples_per_prompt must be at least 2 (leave-one-out baseline)"
@@ -736,11 +743,6 @@ pub fn guided_backward(
     let policy_lp = states.log_probs(policy, layout, cfg_scale);
     let traj = states.trajectory_logps(&policy_lp, t);
     let mut loss = super::guidance::guidance_loss(&traj, &adv, layout.num_vq_tokens, g.reward_coef);
-    // With a reference the KL is measured; with `kl_coef` > 0 it is also penalised.
-    ensure!(
-        g.kl_coef == 0.0 || reference.is_some(),
-        "dpo.guide.kl_coef needs the reference model"
-    );
     let mut kl_mean = None;
     if let Some(reference) = reference {
         let ref_lp = tch::no_grad(|| states.log_probs(reference, layout, cfg_scale));
