@@ -73,24 +73,7 @@ pub fn trajectory_logps(
     cfg_scale: f64,
 ) -> Tensor {
     let all: Vec<i64> = (0..steps as i64).collect();
-    trajectory_logps_at(model, layout, text, codes, commit, steps, cfg_scale, &all)
-}
-
-/// [`trajectory_logps`] from the replayed states `replay` only (distinct steps in 0..T), scaled by
-/// T/|replay|: for a uniformly drawn subset an unbiased estimate of the full sum at |replay|/T of
-/// the cost (the replay is the guidance term's expensive part: T states × 2 CFG branches per row).
-#[allow(clippy::too_many_arguments)]
-pub fn trajectory_logps_at(
-    model: &Showo,
-    layout: &Layout,
-    text: &Tensor,
-    codes: &Tensor,
-    commit: &Tensor,
-    steps: usize,
-    cfg_scale: f64,
-    replay: &[i64],
-) -> Tensor {
-    let r = replay_states(layout, text, codes, commit, replay);
+    let r = replay_states(layout, text, codes, commit, &all);
     r.trajectory_logps(&r.log_probs(model, layout, cfg_scale), steps)
 }
 
@@ -172,7 +155,10 @@ impl Replay {
         logits.log_softmax(-1, Kind::Float)
     }
 
-    /// Σ over the replayed states of the committed codes' log-probs, scaled by T/t [R].
+    /// Σ over the replayed states of the committed codes' log-probs, scaled by T/t [R]: over all
+    /// T states the trajectory's log-prob; over a uniformly drawn subset an unbiased estimate of it
+    /// at t/T of the cost (the replay is the guidance term's expensive part: T states × 2 CFG
+    /// branches per row).
     pub fn trajectory_logps(&self, log_probs: &Tensor, steps: usize) -> Tensor {
         let lp = log_probs
             .gather(2, &self.targets, false)
@@ -277,23 +263,16 @@ mod tests {
 
         // Replaying one state at a time, scaled by T, averages back to the full replay; replaying
         // every state is the full replay.
-        let parts: Vec<Tensor> = (0..5)
-            .map(|s| trajectory_logps_at(&model, &layout, &texts, &out.codes, c, 5, 1.5, &[s]))
-            .collect();
+        let at = |replay: &[i64]| {
+            let st = replay_states(&layout, &texts, &out.codes, c, replay);
+            st.trajectory_logps(&st.log_probs(&model, &layout, 1.5), 5)
+        };
+        let parts: Vec<Tensor> = (0..5).map(|s| at(&[s])).collect();
         let mean = Tensor::stack(&parts, 0).mean_dim(0, false, Kind::Float);
         let full = trajectory_logps(&model, &layout, &texts, &out.codes, c, 5, 1.5);
         let d = (&mean - &full).abs().max().double_value(&[]);
         assert!(d < 1e-3, "mean of single-state replays differs by {d}");
-        let every = trajectory_logps_at(
-            &model,
-            &layout,
-            &texts,
-            &out.codes,
-            c,
-            5,
-            1.5,
-            &[4, 0, 2, 1, 3],
-        );
+        let every = at(&[4, 0, 2, 1, 3]);
         assert!((&every - &full).abs().max().double_value(&[]) < 1e-4);
         // A single state's estimate is not the full sum (the states differ).
         assert!((&parts[0] - &full).abs().max().double_value(&[]) > 1e-3);
