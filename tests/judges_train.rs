@@ -317,6 +317,7 @@ fn ft_cfg(dir: &Path, out: &str, steps: u64) -> RewardFtConfig {
         log_every: 5,
         eval_every: 0,
         eval_subset: 0,
+        save_every: 0,
         image_to_front: true,
         save_dtype: "fp32".into(),
         answer_only: false,
@@ -497,6 +498,103 @@ fn lora_fine_tune_saves_merged_weights_that_score_like_the_trained_model() {
         !q("base").equal(&q("lora")),
         "q_proj got the merged LoRA delta"
     );
+}
+
+/// Every saved tensor of a checkpoint folder, sorted by name.
+fn saved_weights(ckpt: &Path) -> Vec<(String, Tensor)> {
+    let mut w = imgcot::train::ckpt::read_safetensors(&ckpt.join("model.safetensors")).unwrap();
+    w.sort_by(|a, b| a.0.cmp(&b.0));
+    w
+}
+
+#[test]
+fn an_interrupted_reward_ft_resumes_to_the_uninterrupted_result() {
+    let dir = common::temp_dir("judges-resume");
+    build_tiny_data(&dir, 12);
+    let sc = tiny_scratch();
+    let tok = tokenizer_path();
+    let run = |cfg: &RewardFtConfig, stop: Option<u64>| {
+        reward_ft::run_until(cfg, Some((&sc, &tok)), Device::Cpu, stop)
+    };
+    let same = |a: &Path, b: &Path| {
+        let (wa, wb) = (saved_weights(a), saved_weights(b));
+        assert_eq!(wa.len(), wb.len());
+        for ((na, ta), (nb, tb)) in wa.iter().zip(&wb) {
+            assert_eq!(na, nb);
+            assert!(ta.equal(tb), "'{na}' differs after resuming");
+        }
+    };
+    // Full fine-tune with the tower pretraining first; cosine schedule so the step matters.
+    let mut full = ft_cfg(&dir, "whole", 12);
+    full.min_lr_ratio = 0.1;
+    full.warmup_ratio = 0.2;
+    full.vision_pretrain = Some(VisionPretrain {
+        steps: 5,
+        lr: 3e-3,
+        batch_size: 8,
+    });
+    let whole = run(&full, None).unwrap().unwrap();
+    assert!(!full.run_dir.join(reward_ft::RESUME_DIR).exists());
+    let mut cut = full.clone();
+    cut.out = dir.join("cut");
+    cut.run_dir = dir.join("run-cut");
+    // Stopped after step 5 (the batches cross an epoch's end there), then run again.
+    assert!(run(&cut, Some(5)).unwrap().is_none());
+    assert!(!cut.out.exists());
+    let resume = cut.run_dir.join(reward_ft::RESUME_DIR);
+    assert!(resume.is_dir());
+    // Other settings do not continue from it.
+    let mut other = cut.clone();
+    other.lr *= 2.0;
+    let err = format!(
+        "{:#}",
+        run(&other, None).expect_err("resumed other settings")
+    );
+    assert!(err.contains("config.lr"), "{err}");
+    let resumed = run(&cut, None).unwrap().unwrap();
+    same(&full.out, &cut.out);
+    assert_eq!(resumed.first_loss, whole.first_loss);
+    assert_eq!(resumed.final_loss, whole.final_loss);
+    // The tower pretraining ran once, before the interruption; its report carries over.
+    let untimed = |r: &reward_ft::Report| {
+        let mut v = r.vision_pretrain.clone().unwrap();
+        v.seconds = 0.0;
+        v
+    };
+    assert_eq!(untimed(&resumed), untimed(&whole));
+    assert!(
+        !resume.exists(),
+        "the finished stage removes its resume state"
+    );
+    let log = std::fs::read_to_string(cut.run_dir.join("log.txt")).unwrap();
+    assert!(
+        log.contains("resumed from") && log.contains("at step 5"),
+        "{log}"
+    );
+    assert_eq!(log.matches("vision_pretrain done").count(), 1, "{log}");
+
+    // LoRA on top of it: the resumed adapters rebuild the merged weights exactly.
+    let mut lora = ft_cfg(&dir, "lora-whole", 10);
+    lora.init = Some(full.out.clone());
+    lora.min_lr_ratio = 0.1;
+    lora.lora = Some(
+        serde_json::from_str(r#"{"r": 4, "alpha": 8, "train_also": ["mm_projector"]}"#).unwrap(),
+    );
+    // Periodic saves along the way do not change the result.
+    lora.save_every = 3;
+    run(&lora, None).unwrap().unwrap();
+    let mut lcut = lora.clone();
+    lcut.out = dir.join("lora-cut");
+    lcut.run_dir = dir.join("run-lora-cut");
+    assert!(run(&lcut, Some(7)).unwrap().is_none());
+    run(&lcut, None).unwrap().unwrap();
+    same(&lora.out, &lcut.out);
+    let n_changed = saved_weights(&lora.out)
+        .iter()
+        .zip(saved_weights(&full.out))
+        .filter(|((_, a), (_, b))| !a.equal(b))
+        .count();
+    assert!(n_changed > 0, "LoRA trained nothing");
 }
 
 #[test]

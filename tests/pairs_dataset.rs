@@ -8,9 +8,11 @@ use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
-/// A fresh, empty scratch folder per test.
+/// A fresh, empty scratch folder per test (under target/, kept for inspection).
 fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("imgcot-pairs-{name}-{}", std::process::id()));
+    let d = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/test-tmp")
+        .join(format!("pairs-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(d.join("img")).unwrap();
     d

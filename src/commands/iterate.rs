@@ -581,6 +581,38 @@ fn judge_stage_paths(
     }
 }
 
+/// The judges-recipe stages, in order, that must run for the loop to have its ORM (`orm`) and
+/// PARM (`parm`): each missing judge's stage, and back along `init` every stage whose output is
+/// missing too. Stages whose checkpoint exists are kept as they are.
+fn judge_plan(
+    judges: &crate::judge::recipe::JudgesRecipe,
+    it: &IterateConfig,
+    orm: bool,
+    parm: bool,
+) -> Result<Vec<String>> {
+    let mut needed: Vec<PathBuf> = Vec::new();
+    if orm {
+        needed.push(it.orm.clone());
+    }
+    if parm {
+        needed.push(it.parm_model.clone());
+    }
+    let mut run = Vec::new();
+    for stage in judges.stage_names().into_iter().rev() {
+        let cfg = judges.stage(&stage)?;
+        let (out, init) = judge_stage_paths(judges, it, &stage);
+        let out = out.unwrap_or_else(|| cfg.out.clone());
+        if needed.contains(&out) && !out.join("config.json").exists() {
+            if let Some(init) = init.or_else(|| cfg.init.clone()) {
+                needed.push(init);
+            }
+            run.push(stage);
+        }
+    }
+    run.reverse();
+    Ok(run)
+}
+
 /// The separate outcome judge of PARM's best-of-N′ when the recipe asks for the ORM
 /// (`iterate.parm_outcome: orm`); None: the PARM checkpoint answers.
 pub fn parm_outcome_judge(
@@ -605,27 +637,41 @@ pub fn load_llava_judges(
     parm: bool,
 ) -> Result<Judges> {
     let device = recipe.device()?;
-    // Missing judges are trained first with the embedded judges recipe (judge-data, then
-    // reward-ft for every stage: pretrain-N, ORM, PARM), exactly as the CLI commands do.
+    // Missing judges are trained first with the embedded judges recipe, exactly as the CLI
+    // commands do: only the stages that lead to a missing judge, `judge-data` only when its
+    // output is not already there for this generator, and each stage resumes where it stopped.
     let missing = (orm && !it.orm.join("config.json").exists())
         || (parm && !it.parm_model.join("config.json").exists());
     if missing {
         use crate::judge::cli::{run_judge_data, run_reward_ft, JudgeDataArgs, RewardFtArgs};
         let judges = crate::judge::recipe::JudgesRecipe::load(None)?;
+        let stages = judge_plan(&judges, it, orm, parm)?;
+        let mut data_cfg = judges.data.clone();
+        data_cfg.model = Some(recipe.paths.model.clone());
+        let data_ready = crate::judge::data::is_current(&data_cfg)?;
         println!(
-            "[iter] judges missing: judge-data + reward-ft ({})",
-            judges.stage_names().join(", ")
+            "[iter] judges missing: {}reward-ft ({})",
+            if data_ready { "" } else { "judge-data + " },
+            stages.join(", ")
         );
-        run_judge_data(JudgeDataArgs {
-            recipe: None,
-            model: Some(recipe.paths.model.clone()),
-            out: None,
-            num_prompts: None,
-            n: None,
-            seed: None,
-            device: None,
-        })?;
-        for stage in judges.stage_names() {
+        if data_ready {
+            println!(
+                "[iter] judge data in {} is current for {}: reused",
+                data_cfg.out.display(),
+                recipe.paths.model.display()
+            );
+        } else {
+            run_judge_data(JudgeDataArgs {
+                recipe: None,
+                model: Some(recipe.paths.model.clone()),
+                out: None,
+                num_prompts: None,
+                n: None,
+                seed: None,
+                device: None,
+            })?;
+        }
+        for stage in stages {
             let (out, init) = judge_stage_paths(&judges, it, &stage);
             run_reward_ft(RewardFtArgs {
                 out,
@@ -705,5 +751,45 @@ mod tests {
         let mut other = judges.clone();
         other.parm.init = Some(PathBuf::from("some/pretrained"));
         assert_eq!(judge_stage_paths(&other, &it, "parm").1, None);
+    }
+
+    #[test]
+    fn the_loop_trains_only_the_stages_that_lead_to_a_missing_judge() {
+        let dir = std::env::temp_dir().join(format!("imgcot-judge-plan-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // pretrain-1 → orm → parm, each from the one before, all in the temp folder.
+        let mut judges = crate::judge::recipe::JudgesRecipe::load(None).unwrap();
+        assert_eq!(judges.stage_names(), ["pretrain-1", "orm", "parm"]);
+        judges.pretrain[0].out = dir.join("base");
+        judges.orm.init = Some(dir.join("base"));
+        judges.orm.out = dir.join("recipe-orm");
+        judges.parm.init = Some(dir.join("recipe-orm"));
+        let it = it_config(
+            dir.join("orm").to_str().unwrap(),
+            dir.join("parm").to_str().unwrap(),
+        );
+        let plan = |orm: bool, parm: bool| judge_plan(&judges, &it, orm, parm).unwrap();
+        let done = |name: &str| {
+            std::fs::create_dir_all(dir.join(name)).unwrap();
+            std::fs::write(dir.join(name).join("config.json"), "{}").unwrap();
+        };
+        assert_eq!(plan(true, true), ["pretrain-1", "orm", "parm"]);
+        assert_eq!(plan(true, false), ["pretrain-1", "orm"]);
+        assert!(plan(false, false).is_empty());
+        done("base");
+        assert_eq!(plan(true, true), ["orm", "parm"]);
+        assert_eq!(plan(false, true), ["orm", "parm"]);
+        done("orm");
+        assert_eq!(plan(true, true), ["parm"]);
+        assert!(plan(true, false).is_empty());
+        // Only what is missing: an existing PARM is kept when the ORM is retrained.
+        done("parm");
+        std::fs::remove_dir_all(dir.join("orm")).unwrap();
+        assert_eq!(plan(true, true), ["orm"]);
+        assert!(plan(false, true).is_empty());
+        // A missing base is retrained only when a stage to run starts from it.
+        std::fs::remove_dir_all(dir.join("base")).unwrap();
+        assert_eq!(plan(true, true), ["pretrain-1", "orm"]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1218,6 +1218,30 @@ fn rendered_draw(split: &str, name: &str, count: usize, seed: u64) -> (String, u
     }
 }
 
+/// Whether `cfg.out` already holds what [`build`] would write: a `summary.json` (written last)
+/// of the same settings and generator, newer than the generator checkpoint. Lets a resumed loop
+/// skip the sampling.
+pub fn is_current(cfg: &JudgeDataConfig) -> Result<bool> {
+    let path = cfg.out.join("summary.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(false);
+    };
+    let Ok(summary) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return Ok(false);
+    };
+    let gen = crate::recipe::Recipe::load(cfg.generator_recipe.as_deref())?;
+    let model_dir = cfg.model.clone().unwrap_or(gen.paths.model.clone());
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let newer = match (modified(&path), modified(&model_dir.join("config.json"))) {
+        (Some(data), Some(model)) => data >= model,
+        _ => false,
+    };
+    Ok(newer
+        && summary.get("config") == Some(&serde_json::to_value(cfg)?)
+        && summary.get("generator").and_then(|g| g.as_str())
+            == Some(model_dir.display().to_string().as_str()))
+}
+
 /// `judge-data`: samples paths with the generator and writes the dataset.
 pub fn build(cfg: &JudgeDataConfig, device_override: Option<&str>) -> Result<Summary> {
     let gen = crate::recipe::Recipe::load(cfg.generator_recipe.as_deref())?;
@@ -1406,6 +1430,51 @@ mod tests {
         assert_eq!(clarity_label(6, 12), Some(false));
         assert_eq!(clarity_label(7, 12), None);
         assert_eq!(clarity_label(8, 12), Some(true));
+    }
+
+    #[test]
+    fn existing_data_is_current_only_for_its_settings_and_generator() {
+        let dir = std::env::temp_dir().join(format!("imgcot-data-current-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let checkpoint = |name: &str| {
+            std::fs::create_dir_all(dir.join(name)).unwrap();
+            std::fs::write(dir.join(name).join("config.json"), "{}").unwrap();
+            dir.join(name)
+        };
+        let saved_at = |dir: &Path, secs_from_now: i64| {
+            let now = std::time::SystemTime::now();
+            let d = std::time::Duration::from_secs(secs_from_now.unsigned_abs());
+            let t = if secs_from_now < 0 { now - d } else { now + d };
+            std::fs::File::options()
+                .write(true)
+                .open(dir.join("config.json"))
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        };
+        let gen = checkpoint("gen");
+        saved_at(&gen, -60);
+        let mut cfg = crate::judge::recipe::JudgesRecipe::load(None).unwrap().data;
+        cfg.model = Some(gen.clone());
+        cfg.out = dir.join("data");
+        assert!(!is_current(&cfg).unwrap(), "no data yet");
+        std::fs::create_dir_all(&cfg.out).unwrap();
+        let summary = serde_json::json!({"config": cfg, "generator": gen.display().to_string()});
+        std::fs::write(cfg.out.join("summary.json"), summary.to_string()).unwrap();
+        assert!(is_current(&cfg).unwrap());
+        let mut other = cfg.clone();
+        other.seed += 1;
+        assert!(!is_current(&other).unwrap(), "other settings");
+        let mut other = cfg.clone();
+        other.model = Some(checkpoint("gen2"));
+        saved_at(other.model.as_ref().unwrap(), -60);
+        assert!(!is_current(&other).unwrap(), "another generator");
+        saved_at(&gen, 60);
+        assert!(
+            !is_current(&cfg).unwrap(),
+            "the generator was saved after the data"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

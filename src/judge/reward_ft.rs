@@ -13,6 +13,7 @@ use crate::models::llava_ov::train::{
     bare_tokens, chat_tokens, forward_batch, init_weights_on, model_from_tensors, pad_image_u8,
     save_checkpoint, BatchItem, ChatTokens, LoraConfig, ScratchConfig, Trainable,
 };
+use crate::train::ckpt;
 use crate::train::logging::{Logger, LoggerOptions};
 use crate::train::optim::{AdamW, AdamWConfig, ParamGroup};
 use crate::train::schedule::LrSchedule;
@@ -71,6 +72,10 @@ pub struct RewardFtConfig {
     /// Held-out records used by the periodic evaluation (0 = all).
     #[serde(default)]
     pub eval_subset: usize,
+    /// Resume state (weights, optimizer moments, step) saved to `<run_dir>/resume` every this
+    /// many steps, so that an interrupted stage continues where it stopped (0 = never).
+    #[serde(default = "d_save_every")]
+    pub save_every: u64,
     /// `preprocess_multimodal`: move `<image>` to the front of its message (the seed's training).
     #[serde(default = "yes")]
     pub image_to_front: bool,
@@ -105,6 +110,9 @@ fn yes() -> bool {
 }
 fn d_save_dtype() -> String {
     "fp32".into()
+}
+fn d_save_every() -> u64 {
+    200
 }
 
 /// A tokenised record with its preprocessed image.
@@ -378,12 +386,25 @@ fn check_side_dir(side: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Runs one fine-tune. `scratch` is used when `cfg.init` is None.
+/// Runs one fine-tune. `scratch` is used when `cfg.init` is None. A stage interrupted after a
+/// resume save continues from it (see [`RewardFtConfig::save_every`]).
 pub fn run(
     cfg: &RewardFtConfig,
     scratch: Option<(&ScratchConfig, &Path)>,
     device: Device,
 ) -> Result<Report> {
+    run_until(cfg, scratch, device, None)?
+        .context("reward-ft stopped before its last step without being asked to")
+}
+
+/// [`run`], but with `stop_after: Some(k)` it saves the resume state after step k and returns
+/// `None` there, as if interrupted (how the resume tests stop a run part-way).
+pub fn run_until(
+    cfg: &RewardFtConfig,
+    scratch: Option<(&ScratchConfig, &Path)>,
+    device: Device,
+    stop_after: Option<u64>,
+) -> Result<Option<Report>> {
     let t0 = Instant::now();
     ensure!(cfg.batch_size >= 1, "batch_size must be ≥ 1");
     ensure!(
@@ -418,9 +439,13 @@ pub fn run(
             ..LoggerOptions::default()
         },
     )?;
+    let resume_root = cfg.run_dir.join(RESUME_DIR);
+    let fingerprint = resume_fingerprint(cfg, scratch)?;
+    let resumed = open_resume(&resume_root, &fingerprint)?;
     // Before `Trainable::new`, which sets what trains (the tower pretraining trains the tower).
-    let vision_pretrain = match &cfg.vision_pretrain {
-        Some(vp) => {
+    let vision_pretrain = match (&cfg.vision_pretrain, &resumed) {
+        (_, Some(r)) => r.extra.vision_pretrain.clone(),
+        (Some(vp), None) => {
             fn imgs(p: &[Prepared]) -> Vec<&Tensor> {
                 p.iter().map(|x| &x.image).collect()
             }
@@ -433,8 +458,17 @@ pub fn run(
                 &mut log,
             )?)
         }
-        None => None,
+        (None, None) => None,
     };
+    if let Some(r) = &resumed {
+        // Weights as they were before the adapters were attached (LoRA targets hold W0).
+        let view = tensor_store(device, model.named_tensors())?;
+        ckpt::copy_into_varstore(
+            &view,
+            r.ckpt.load_tensors(RESUME_WEIGHTS)?,
+            &r.ckpt.dir.join(RESUME_WEIGHTS).display().to_string(),
+        )?;
+    }
     // The saved judge is asked in this layout; training it only in another is almost surely a
     // recipe mistake (a scratch judge learns the verdict in one layout at a time; README).
     let asked = cfg.prompt_layout.unwrap_or(model.config().prompt_layout);
@@ -444,7 +478,7 @@ pub fn run(
              source uses (set `prompt_layout` or a source's `layout`)"
         ));
     }
-    let trainable = Trainable::new(&model, cfg.lora.as_ref())?;
+    let trainable = Trainable::new(&model, cfg.lora.as_ref(), cfg.seed)?;
     let vision_mult = cfg.vision_lr_mult;
     let mut opt = AdamW::with_groups(
         &trainable.vs,
@@ -466,6 +500,31 @@ pub fn run(
         total_steps: total,
         min_lr_ratio: cfg.min_lr_ratio,
     };
+    let mut start = 0;
+    let mut first_loss = f64::NAN;
+    if let Some(r) = &resumed {
+        if !trainable.adapters.is_empty() {
+            let view = tensor_store(device, lora_factors(&trainable.vs))?;
+            ckpt::copy_into_varstore(
+                &view,
+                r.ckpt.load_tensors(RESUME_LORA)?,
+                &r.ckpt.dir.join(RESUME_LORA).display().to_string(),
+            )?;
+            trainable.after_step();
+        }
+        r.ckpt.load_optimizer(&mut opt)?;
+        start = r.step;
+        first_loss = r.extra.first_loss;
+        ensure!(
+            start < total,
+            "{}: resume state at step {start} of a {total}-step run",
+            r.ckpt.dir.display()
+        );
+        log.info(format!(
+            "resumed from {} at step {start}",
+            r.ckpt.dir.display()
+        ));
+    }
     log.info(format!(
         "reward-ft: {} train / {} held-out records, {} steps of batch {}, {} trainable params{}",
         train.len(),
@@ -476,24 +535,19 @@ pub fn run(
         if cfg.lora.is_some() { " (LoRA)" } else { "" }
     ));
     let vars = opt.vars();
-    let mut rng = crate::glyphs::rng::seeded(cfg.seed, 0x0072_6674);
-    let mut order: Vec<usize> = Vec::new();
-    let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
+    let mut batches = BatchOrder::new(cfg.seed, train.len(), cfg.batch_size);
+    // A resumed run draws the batches the uninterrupted run would have drawn.
+    for _ in 0..start {
+        batches.next_batch();
+    }
+    let mut last_loss = f64::NAN;
     let eval_items: Vec<&Prepared> = if cfg.eval_subset > 0 {
         held.iter().take(cfg.eval_subset).collect()
     } else {
         held.iter().collect()
     };
-    for step in 0..total {
-        if order.len() < cfg.batch_size {
-            let mut e: Vec<usize> = (0..train.len()).collect();
-            crate::glyphs::rng::shuffle(&mut rng, &mut e);
-            // Remaining indices first, then a fresh epoch.
-            order.splice(0..0, e.into_iter().rev());
-        }
-        let idx: Vec<usize> = (0..cfg.batch_size.min(order.len()))
-            .filter_map(|_| order.pop())
-            .collect();
+    for step in start..total {
+        let idx = batches.next_batch();
         let batch: Vec<BatchItem> = idx
             .iter()
             .map(|&i| BatchItem {
@@ -549,6 +603,32 @@ pub fn run(
                 ));
             }
         }
+        let done = step + 1;
+        let stop = stop_after == Some(done) && done < total;
+        if stop || (cfg.save_every > 0 && done.is_multiple_of(cfg.save_every) && done < total) {
+            let extra = ResumeExtra {
+                fingerprint: fingerprint.clone(),
+                first_loss,
+                vision_pretrain: vision_pretrain.clone(),
+            };
+            save_resume(
+                &resume_root,
+                &model,
+                &trainable,
+                &opt,
+                done,
+                cfg.seed,
+                &extra,
+            )?;
+        }
+        if stop {
+            log.info(format!(
+                "stopped after step {done} as asked; resume state in {}",
+                resume_root.display()
+            ));
+            log.finish();
+            return Ok(None);
+        }
     }
     let save_kind = crate::util::parse_dtype(&cfg.save_dtype)?;
     let all: Vec<&Prepared> = held.iter().collect();
@@ -603,6 +683,11 @@ pub fn run(
         &cfg.out.join("reward_ft.json"),
         serde_json::to_string_pretty(&report)?.as_bytes(),
     )?;
+    // The stage is done: a later run with the same run folder trains afresh.
+    if resume_root.exists() {
+        std::fs::remove_dir_all(&resume_root)
+            .with_context(|| format!("removing {}", resume_root.display()))?;
+    }
     log.info(format!(
         "saved {} ({:.0}s; reload max |Δp| {:.2e})",
         cfg.out.display(),
@@ -610,7 +695,203 @@ pub fn run(
         report.reload_max_abs_diff
     ));
     log.finish();
-    Ok(report)
+    Ok(Some(report))
+}
+
+/// The shuffled batches of a run: each epoch is a fresh shuffle of the records, drawn from one
+/// seeded stream, and a batch that crosses an epoch's end takes the rest of it first.
+struct BatchOrder {
+    rng: rand::rngs::ChaCha8Rng,
+    order: Vec<usize>,
+    n: usize,
+    batch: usize,
+}
+
+impl BatchOrder {
+    fn new(seed: u64, n: usize, batch: usize) -> Self {
+        Self {
+            rng: crate::glyphs::rng::seeded(seed, 0x0072_6674),
+            order: Vec::new(),
+            n,
+            batch,
+        }
+    }
+
+    fn next_batch(&mut self) -> Vec<usize> {
+        if self.order.len() < self.batch {
+            let mut e: Vec<usize> = (0..self.n).collect();
+            crate::glyphs::rng::shuffle(&mut self.rng, &mut e);
+            // Remaining indices first, then a fresh epoch.
+            self.order.splice(0..0, e.into_iter().rev());
+        }
+        (0..self.batch.min(self.order.len()))
+            .filter_map(|_| self.order.pop())
+            .collect()
+    }
+}
+
+/// Folder (inside the stage's run folder) of the state a resumed stage continues from.
+pub const RESUME_DIR: &str = "resume";
+const RESUME_STATE: &str = "state";
+const RESUME_WEIGHTS: &str = "weights.safetensors";
+const RESUME_LORA: &str = "lora.safetensors";
+
+/// What a resumed stage needs besides weights and optimizer moments (`trainer_state.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ResumeExtra {
+    /// The settings of the run that saved it: only the same run may continue from it.
+    fingerprint: serde_json::Value,
+    first_loss: f64,
+    vision_pretrain: Option<VisionPretrainReport>,
+}
+
+struct Resumed {
+    ckpt: ckpt::Checkpoint,
+    step: u64,
+    extra: ResumeExtra,
+}
+
+/// The run's settings (`save_every` aside) and its initial checkpoint's save time.
+fn resume_fingerprint(
+    cfg: &RewardFtConfig,
+    scratch: Option<(&ScratchConfig, &Path)>,
+) -> Result<serde_json::Value> {
+    let mut c = cfg.clone();
+    c.save_every = 0;
+    let init_saved = cfg
+        .init
+        .as_ref()
+        .and_then(|d| {
+            std::fs::metadata(d.join("config.json"))
+                .ok()?
+                .modified()
+                .ok()
+        })
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos().to_string());
+    Ok(serde_json::json!({
+        "config": serde_json::to_value(&c)?,
+        "scratch": scratch.map(|(s, _)| s),
+        "init_saved": init_saved,
+    }))
+}
+
+/// The newest complete resume state under `root`, checked against this run's settings.
+fn open_resume(root: &Path, fingerprint: &serde_json::Value) -> Result<Option<Resumed>> {
+    if !root.exists() {
+        return Ok(None);
+    }
+    ckpt::remove_stale_tmp(root)?;
+    let Some(c) = ckpt::Checkpoint::latest(root)? else {
+        return Ok(None);
+    };
+    let state = c.trainer_state()?;
+    let extra: ResumeExtra = serde_json::from_value(state.extra.clone())
+        .with_context(|| format!("{}: trainer_state.json extra", c.dir.display()))?;
+    if &extra.fingerprint != fingerprint {
+        let differs: Vec<String> = match (&extra.fingerprint, fingerprint) {
+            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+                let mut keys: Vec<String> = Vec::new();
+                for (k, v) in b {
+                    match (a.get(k), v) {
+                        (Some(serde_json::Value::Object(x)), serde_json::Value::Object(y)) => keys
+                            .extend(
+                                y.keys()
+                                    .chain(x.keys())
+                                    .filter(|f| x.get(*f) != y.get(*f))
+                                    .map(|f| format!("{k}.{f}")),
+                            ),
+                        (old, new) if old != Some(new) => keys.push(k.clone()),
+                        _ => {}
+                    }
+                }
+                keys.sort();
+                keys.dedup();
+                keys
+            }
+            _ => vec![],
+        };
+        bail!(
+            "{} holds the resume state of a run with other settings (differing: {}); delete it \
+             to train this stage afresh, or run with the settings it was saved with",
+            root.display(),
+            differs.join(", ")
+        );
+    }
+    Ok(Some(Resumed {
+        step: state.step,
+        ckpt: c,
+        extra,
+    }))
+}
+
+/// A VarStore whose variables are `tensors` (shallow clones: copying into it writes them).
+fn tensor_store(device: Device, tensors: Vec<(String, Tensor)>) -> Result<tch::nn::VarStore> {
+    let vs = tch::nn::VarStore::new(device);
+    {
+        let mut vars = vs
+            .variables_
+            .lock()
+            .map_err(|_| anyhow!("VarStore lock poisoned"))?;
+        for (name, t) in tensors {
+            vars.named_variables.insert(name, t);
+        }
+    }
+    Ok(vs)
+}
+
+/// The LoRA factors among a trainable store's variables.
+fn lora_factors(vs: &tch::nn::VarStore) -> Vec<(String, Tensor)> {
+    ckpt::named_variables_sorted(vs)
+        .into_iter()
+        .filter(|(n, _)| n.contains(".lora_A.") || n.contains(".lora_B."))
+        .collect()
+}
+
+/// Saves the resume state after `step` steps: the weights with each LoRA target's frozen base
+/// (the merged weight is rebuilt from the factors), the factors, the optimizer and the step.
+fn save_resume(
+    root: &Path,
+    model: &LlavaOnevision,
+    trainable: &Trainable,
+    opt: &AdamW,
+    step: u64,
+    seed: u64,
+    extra: &ResumeExtra,
+) -> Result<()> {
+    let bases: HashMap<String, &Tensor> = trainable
+        .adapters
+        .iter()
+        .map(|a| (format!("{}.weight", a.module), &a.base))
+        .collect();
+    let weights: Vec<(String, Tensor)> = model
+        .named_tensors()
+        .into_iter()
+        .map(|(n, t)| {
+            let t = bases
+                .get(&n)
+                .map(|b| b.detach())
+                .unwrap_or_else(|| t.detach());
+            (n, t)
+        })
+        .collect();
+    let w = ckpt::CheckpointWriter::begin(&root.join(RESUME_STATE))?;
+    w.save_tensors(RESUME_WEIGHTS, &weights)?;
+    if !trainable.adapters.is_empty() {
+        let factors: Vec<(String, Tensor)> = lora_factors(&trainable.vs)
+            .into_iter()
+            .map(|(n, t)| (n, t.detach()))
+            .collect();
+        w.save_tensors(RESUME_LORA, &factors)?;
+    }
+    w.save_optimizer(opt)?;
+    w.commit(&ckpt::TrainerState {
+        step,
+        seed,
+        extra: serde_json::to_value(extra)?,
+        ..Default::default()
+    })?;
+    Ok(())
 }
 
 /// Ids of "yes" and "no" (single tokens, as the judges read them).

@@ -584,7 +584,10 @@ mod tests {
     use tch::nn;
 
     fn tmpdir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("imgcot-ckpt-{tag}-{}", std::process::id()));
+        // Under target/ like the integration tests' scratch folders, kept for inspection.
+        let d = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target/test-tmp")
+            .join(format!("ckpt-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d

@@ -1,5 +1,5 @@
 //! Helpers shared by the LLaVA-OneVision / Qwen2 / SigLIP parity tests: run a Python reference script
-//! (HF transformers from $IMGCOT_PYTHON) into a fresh temp folder and compare tensors.
+//! (HF transformers from $IMGCOT_PYTHON) into a fresh folder under target/test-tmp and compare tensors.
 #![allow(dead_code)]
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
@@ -8,7 +8,9 @@ use tch::{Kind, Tensor};
 /// package is missing.
 pub fn run_reference(script: &str, tag: &str, args: &[&str]) -> PathBuf {
     let py = std::env::var("IMGCOT_PYTHON").unwrap_or_else(|_| "python3".into());
-    let dir = std::env::temp_dir().join(format!("imgcot-{tag}-{}", std::process::id()));
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/test-tmp")
+        .join(format!("{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let script_path = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -362,13 +362,32 @@ pub struct LoraAdapter {
 }
 
 impl LoraAdapter {
-    pub fn new(module: &str, weight: &Tensor, r: i64, alpha: f64) -> Result<Self> {
+    /// A is drawn from `seed` and the module name alone (not libtorch's global generator), so a
+    /// run's adapters do not depend on what else the process drew before.
+    pub fn new(module: &str, weight: &Tensor, r: i64, alpha: f64, seed: u64) -> Result<Self> {
         let (out, inp) = weight.size2().context("LoRA target is not a 2-D weight")?;
         ensure!(r >= 1, "LoRA rank must be ≥ 1");
         let opts = (weight.kind(), weight.device());
         // kaiming_uniform_(a=√5) on [r, in]: bound = 1/√in.
         let bound = 1.0 / (inp as f64).sqrt();
-        let a = (Tensor::rand([r, inp], opts) * (2.0 * bound) - bound).set_requires_grad(true);
+        // FNV-1a of the name picks the module's stream.
+        let stream = module.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        let mut rng = crate::glyphs::rng::seeded(seed, stream);
+        let u: Vec<f64> = (0..r * inp)
+            .map(|_| {
+                use rand::Rng;
+                (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+            })
+            .collect();
+        let a = (Tensor::from_slice(&u)
+            .view([r, inp])
+            .to_kind(opts.0)
+            .to_device(opts.1)
+            * (2.0 * bound)
+            - bound)
+            .set_requires_grad(true);
         let b = Tensor::zeros([out, r], opts).set_requires_grad(true);
         let base = weight.detach().copy();
         Ok(Self {
@@ -422,8 +441,8 @@ pub struct Trainable {
 impl Trainable {
     /// Full fine-tune (`lora = None`): every weight trains (the seed's tunable parts
     /// `mm_vision_tower,mm_mlp_adapter,mm_language_model`). With LoRA: adapters on the targets plus
-    /// the `train_also` parameters; everything else is frozen.
-    pub fn new(model: &LlavaOnevision, lora: Option<&LoraConfig>) -> Result<Self> {
+    /// the `train_also` parameters; everything else is frozen. `seed` draws the adapters.
+    pub fn new(model: &LlavaOnevision, lora: Option<&LoraConfig>, seed: u64) -> Result<Self> {
         let vs = VarStore::new(model.device());
         let mut adapters = Vec::new();
         {
@@ -450,7 +469,7 @@ impl Trainable {
                     );
                     // W gets grads (chain rule to A, B) but is not optimised itself.
                     let _ = t.set_requires_grad(true);
-                    let ad = LoraAdapter::new(&module, &t, l.r, l.alpha)?;
+                    let ad = LoraAdapter::new(&module, &t, l.r, l.alpha, seed)?;
                     vars.named_variables
                         .insert(format!("{module}.lora_A.weight"), ad.a.shallow_clone());
                     vars.named_variables
@@ -846,7 +865,7 @@ mod tests {
         tch::manual_seed(3);
         let w = Tensor::randn([6, 5], (Kind::Double, Device::Cpu));
         let bias = Tensor::randn([6], (Kind::Double, Device::Cpu));
-        let ad = LoraAdapter::new("m", &w, 2, 4.0).unwrap();
+        let ad = LoraAdapter::new("m", &w, 2, 4.0, 0).unwrap();
         let _ = w.set_requires_grad(true);
         tch::no_grad(|| {
             let mut b = ad.b.shallow_clone();
