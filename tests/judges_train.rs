@@ -507,91 +507,138 @@ fn saved_weights(ckpt: &Path) -> Vec<(String, Tensor)> {
     w
 }
 
+/// Runs `imgcot-train reward-ft --recipe RECIPE ARGS…` in its own process (each run starts
+/// from libtorch's fixed default generator, as a user's command does, whatever other tests of
+/// this binary draw meanwhile). Returns (success, stdout + stderr).
+fn reward_ft_cli(recipe: &Path, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_imgcot-train"))
+        .arg("reward-ft")
+        .arg("--recipe")
+        .arg(recipe)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 #[test]
 fn an_interrupted_reward_ft_resumes_to_the_uninterrupted_result() {
     let dir = common::temp_dir("judges-resume");
     build_tiny_data(&dir, 12);
-    let sc = tiny_scratch();
-    let tok = tokenizer_path();
-    let run = |cfg: &RewardFtConfig, stop: Option<u64>| {
-        reward_ft::run_until(cfg, Some((&sc, &tok)), Device::Cpu, stop)
-    };
-    let same = |a: &Path, b: &Path| {
-        let (wa, wb) = (saved_weights(a), saved_weights(b));
-        assert_eq!(wa.len(), wb.len());
-        for ((na, ta), (nb, tb)) in wa.iter().zip(&wb) {
-            assert_eq!(na, nb);
-            assert!(ta.equal(tb), "'{na}' differs after resuming");
-        }
-    };
-    // Full fine-tune with the tower pretraining first; cosine schedule so the step matters.
-    let mut full = ft_cfg(&dir, "whole", 12);
-    full.min_lr_ratio = 0.1;
-    full.warmup_ratio = 0.2;
-    full.vision_pretrain = Some(VisionPretrain {
+    // Stage `orm`: a full fine-tune of a scratch judge, its tower pretrained first, on a cosine
+    // schedule (so the step matters). Stage `parm`: LoRA on top of it, the tower pretrained
+    // again first, saving every 3 steps.
+    let mut recipe = imgcot::judge::recipe::JudgesRecipe::load(None).unwrap();
+    recipe.scratch = Some(tiny_scratch());
+    recipe.tokenizer = Some(tokenizer_path());
+    recipe.pretrain.clear();
+    let vp = VisionPretrain {
         steps: 5,
         lr: 3e-3,
         batch_size: 8,
-    });
-    let whole = run(&full, None).unwrap().unwrap();
-    assert!(!full.run_dir.join(reward_ft::RESUME_DIR).exists());
-    let mut cut = full.clone();
-    cut.out = dir.join("cut");
-    cut.run_dir = dir.join("run-cut");
-    // Stopped after step 5 (the batches cross an epoch's end there), then run again.
-    assert!(run(&cut, Some(5)).unwrap().is_none());
-    assert!(!cut.out.exists());
-    let resume = cut.run_dir.join(reward_ft::RESUME_DIR);
-    assert!(resume.is_dir());
-    // Other settings do not continue from it.
-    let mut other = cut.clone();
-    other.lr *= 2.0;
-    let err = format!(
-        "{:#}",
-        run(&other, None).expect_err("resumed other settings")
-    );
-    assert!(err.contains("config.lr"), "{err}");
-    let resumed = run(&cut, None).unwrap().unwrap();
-    same(&full.out, &cut.out);
-    assert_eq!(resumed.first_loss, whole.first_loss);
-    assert_eq!(resumed.final_loss, whole.final_loss);
-    // The tower pretraining ran once, before the interruption; its report carries over.
-    let untimed = |r: &reward_ft::Report| {
-        let mut v = r.vision_pretrain.clone().unwrap();
-        v.seconds = 0.0;
-        v
     };
-    assert_eq!(untimed(&resumed), untimed(&whole));
+    recipe.orm = ft_cfg(&dir, "whole", 12);
+    recipe.orm.min_lr_ratio = 0.1;
+    recipe.orm.warmup_ratio = 0.2;
+    recipe.orm.vision_pretrain = Some(vp.clone());
+    recipe.parm = ft_cfg(&dir, "lora-whole", 10);
+    recipe.parm.init = Some(dir.join("whole"));
+    recipe.parm.min_lr_ratio = 0.1;
+    recipe.parm.vision_pretrain = Some(vp);
+    recipe.parm.save_every = 3;
+    recipe.parm.lora = Some(
+        serde_json::from_str(r#"{"r": 4, "alpha": 8, "train_also": ["mm_projector"]}"#).unwrap(),
+    );
+    let path = dir.join("recipe.yaml");
+    std::fs::write(&path, serde_norway::to_string(&recipe).unwrap()).unwrap();
+    let ok = |args: &[&str]| {
+        let (ok, text) = reward_ft_cli(&path, args);
+        assert!(ok, "reward-ft {args:?} failed:\n{text}");
+        text
+    };
+    let same = |a: &str, b: &str| {
+        let (wa, wb) = (saved_weights(&dir.join(a)), saved_weights(&dir.join(b)));
+        assert_eq!(wa.len(), wb.len());
+        for ((na, ta), (nb, tb)) in wa.iter().zip(&wb) {
+            assert_eq!(na, nb);
+            let d = (ta - tb).abs().max().double_value(&[]);
+            assert!(ta.equal(tb), "'{na}' of {b} differs after resuming by {d}");
+        }
+        // The report carries the losses and the tower pretraining of the first part over.
+        let report = |d: &str| {
+            let mut r: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(dir.join(d).join("reward_ft.json")).unwrap(),
+            )
+            .unwrap();
+            r["vision_pretrain"]["seconds"] = 0.into();
+            (
+                r["first_loss"].clone(),
+                r["final_loss"].clone(),
+                r["vision_pretrain"].clone(),
+            )
+        };
+        assert_eq!(report(a), report(b));
+    };
+    let whole = ["--stage", "orm"];
+    ok(&whole);
+    assert!(!dir.join("run-whole").join(reward_ft::RESUME_DIR).exists());
+
+    // Stopped after step 5 (the batches cross an epoch's end there), then run again.
+    let cut_out = dir.join("cut").display().to_string();
+    let cut_run = dir.join("run-cut").display().to_string();
+    let cut = ["--stage", "orm", "--out", &cut_out, "--run-dir", &cut_run];
+    let text = ok(&[&cut[..], &["--stop-after", "5"]].concat());
+    assert!(text.contains("stopped after step 5"), "{text}");
+    assert!(!dir.join("cut").exists());
+    let resume = dir.join("run-cut").join(reward_ft::RESUME_DIR);
+    assert!(resume.is_dir());
+    // A full fine-tune saves all its weights as what trains; nothing is frozen.
+    assert!(!resume.join("frozen").exists());
+    // Other settings do not continue from it.
+    let (ok_other, err) = reward_ft_cli(&path, &[&cut[..], &["--lr", "0.01"]].concat());
+    assert!(!ok_other && err.contains("config.lr"), "{err}");
+    ok(&cut);
+    same("whole", "cut");
     assert!(
         !resume.exists(),
         "the finished stage removes its resume state"
     );
-    let log = std::fs::read_to_string(cut.run_dir.join("log.txt")).unwrap();
+    let log = std::fs::read_to_string(dir.join("run-cut/log.txt")).unwrap();
     assert!(
         log.contains("resumed from") && log.contains("at step 5"),
         "{log}"
     );
     assert_eq!(log.matches("vision_pretrain done").count(), 1, "{log}");
 
-    // LoRA on top of it: the resumed adapters rebuild the merged weights exactly.
-    let mut lora = ft_cfg(&dir, "lora-whole", 10);
-    lora.init = Some(full.out.clone());
-    lora.min_lr_ratio = 0.1;
-    lora.lora = Some(
-        serde_json::from_str(r#"{"r": 4, "alpha": 8, "train_also": ["mm_projector"]}"#).unwrap(),
-    );
-    // Periodic saves along the way do not change the result.
-    lora.save_every = 3;
-    run(&lora, None).unwrap().unwrap();
-    let mut lcut = lora.clone();
-    lcut.out = dir.join("lora-cut");
-    lcut.run_dir = dir.join("run-lora-cut");
-    assert!(run(&lcut, Some(7)).unwrap().is_none());
-    run(&lcut, None).unwrap().unwrap();
-    same(&lora.out, &lcut.out);
-    let n_changed = saved_weights(&lora.out)
+    // LoRA: the resumed run restores the weights it froze (saved once: its initial checkpoint
+    // does not hold the pretrained tower) and rebuilds the merged weights from the factors.
+    ok(&["--stage", "parm"]);
+    let lcut_out = dir.join("lora-cut").display().to_string();
+    let lcut_run = dir.join("run-lora-cut").display().to_string();
+    let lcut = [
+        "--stage",
+        "parm",
+        "--out",
+        &lcut_out,
+        "--run-dir",
+        &lcut_run,
+    ];
+    ok(&[&lcut[..], &["--stop-after", "7"]].concat());
+    let frozen = dir
+        .join("run-lora-cut")
+        .join(reward_ft::RESUME_DIR)
+        .join("frozen");
+    assert!(frozen.join("weights.safetensors").is_file());
+    ok(&lcut);
+    same("lora-whole", "lora-cut");
+    let n_changed = saved_weights(&dir.join("lora-whole"))
         .iter()
-        .zip(saved_weights(&full.out))
+        .zip(saved_weights(&dir.join("whole")))
         .filter(|((_, a), (_, b))| !a.equal(b))
         .count();
     assert!(n_changed > 0, "LoRA trained nothing");

@@ -138,6 +138,10 @@ pub struct RewardFtArgs {
     pub lora_alpha: Option<f64>,
     #[arg(long)]
     pub device: Option<String>,
+    /// Stop after this step with the resume state saved (e.g. a time-boxed job); the same
+    /// command without it continues from there.
+    #[arg(long)]
+    pub stop_after: Option<u64>,
 }
 
 impl RewardFtArgs {
@@ -158,6 +162,7 @@ impl RewardFtArgs {
             lora_r: None,
             lora_alpha: None,
             device: None,
+            stop_after: None,
         }
     }
 }
@@ -230,7 +235,16 @@ pub fn run_reward_ft(args: RewardFtArgs) -> Result<()> {
     let r = JudgesRecipe::load(args.recipe.as_deref())?;
     let cfg = reward_ft_config(&r, &args)?;
     let device = crate::util::parse_device(args.device.as_deref().unwrap_or(&r.device))?;
-    let rep = reward_ft::run(&cfg, r.scratch(), device)?;
+    let Some(rep) = reward_ft::run_until(&cfg, r.scratch(), device, args.stop_after)? else {
+        println!(
+            "reward-ft {}: stopped after step {} with its resume state in {}; the same command \
+             without --stop-after continues",
+            args.stage,
+            args.stop_after.unwrap_or_default(),
+            cfg.run_dir.join(reward_ft::RESUME_DIR).display()
+        );
+        return Ok(());
+    };
     println!(
         "reward-ft {}: {} steps, loss {:.4} → {:.4}, {:.0}s, saved {}",
         args.stage,

@@ -413,6 +413,9 @@ pub fn run_until(
         cfg.run_dir.display(),
         cfg.out.display()
     );
+    // libtorch's default generator starts from a random seed in each process: seeded here,
+    // what a stage draws from it (scratch weights, the tower pretraining's heads) repeats.
+    crate::train::rng::seed_torch(cfg.seed);
     let (model, mut config_json, side) =
         initial_model(cfg.init.as_deref(), scratch, device, cfg.seed)?;
     check_side_dir(&side)?;
@@ -460,13 +463,13 @@ pub fn run_until(
         }
         (None, None) => None,
     };
-    if let Some(r) = &resumed {
-        // Weights as they were before the adapters were attached (LoRA targets hold W0).
+    if let Some(frozen) = resumed.as_ref().and_then(|r| r.frozen.as_ref()) {
+        // The frozen weights of a LoRA run whose tower was pretrained (LoRA targets hold W0).
         let view = tensor_store(device, model.named_tensors())?;
         ckpt::copy_into_varstore(
             &view,
-            r.ckpt.load_tensors(RESUME_WEIGHTS)?,
-            &r.ckpt.dir.join(RESUME_WEIGHTS).display().to_string(),
+            frozen.load_tensors(RESUME_WEIGHTS)?,
+            &frozen.dir.join(RESUME_WEIGHTS).display().to_string(),
         )?;
     }
     // The saved judge is asked in this layout; training it only in another is almost surely a
@@ -503,15 +506,14 @@ pub fn run_until(
     let mut start = 0;
     let mut first_loss = f64::NAN;
     if let Some(r) = &resumed {
-        if !trainable.adapters.is_empty() {
-            let view = tensor_store(device, lora_factors(&trainable.vs))?;
-            ckpt::copy_into_varstore(
-                &view,
-                r.ckpt.load_tensors(RESUME_LORA)?,
-                &r.ckpt.dir.join(RESUME_LORA).display().to_string(),
-            )?;
-            trainable.after_step();
-        }
+        // Everything that trains: all weights in a full fine-tune; the factors and the
+        // `train_also` weights with LoRA, whose merged weights are then rebuilt.
+        ckpt::copy_into_varstore(
+            &trainable.vs,
+            r.ckpt.load_tensors(RESUME_TRAINABLE)?,
+            &r.ckpt.dir.join(RESUME_TRAINABLE).display().to_string(),
+        )?;
+        trainable.after_step();
         r.ckpt.load_optimizer(&mut opt)?;
         start = r.step;
         first_loss = r.extra.first_loss;
@@ -619,7 +621,8 @@ pub fn run_until(
                 done,
                 cfg.seed,
                 &extra,
-            )?;
+            )
+            .with_context(|| format!("saving the resume state in {}", resume_root.display()))?;
         }
         if stop {
             log.info(format!(
@@ -730,11 +733,15 @@ impl BatchOrder {
     }
 }
 
-/// Folder (inside the stage's run folder) of the state a resumed stage continues from.
+/// Folder (inside the stage's run folder) of the state a resumed stage continues from:
+/// `steps/state` (what trains, the optimizer, the step; replaced at each save) and, for a LoRA
+/// run whose tower was pretrained first, `frozen` (the other weights, written once).
 pub const RESUME_DIR: &str = "resume";
+const RESUME_STEPS: &str = "steps";
 const RESUME_STATE: &str = "state";
+const RESUME_FROZEN: &str = "frozen";
+const RESUME_TRAINABLE: &str = "trainable.safetensors";
 const RESUME_WEIGHTS: &str = "weights.safetensors";
-const RESUME_LORA: &str = "lora.safetensors";
 
 /// What a resumed stage needs besides weights and optimizer moments (`trainer_state.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -747,6 +754,7 @@ struct ResumeExtra {
 
 struct Resumed {
     ckpt: ckpt::Checkpoint,
+    frozen: Option<ckpt::Checkpoint>,
     step: u64,
     extra: ResumeExtra,
 }
@@ -776,50 +784,64 @@ fn resume_fingerprint(
     }))
 }
 
-/// The newest complete resume state under `root`, checked against this run's settings.
-fn open_resume(root: &Path, fingerprint: &serde_json::Value) -> Result<Option<Resumed>> {
-    if !root.exists() {
-        return Ok(None);
+/// Keys (`section.field`) whose values differ between two fingerprints.
+fn differing_keys(a: &serde_json::Value, b: &serde_json::Value) -> Vec<String> {
+    use serde_json::Value::Object;
+    let (Object(a), Object(b)) = (a, b) else {
+        return vec![];
+    };
+    let mut keys: Vec<String> = Vec::new();
+    for k in a.keys().chain(b.keys()) {
+        match (a.get(k), b.get(k)) {
+            (Some(Object(x)), Some(Object(y))) => keys.extend(
+                x.keys()
+                    .chain(y.keys())
+                    .filter(|f| x.get(*f) != y.get(*f))
+                    .map(|f| format!("{k}.{f}")),
+            ),
+            (x, y) if x != y => keys.push(k.clone()),
+            _ => {}
+        }
     }
-    ckpt::remove_stale_tmp(root)?;
-    let Some(c) = ckpt::Checkpoint::latest(root)? else {
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// The newest complete resume state under `root`, checked against this run's settings. Without
+/// one, whatever a run killed before its first save left there is removed.
+fn open_resume(root: &Path, fingerprint: &serde_json::Value) -> Result<Option<Resumed>> {
+    let steps = root.join(RESUME_STEPS);
+    let latest = if steps.exists() {
+        ckpt::remove_stale_tmp(&steps)?;
+        ckpt::Checkpoint::latest(&steps)?
+    } else {
+        None
+    };
+    let Some(c) = latest else {
+        if root.exists() {
+            std::fs::remove_dir_all(root)
+                .with_context(|| format!("removing {}", root.display()))?;
+        }
         return Ok(None);
     };
     let state = c.trainer_state()?;
     let extra: ResumeExtra = serde_json::from_value(state.extra.clone())
         .with_context(|| format!("{}: trainer_state.json extra", c.dir.display()))?;
     if &extra.fingerprint != fingerprint {
-        let differs: Vec<String> = match (&extra.fingerprint, fingerprint) {
-            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
-                let mut keys: Vec<String> = Vec::new();
-                for (k, v) in b {
-                    match (a.get(k), v) {
-                        (Some(serde_json::Value::Object(x)), serde_json::Value::Object(y)) => keys
-                            .extend(
-                                y.keys()
-                                    .chain(x.keys())
-                                    .filter(|f| x.get(*f) != y.get(*f))
-                                    .map(|f| format!("{k}.{f}")),
-                            ),
-                        (old, new) if old != Some(new) => keys.push(k.clone()),
-                        _ => {}
-                    }
-                }
-                keys.sort();
-                keys.dedup();
-                keys
-            }
-            _ => vec![],
-        };
         bail!(
             "{} holds the resume state of a run with other settings (differing: {}); delete it \
              to train this stage afresh, or run with the settings it was saved with",
             root.display(),
-            differs.join(", ")
+            differing_keys(&extra.fingerprint, fingerprint).join(", ")
         );
     }
+    let frozen = root.join(RESUME_FROZEN);
     Ok(Some(Resumed {
         step: state.step,
+        frozen: ckpt::is_complete(&frozen)
+            .then(|| ckpt::Checkpoint::open(&frozen))
+            .transpose()?,
         ckpt: c,
         extra,
     }))
@@ -840,16 +862,10 @@ fn tensor_store(device: Device, tensors: Vec<(String, Tensor)>) -> Result<tch::n
     Ok(vs)
 }
 
-/// The LoRA factors among a trainable store's variables.
-fn lora_factors(vs: &tch::nn::VarStore) -> Vec<(String, Tensor)> {
-    ckpt::named_variables_sorted(vs)
-        .into_iter()
-        .filter(|(n, _)| n.contains(".lora_A.") || n.contains(".lora_B."))
-        .collect()
-}
-
-/// Saves the resume state after `step` steps: the weights with each LoRA target's frozen base
-/// (the merged weight is rebuilt from the factors), the factors, the optimizer and the step.
+/// Saves the resume state after `step` steps: what trains (all weights in a full fine-tune; the
+/// LoRA factors and `train_also` weights otherwise), the optimizer and the step. A LoRA run whose
+/// tower was pretrained first also saves, once, the weights it freezes (each LoRA target as its
+/// base W0), which its initial checkpoint does not hold.
 fn save_resume(
     root: &Path,
     model: &LlavaOnevision,
@@ -859,31 +875,37 @@ fn save_resume(
     seed: u64,
     extra: &ResumeExtra,
 ) -> Result<()> {
-    let bases: HashMap<String, &Tensor> = trainable
-        .adapters
-        .iter()
-        .map(|a| (format!("{}.weight", a.module), &a.base))
-        .collect();
-    let weights: Vec<(String, Tensor)> = model
-        .named_tensors()
-        .into_iter()
-        .map(|(n, t)| {
-            let t = bases
-                .get(&n)
-                .map(|b| b.detach())
-                .unwrap_or_else(|| t.detach());
-            (n, t)
-        })
-        .collect();
-    let w = ckpt::CheckpointWriter::begin(&root.join(RESUME_STATE))?;
-    w.save_tensors(RESUME_WEIGHTS, &weights)?;
-    if !trainable.adapters.is_empty() {
-        let factors: Vec<(String, Tensor)> = lora_factors(&trainable.vs)
-            .into_iter()
-            .map(|(n, t)| (n, t.detach()))
+    let frozen = root.join(RESUME_FROZEN);
+    if !trainable.adapters.is_empty()
+        && extra.vision_pretrain.is_some()
+        && !ckpt::is_complete(&frozen)
+    {
+        let bases: HashMap<String, &Tensor> = trainable
+            .adapters
+            .iter()
+            .map(|a| (format!("{}.weight", a.module), &a.base))
             .collect();
-        w.save_tensors(RESUME_LORA, &factors)?;
+        let weights: Vec<(String, Tensor)> = model
+            .named_tensors()
+            .into_iter()
+            .map(|(n, t)| {
+                let t = bases
+                    .get(&n)
+                    .map(|b| b.detach())
+                    .unwrap_or_else(|| t.detach());
+                (n, t)
+            })
+            .collect();
+        let w = ckpt::CheckpointWriter::begin(&frozen)?;
+        w.save_tensors(RESUME_WEIGHTS, &weights)?;
+        w.commit(&ckpt::TrainerState::default())?;
     }
+    let trained: Vec<(String, Tensor)> = ckpt::named_variables_sorted(&trainable.vs)
+        .into_iter()
+        .map(|(n, t)| (n, t.detach()))
+        .collect();
+    let w = ckpt::CheckpointWriter::begin(&root.join(RESUME_STEPS).join(RESUME_STATE))?;
+    w.save_tensors(RESUME_TRAINABLE, &trained)?;
     w.save_optimizer(opt)?;
     w.commit(&ckpt::TrainerState {
         step,
