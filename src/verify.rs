@@ -369,26 +369,64 @@ pub enum Verifier<'a> {
     },
     Parm {
         step: &'a dyn StepJudge,
+        /// Picks among the survivors (best-of-N′).
         outcome: &'a dyn OutcomeJudge,
+        /// `outcome` is a separate ORM, not the PARM checkpoint (`iterate.parm_outcome: orm`).
+        separate_outcome: bool,
         n: usize,
         cfg: ParmConfig,
     },
 }
 
-impl Verifier<'_> {
+impl<'a> Verifier<'a> {
+    /// PARM best-of-N with the PARM checkpoint as step judge (`step`, `own_outcome`: the same
+    /// model through its two traits); `orm`, when given, picks among the survivors instead.
+    pub fn parm(
+        step: &'a dyn StepJudge,
+        own_outcome: &'a dyn OutcomeJudge,
+        orm: Option<&'a dyn OutcomeJudge>,
+        n: usize,
+        cfg: ParmConfig,
+    ) -> Self {
+        Verifier::Parm {
+            step,
+            outcome: orm.unwrap_or(own_outcome),
+            separate_outcome: orm.is_some(),
+            n,
+            cfg,
+        }
+    }
+
     pub fn n(&self) -> usize {
         match self {
             Verifier::Orm { n, .. } | Verifier::Parm { n, .. } => *n,
         }
     }
 
+    /// What picked the images, as eval settings and trajectory files record it: the judges, N,
+    /// and the PARM settings that change its choice (the clarity source, pruning off, a
+    /// separate ORM for best-of-N′).
     pub fn name(&self) -> String {
         match self {
             Verifier::Orm { n, .. } => format!("orm-best-of-{n}"),
-            Verifier::Parm { n, cfg, .. } => match cfg.clarity {
-                ClaritySource::Judge => format!("parm-best-of-{n}"),
-                ClaritySource::Rule => format!("parm-best-of-{n}-clarity-rule"),
-            },
+            Verifier::Parm {
+                n,
+                cfg,
+                separate_outcome,
+                ..
+            } => {
+                let clarity = match cfg.clarity {
+                    ClaritySource::Judge => "",
+                    ClaritySource::Rule => "-clarity-rule",
+                };
+                let prune = if cfg.no_prune { "-no-prune" } else { "" };
+                let outcome = if *separate_outcome {
+                    "-outcome-orm"
+                } else {
+                    ""
+                };
+                format!("parm-best-of-{n}{clarity}{prune}{outcome}")
+            }
         }
     }
 
@@ -414,6 +452,7 @@ impl Verifier<'_> {
                 outcome,
                 n,
                 cfg: pc,
+                ..
             } => best_of_n_parm(
                 model, layout, vq, *step, *outcome, text, prompt_of, prompts, seeds, *n, cfg, pc,
             ),
@@ -503,6 +542,45 @@ mod tests {
         let model = Showo::new(cfg, Device::Cpu, Kind::Float).unwrap();
         let layout = Layout::with_ids(&model.cfg, 0, 0);
         (model, layout)
+    }
+
+    #[test]
+    fn verifier_names_say_which_judges_pick() {
+        let parm = Scripted {
+            script: HashMap::new(),
+            calls: RefCell::new(HashMap::new()),
+        };
+        let orm = OracleJudge;
+        let rule = ParmConfig {
+            clarity: ClaritySource::Rule,
+            ..ParmConfig::default()
+        };
+        let own = Verifier::parm(&parm, &parm, None, 8, ParmConfig::default());
+        assert_eq!(own.name(), "parm-best-of-8");
+        assert!(matches!(
+            own,
+            Verifier::Parm {
+                separate_outcome: false,
+                ..
+            }
+        ));
+        let with_orm = Verifier::parm(&parm, &parm, Some(&orm), 8, rule);
+        assert_eq!(with_orm.name(), "parm-best-of-8-clarity-rule-outcome-orm");
+        assert!(matches!(
+            with_orm,
+            Verifier::Parm {
+                separate_outcome: true,
+                ..
+            }
+        ));
+        let paper = ParmConfig {
+            no_prune: true,
+            ..ParmConfig::default()
+        };
+        let never = Verifier::parm(&parm, &parm, None, 20, paper);
+        assert_eq!(never.name(), "parm-best-of-20-no-prune");
+        let best = Verifier::Orm { judge: &orm, n: 4 };
+        assert_eq!(best.name(), "orm-best-of-4");
     }
 
     #[test]

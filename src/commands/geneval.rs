@@ -261,15 +261,15 @@ pub fn generate(args: &GenevalArgs, ckpt: &std::path::Path) -> Result<()> {
             } else {
                 // The recipe's PARM settings, as `sample --verify` and the loop use them.
                 parm_outcome = crate::commands::iterate::parm_outcome_judge(&recipe, device)?;
-                crate::verify::Verifier::Parm {
-                    step: &llava,
-                    outcome: match &parm_outcome {
-                        Some(orm) => orm,
-                        None => &llava,
-                    },
-                    n: args.n,
-                    cfg: recipe.iterate.as_ref().map(|i| i.parm).unwrap_or_default(),
-                }
+                crate::verify::Verifier::parm(
+                    &llava,
+                    &llava,
+                    parm_outcome
+                        .as_ref()
+                        .map(|o| o as &dyn crate::judge::OutcomeJudge),
+                    args.n,
+                    recipe.iterate.as_ref().map(|i| i.parm).unwrap_or_default(),
+                )
             })
         }
         Some(v) => bail!("unknown --verify '{v}' (orm, parm, oracle)"),

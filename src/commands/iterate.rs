@@ -424,15 +424,16 @@ pub fn run(args: IterArgs, load_judges: &JudgeLoader) -> Result<()> {
     }
     // PARM best-of-N, used for the base and the final policy.
     let parm_verifier = match judges.parm.as_deref() {
-        Some(parm) => Some(Verifier::Parm {
-            step: parm,
-            outcome: match it.parm_outcome {
-                ParmOutcome::Parm => parm,
-                ParmOutcome::Orm => outcome_for("orm")?,
+        Some(parm) => Some(Verifier::parm(
+            parm,
+            parm,
+            match it.parm_outcome {
+                ParmOutcome::Parm => None,
+                ParmOutcome::Orm => Some(outcome_for("orm")?),
             },
-            n: it.verify_n,
-            cfg: it.parm,
-        }),
+            it.verify_n,
+            it.parm,
+        )),
         None => None,
     };
     if let Some(v) = &parm_verifier {

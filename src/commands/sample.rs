@@ -1,6 +1,7 @@
 //! `imgcot-train sample`: N candidates per prompt with the MaskGIT sampler; PNGs plus a JSON
 //! sidecar with every setting; optional intermediate images per step.
 use crate::generate::{self, derive_seed, SamplerConfig, StepHook, StepState};
+use crate::judge::OutcomeJudge;
 use crate::models::showo::{Layout, Showo, TextTokenizer};
 use crate::models::ImageTokenizer;
 use crate::recipe::Recipe;
@@ -292,15 +293,13 @@ fn run_verified(
                 tch::Kind::Float,
             )?;
             parm_outcome = crate::commands::iterate::parm_outcome_judge(recipe, device)?;
-            Verifier::Parm {
-                step: &llava,
-                outcome: match &parm_outcome {
-                    Some(orm) => orm,
-                    None => &llava,
-                },
-                n: args.n,
-                cfg: it.map(|i| i.parm).unwrap_or_default(),
-            }
+            Verifier::parm(
+                &llava,
+                &llava,
+                parm_outcome.as_ref().map(|o| o as &dyn OutcomeJudge),
+                args.n,
+                it.map(|i| i.parm).unwrap_or_default(),
+            )
         }
         _ => bail!("unknown --verify '{which}' (orm, parm, oracle)"),
     };
