@@ -160,25 +160,30 @@ impl Replay {
     /// at t/T of the cost (the replay is the guidance term's expensive part: T states × 2 CFG
     /// branches per row).
     pub fn trajectory_logps(&self, log_probs: &Tensor, steps: usize) -> Tensor {
-        let lp = log_probs
-            .gather(2, &self.targets, false)
-            .squeeze_dim(-1)
-            .view([self.r, self.t, self.n])
-            * &self.committed;
-        lp.sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Float)
-            * (steps as f64 / self.t as f64)
+        let lp = log_probs.gather(2, &self.targets, false).squeeze_dim(-1);
+        self.sum_committed(&lp, steps)
     }
 
     /// Σ over the replayed states and committed positions of KL(policy ‖ reference) between the
     /// two full codebook distributions, scaled by T/t [R]: the exact per-position KL (37 codes on
     /// the glyph world), which has less variance than the sampled-token estimate.
     pub fn kl(&self, policy_lp: &Tensor, ref_lp: &Tensor, steps: usize) -> Tensor {
-        let kl = (policy_lp.exp() * (policy_lp - ref_lp))
-            .sum_dim_intlist([-1i64].as_slice(), false, Kind::Float)
-            .view([self.r, self.t, self.n])
-            * &self.committed;
-        kl.sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Float)
-            * (steps as f64 / self.t as f64)
+        let kl = (policy_lp.exp() * (policy_lp - ref_lp)).sum_dim_intlist(
+            [-1i64].as_slice(),
+            false,
+            Kind::Float,
+        );
+        self.sum_committed(&kl, steps)
+    }
+
+    /// A per-position value [R·t, N] summed over each trajectory's committed positions of the
+    /// replayed states, scaled by T/t [R].
+    fn sum_committed(&self, per_position: &Tensor, steps: usize) -> Tensor {
+        (per_position.view([self.r, self.t, self.n]) * &self.committed).sum_dim_intlist(
+            [1i64, 2].as_slice(),
+            false,
+            Kind::Float,
+        ) * (steps as f64 / self.t as f64)
     }
 }
 

@@ -465,7 +465,7 @@ pub fn run_until(
     };
     if let Some(frozen) = resumed.as_ref().and_then(|r| r.frozen.as_ref()) {
         // The frozen weights of a LoRA run whose tower was pretrained (LoRA targets hold W0).
-        let view = tensor_store(device, model.named_tensors())?;
+        let view = ckpt::var_store_of(device, model.named_tensors())?;
         ckpt::copy_into_varstore(
             &view,
             frozen.load_tensors(RESUME_WEIGHTS)?,
@@ -845,21 +845,6 @@ fn open_resume(root: &Path, fingerprint: &serde_json::Value) -> Result<Option<Re
         ckpt: c,
         extra,
     }))
-}
-
-/// A VarStore whose variables are `tensors` (shallow clones: copying into it writes them).
-fn tensor_store(device: Device, tensors: Vec<(String, Tensor)>) -> Result<tch::nn::VarStore> {
-    let vs = tch::nn::VarStore::new(device);
-    {
-        let mut vars = vs
-            .variables_
-            .lock()
-            .map_err(|_| anyhow!("VarStore lock poisoned"))?;
-        for (name, t) in tensors {
-            vars.named_variables.insert(name, t);
-        }
-    }
-    Ok(vs)
 }
 
 /// Saves the resume state after `step` steps: what trains (all weights in a full fine-tune; the

@@ -16,7 +16,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::Instant;
-use tch::nn::{Init, VarStore};
+use tch::nn::Init;
 use tch::{Kind, Tensor};
 
 /// The `vision_pretrain:` section of a reward-ft stage.
@@ -127,19 +127,15 @@ pub fn pretrain_tower(
     );
     ensure!(!train.is_empty(), "vision_pretrain: no training images");
     let dev = model.device();
-    let vs = VarStore::new(dev);
-    {
-        let mut vars = vs
-            .variables_
-            .lock()
-            .map_err(|_| anyhow!("VarStore lock poisoned"))?;
-        for (name, t) in model.named_tensors() {
-            if name.starts_with(VISION_PREFIX) {
-                let _ = t.set_requires_grad(true);
-                vars.named_variables.insert(name, t);
-            }
-        }
-    }
+    let tower = model
+        .named_tensors()
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(VISION_PREFIX))
+        .map(|(name, t)| {
+            let _ = t.set_requires_grad(true);
+            (name, t)
+        });
+    let vs = crate::train::ckpt::var_store_of(dev, tower)?;
     let h = vc.hidden_size;
     let classes = [SHAPES.len() as i64 + 1, COLORS.len() as i64 + 1];
     let heads: Vec<(Tensor, Tensor)> = classes

@@ -130,6 +130,23 @@ pub fn named_variables_sorted(vs: &VarStore) -> Vec<(String, Tensor)> {
     v
 }
 
+/// A VarStore whose variables are `tensors` as given (shallow clones share storage, so an
+/// optimizer on it, or [`copy_into_varstore`] into it, updates the tensors themselves).
+pub fn var_store_of(
+    device: Device,
+    tensors: impl IntoIterator<Item = (String, Tensor)>,
+) -> Result<VarStore> {
+    let vs = VarStore::new(device);
+    {
+        let mut vars = vs
+            .variables_
+            .lock()
+            .map_err(|_| anyhow::anyhow!("VarStore lock poisoned"))?;
+        vars.named_variables.extend(tensors);
+    }
+    Ok(vs)
+}
+
 /// Saves every variable of `vs` under its VarStore name (dtype kept).
 pub fn save_weights(vs: &VarStore, path: &Path) -> Result<()> {
     write_safetensors(path, &named_variables_sorted(vs))

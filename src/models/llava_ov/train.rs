@@ -11,7 +11,7 @@ use super::prompt::{
     bare_prompt, tokenizer_image_token, JudgeQuestion, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX,
 };
 use super::weights::{Weights, VISION_PREFIX};
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -374,13 +374,8 @@ impl LoraAdapter {
         let stream = module.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         });
-        let mut rng = crate::glyphs::rng::seeded(seed, stream);
-        let u: Vec<f64> = (0..r * inp)
-            .map(|_| {
-                use rand::Rng;
-                (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-            })
-            .collect();
+        let mut rng = crate::train::rng::DataRng::with_stream(seed, stream);
+        let u: Vec<f64> = (0..r * inp).map(|_| rng.uniform()).collect();
         let a = (Tensor::from_slice(&u)
             .view([r, inp])
             .to_kind(opts.0)
@@ -443,46 +438,39 @@ impl Trainable {
     /// `mm_vision_tower,mm_mlp_adapter,mm_language_model`). With LoRA: adapters on the targets plus
     /// the `train_also` parameters; everything else is frozen. `seed` draws the adapters.
     pub fn new(model: &LlavaOnevision, lora: Option<&LoraConfig>, seed: u64) -> Result<Self> {
-        let vs = VarStore::new(model.device());
         let mut adapters = Vec::new();
-        {
-            let mut vars = vs
-                .variables_
-                .lock()
-                .map_err(|_| anyhow!("VarStore lock poisoned"))?;
-            for (name, t) in model.named_tensors() {
-                let trainable = match lora {
-                    None => true,
-                    Some(l) => l.train_also.iter().any(|p| name.contains(p.as_str())),
-                };
-                let target = lora.and_then(|l| {
-                    let module = name.strip_suffix(".weight")?;
-                    let leaf = module.rsplit('.').next()?;
-                    let vision = name.starts_with(VISION_PREFIX);
-                    (l.target_modules.iter().any(|m| m == leaf) && (!vision || l.include_vision))
-                        .then(|| module.to_string())
-                });
-                if let (Some(module), Some(l)) = (target, lora) {
-                    ensure!(
-                        !trainable,
-                        "'{name}' is both a LoRA target and in train_also"
-                    );
-                    // W gets grads (chain rule to A, B) but is not optimised itself.
-                    let _ = t.set_requires_grad(true);
-                    let ad = LoraAdapter::new(&module, &t, l.r, l.alpha, seed)?;
-                    vars.named_variables
-                        .insert(format!("{module}.lora_A.weight"), ad.a.shallow_clone());
-                    vars.named_variables
-                        .insert(format!("{module}.lora_B.weight"), ad.b.shallow_clone());
-                    adapters.push(ad);
-                } else {
-                    let _ = t.set_requires_grad(trainable);
-                    if trainable {
-                        vars.named_variables.insert(name, t);
-                    }
+        let mut vars: Vec<(String, Tensor)> = Vec::new();
+        for (name, t) in model.named_tensors() {
+            let trainable = match lora {
+                None => true,
+                Some(l) => l.train_also.iter().any(|p| name.contains(p.as_str())),
+            };
+            let target = lora.and_then(|l| {
+                let module = name.strip_suffix(".weight")?;
+                let leaf = module.rsplit('.').next()?;
+                let vision = name.starts_with(VISION_PREFIX);
+                (l.target_modules.iter().any(|m| m == leaf) && (!vision || l.include_vision))
+                    .then(|| module.to_string())
+            });
+            if let (Some(module), Some(l)) = (target, lora) {
+                ensure!(
+                    !trainable,
+                    "'{name}' is both a LoRA target and in train_also"
+                );
+                // W gets grads (chain rule to A, B) but is not optimised itself.
+                let _ = t.set_requires_grad(true);
+                let ad = LoraAdapter::new(&module, &t, l.r, l.alpha, seed)?;
+                vars.push((format!("{module}.lora_A.weight"), ad.a.shallow_clone()));
+                vars.push((format!("{module}.lora_B.weight"), ad.b.shallow_clone()));
+                adapters.push(ad);
+            } else {
+                let _ = t.set_requires_grad(trainable);
+                if trainable {
+                    vars.push((name, t));
                 }
             }
         }
+        let vs = crate::train::ckpt::var_store_of(model.device(), vars)?;
         Ok(Self { vs, adapters })
     }
 
