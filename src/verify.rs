@@ -415,17 +415,23 @@ impl<'a> Verifier<'a> {
                 separate_outcome,
                 ..
             } => {
+                // Thresholds off their defaults change which paths survive, so they are named.
                 let clarity = match cfg.clarity {
-                    ClaritySource::Judge => "",
-                    ClaritySource::Rule => "-clarity-rule",
+                    ClaritySource::Judge if cfg.clarity_threshold == half() => String::new(),
+                    ClaritySource::Judge => format!("-clarity-above-{}", cfg.clarity_threshold),
+                    ClaritySource::Rule => "-clarity-rule".into(),
                 };
+                let potential = cfg
+                    .potential_threshold
+                    .map(|t| format!("-potential-above-{t}"))
+                    .unwrap_or_default();
                 let prune = if cfg.no_prune { "-no-prune" } else { "" };
                 let outcome = if *separate_outcome {
                     "-outcome-orm"
                 } else {
                     ""
                 };
-                format!("parm-best-of-{n}{clarity}{prune}{outcome}")
+                format!("parm-best-of-{n}{clarity}{potential}{prune}{outcome}")
             }
         }
     }
@@ -579,6 +585,31 @@ mod tests {
         };
         let never = Verifier::parm(&parm, &parm, None, 20, paper);
         assert_eq!(never.name(), "parm-best-of-20-no-prune");
+        let thresholds = ParmConfig {
+            clarity_threshold: 0.7,
+            potential_threshold: Some(0.25),
+            ..ParmConfig::default()
+        };
+        let strict = Verifier::parm(&parm, &parm, None, 8, thresholds);
+        assert_eq!(
+            strict.name(),
+            "parm-best-of-8-clarity-above-0.7-potential-above-0.25"
+        );
+        // The rule ignores the clarity threshold, so the name leaves it out.
+        let ruled = Verifier::parm(
+            &parm,
+            &parm,
+            None,
+            8,
+            ParmConfig {
+                clarity: ClaritySource::Rule,
+                ..thresholds
+            },
+        );
+        assert_eq!(
+            ruled.name(),
+            "parm-best-of-8-clarity-rule-potential-above-0.25"
+        );
         let best = Verifier::Orm { judge: &orm, n: 4 };
         assert_eq!(best.name(), "orm-best-of-4");
     }
