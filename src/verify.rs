@@ -102,6 +102,10 @@ pub struct PathRecord {
     pub potential: Option<(f64, f64)>,
     pub pruned_at: Option<usize>,
     pub outcome: Option<f64>,
+    /// Judged hopeless, but kept decoding as its group's fallback (every path of the group was
+    /// hopeless and this one had the lowest P(no) among the last ones judged).
+    #[serde(default)]
+    pub fallback: bool,
 }
 
 /// The selected candidate of each group and the trace.
@@ -124,6 +128,44 @@ struct ParmHook<'a> {
     paths: Vec<PathRecord>,
     stats: VerifyStats,
     device: tch::Device,
+    /// Paths per group (rows come in consecutive groups).
+    group: usize,
+}
+
+impl ParmHook<'_> {
+    /// Removes from `drop` (indices into `live`) one path of each group that would otherwise
+    /// stop its last live paths: the one with the lowest P(no), which then decodes to the end as
+    /// the group's fallback. Without this the fallback image would be a prediction from the
+    /// middle of decoding. Paths stopped at earlier steps cannot be resumed, so the choice is
+    /// among those judged at this step (with the static clarity rule, every path of the group).
+    fn keep_fallbacks(&mut self, live: &[usize], drop: &mut Vec<usize>) {
+        let n = self.group.max(1);
+        let dropping: Vec<usize> = drop.iter().map(|&i| live[i]).collect();
+        let mut groups: Vec<usize> = dropping.iter().map(|&r| r / n).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        for g in groups {
+            let others_live = live.iter().any(|&r| r / n == g && !dropping.contains(&r));
+            if others_live {
+                continue;
+            }
+            let keep = drop
+                .iter()
+                .copied()
+                .filter(|&i| live[i] / n == g)
+                .min_by(|&a, &b| {
+                    p_no(&self.paths[live[a]])
+                        .total_cmp(&p_no(&self.paths[live[b]]))
+                        .then(live[a].cmp(&live[b]))
+                });
+            if let Some(k) = keep {
+                drop.retain(|&i| i != k);
+                let path = &mut self.paths[live[k]];
+                path.pruned_at = None;
+                path.fallback = true;
+            }
+        }
+    }
 }
 
 impl StepHook for ParmHook<'_> {
@@ -196,6 +238,7 @@ impl StepHook for ParmHook<'_> {
                 drop.push(i);
             }
         }
+        self.keep_fallbacks(s.live, &mut drop);
         self.stats.pruned += drop.len();
         Ok(drop)
     }
@@ -253,7 +296,8 @@ pub fn best_of_n_orm(
     Ok(select(out.codes, chosen, n, paths, stats))
 }
 
-/// PARM: clarity → potential → prune → best-of-N′ among survivors (fallback: lowest P(no)).
+/// PARM: clarity → potential → prune → best-of-N′ among survivors (fallback: lowest P(no),
+/// decoded to the end).
 #[allow(clippy::too_many_arguments)]
 pub fn best_of_n_parm(
     model: &Showo,
@@ -278,6 +322,7 @@ pub fn best_of_n_parm(
         paths: vec![PathRecord::default(); seeds.len()],
         stats: VerifyStats::default(),
         device: model.device(),
+        group: n,
     };
     let out = generate::sample(model, layout, text, prompt_of, seeds, cfg, &mut hook)?;
     let mut paths = hook.paths;
@@ -285,9 +330,10 @@ pub fn best_of_n_parm(
     stats.candidates = seeds.len();
     stats.row_steps = out.row_steps;
     stats.row_steps_full = seeds.len() * cfg.steps;
-    // Best-of-N′ among survivors: score only the survivors' final images.
+    // Best-of-N′ among survivors: score only the survivors' final images (a fallback is its
+    // group's only path left, so it needs no score).
     let survivors: Vec<usize> = (0..seeds.len())
-        .filter(|&r| paths[r].pruned_at.is_none())
+        .filter(|&r| paths[r].pruned_at.is_none() && !paths[r].fallback)
         .collect();
     if !survivors.is_empty() {
         let idx = Tensor::from_slice(&survivors.iter().map(|&r| r as i64).collect::<Vec<_>>());
@@ -306,7 +352,11 @@ pub fn best_of_n_parm(
             .clone()
             .filter(|&r| paths[r].pruned_at.is_none())
             .collect();
-        let pick = if alive.is_empty() {
+        let pick = if let [r] = alive[..] {
+            stats.fallbacks += usize::from(paths[r].fallback);
+            r
+        } else if alive.is_empty() {
+            // Only when the hook could not keep one (it always does); kept as the paper's rule.
             stats.fallbacks += 1;
             rows.min_by(|&a, &b| p_no(&paths[a]).total_cmp(&p_no(&paths[b])).then(a.cmp(&b)))
                 .unwrap_or(g * n)
@@ -625,7 +675,8 @@ mod tests {
         };
         // Two groups of 3 paths. Group 0: path a clear at step 1 hopeful (outcome .4), b clear at
         // step 2 hopeless, c never clear (survives unassessed, outcome .7) → c wins.
-        // Group 1: every path hopeless → fallback to the lowest P(no) (f).
+        // Group 1: every path hopeless → fallback to the lowest P(no) (f), which, judged last,
+        // keeps decoding to the end.
         let script: HashMap<String, (usize, (f64, f64), f64)> = [
             ("a", (2, (0.8, 0.2), 0.4)),
             ("b", (3, (0.3, 0.7), 0.99)),
@@ -671,23 +722,36 @@ mod tests {
         assert_eq!((p[2].clear_at, p[2].pruned_at), (None, None));
         assert_eq!(p[3].pruned_at, Some(0));
         assert_eq!(p[4].pruned_at, Some(0));
-        assert_eq!(p[5].pruned_at, Some(3));
+        assert_eq!((p[5].pruned_at, p[5].fallback), (None, true));
+        assert!(p[..5].iter().all(|p| !p.fallback));
         let s = &sel.stats;
         assert_eq!(s.fallbacks, 1);
-        assert_eq!(s.pruned, 4);
+        assert_eq!(s.pruned, 3);
         // Clarity is asked until a path is clear: a 2, b 3, c 6 (never clear), d 1, e 1, f 4.
         assert_eq!(s.clarity_calls, 2 + 3 + 6 + 1 + 1 + 4);
         assert_eq!(s.potential_calls, 5);
         assert_eq!(
             s.outcome_calls, 2,
-            "only survivors a and c get the final score"
+            "only survivors a and c get the final score (f is alone in its group)"
         );
-        // Pruned paths stop decoding: b after step 2 (3 steps), d/e after step 0, f after step 3.
-        assert_eq!(s.row_steps, 6 + 3 + 6 + 1 + 1 + 4);
+        // Pruned paths stop decoding: b after step 2 (3 steps), d/e after step 0; f decodes on.
+        assert_eq!(s.row_steps, 6 + 3 + 6 + 1 + 1 + 6);
         assert_eq!(s.row_steps_full, 36);
         assert_eq!(s.decoded_intermediates, s.clarity_calls);
-        // The chosen codes are the chosen rows' final predictions.
+        // The chosen codes are the chosen rows' final predictions, and f's fallback image is
+        // the one it decodes without any judge (the same seed through every step).
         assert!(bool::try_from(sel.codes.get(0).eq_tensor(&sel.all_codes.get(2)).all()).unwrap());
+        let plain = generate::sample(
+            &model,
+            &layout,
+            &text,
+            &prompt_of,
+            &seeds,
+            &cfg,
+            &mut generate::NoHook,
+        )
+        .unwrap();
+        assert!(bool::try_from(sel.codes.get(1).eq_tensor(&plain.codes.get(5)).all()).unwrap());
 
         // Without pruning (the paper's code), the same judge keeps every path.
         let judge2 = Scripted {
@@ -731,10 +795,12 @@ mod tests {
         let s3 = &sel3.stats;
         assert_eq!((s3.clarity_calls, s3.potential_calls), (0, 6));
         assert_eq!(s3.decoded_intermediates, 6);
-        // a is the only survivor (c is now assessed and hopeless); group 1 falls back to f.
+        // a is the only survivor (c is now assessed and hopeless); group 1 falls back to f, the
+        // lowest P(no) of the three judged together, which decodes to the end.
         assert_eq!(sel3.chosen, vec![0, 2]);
-        assert_eq!((s3.pruned, s3.fallbacks, s3.outcome_calls), (5, 1, 1));
-        assert_eq!(s3.row_steps, 6 + 4 * 5);
+        assert_eq!((s3.pruned, s3.fallbacks, s3.outcome_calls), (4, 1, 1));
+        assert_eq!(s3.row_steps, 6 + 6 + 4 * 4);
+        assert!(sel3.paths[5].fallback);
 
         // ORM best-of-N picks the highest P(yes).
         let orm = best_of_n_orm(
