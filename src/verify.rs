@@ -356,7 +356,8 @@ pub fn best_of_n_parm(
             stats.fallbacks += usize::from(paths[r].fallback);
             r
         } else if alive.is_empty() {
-            // Only when the hook could not keep one (it always does); kept as the paper's rule.
+            // Not reached with the hook above, which keeps one path per group; a group still
+            // never goes without an image.
             stats.fallbacks += 1;
             rows.min_by(|&a, &b| p_no(&paths[a]).total_cmp(&p_no(&paths[b])).then(a.cmp(&b)))
                 .unwrap_or(g * n)
