@@ -5,10 +5,11 @@
 # Prints: CUDA seen, full-size Show-o generation (bf16/fp32, best-of-8 and batched vs sequential),
 # MAGVIT-v2 decode, a full-size DPO step with 10 pairs (frozen vs precomputed reference), a
 # LLaVA-OneVision-7B-shaped judge (one forward for P(yes) vs a 100-token cached generate), PARM
-# best-of-20 with that judge (batched + pruning vs the paper's sequential loop), and for each
+# best-of-20 with that judge (batched + pruning vs the paper's sequential loop), one step of the
+# guidance term at full size (8 samples, 3 of 18 states replayed, KL penalty), and for each
 # command its exit status, wall time, peak GPU memory (nvidia-smi sampled every 200 ms) and the
 # memory in use after it.
-# Per-command timeouts add up to 9 minutes (each full-size command draws its random weights once).
+# Per-command timeouts add up to 10 minutes (two earlier runs took 128 s and 133 s in all) (each full-size command draws its random weights once).
 set -uo pipefail
 BIN=${BIN:-target/release/imgcot-train}
 OUT=${OUT:-gpu-out}
@@ -47,4 +48,5 @@ run 45 "$BIN" bench dpo-step --size full --device cuda --dtype fp32 --n 10 --rep
 run 45 "$BIN" bench dpo-step --size full --device cuda --dtype fp32 --n 10 --reps 3 --reference precomputed
 run 50 "$BIN" bench sampler --size full --device cuda --dtype fp32 --n 8 --reps 2
 run 25 "$BIN" bench vq --device cuda --n 8 --reps 3
+run 60 "$BIN" bench guide-step --size full --device cuda --dtype bf16 --n 8 --replay-steps 3 --kl-coef 0.1 --reps 3
 echo "total $SECONDS s" | tee -a "$OUT/log.txt"

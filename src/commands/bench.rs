@@ -25,6 +25,7 @@ use tch::{Device, Kind, Tensor};
   imgcot-train bench sampler --reps 1
   imgcot-train bench judge --size tiny --reps 1
   imgcot-train bench parm --size mid --n 4 --steps 6
+  imgcot-train bench guide-step --n 4 --steps 6 --reps 1
 On a GPU (scripts/gpu-checks.sh):
   imgcot-train bench judge --size full --device cuda --dtype bf16 --reps 3
   imgcot-train bench parm --size full --device cuda --dtype bf16 --n 20")]
@@ -58,6 +59,12 @@ pub struct BenchArgs {
     /// dpo-step: masks per pair (the paper's code draws one).
     #[arg(long, default_value_t = 1)]
     pub n_mc: usize,
+    /// guide-step: sampler states replayed per trajectory (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub replay_steps: usize,
+    /// guide-step: KL penalty weight (> 0 also times the frozen reference's replay).
+    #[arg(long, default_value_t = 0.0)]
+    pub kl_coef: f64,
 }
 
 pub fn config(size: &str) -> Result<Config> {
@@ -88,7 +95,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "dpo-step" => dpo_step(args),
         "judge" => judge(args),
         "parm" => parm(args),
-        other => anyhow::bail!("unknown benchmark '{other}' (sampler, vq, dpo-step, judge, parm)"),
+        "guide-step" => guide_step(args),
+        other => anyhow::bail!(
+            "unknown benchmark '{other}' (sampler, vq, dpo-step, guide-step, judge, parm)"
+        ),
     }
 }
 
@@ -192,6 +202,106 @@ fn dpo_step(args: BenchArgs) -> Result<()> {
             median(t)
         );
     }
+    Ok(())
+}
+
+/// One optimizer step of the guidance term alone (`dpo.guide` with `dpo_coef` 0): a random Show-o
+/// of `--size` samples `--n` images of one prompt in `--steps` steps with CFG 1.75, a stand-in
+/// reward (a hash of each image's codes; the judges have their own benchmarks) feeds the
+/// leave-one-out baseline, and the sampled trajectories are replayed with gradient.
+fn guide_step(args: BenchArgs) -> Result<()> {
+    use crate::dpo::guidance::GuideConfig;
+    use crate::dpo::trainer::guided_backward_on;
+    // Checked before building a full-size model (guided_backward_on checks them again).
+    anyhow::ensure!(
+        args.n >= 2,
+        "bench guide-step: --n must be at least 2 (leave-one-out baseline)"
+    );
+    anyhow::ensure!(
+        args.kl_coef.is_finite() && args.kl_coef >= 0.0,
+        "bench guide-step: --kl-coef must be a finite number ≥ 0"
+    );
+    let device = crate::util::parse_device(&args.device)?;
+    let kind = crate::util::parse_dtype(&args.dtype)?;
+    tch::manual_seed(0);
+    let policy = Showo::new(config(&args.size)?, device, kind)?;
+    let reference = if args.kl_coef > 0.0 {
+        Some(Showo::new(config(&args.size)?, device, kind)?)
+    } else {
+        None
+    };
+    let layout = Layout::with_ids(&policy.cfg, 50256, 50256);
+    let text = bench_prompt(&layout).to_device(device);
+    let sampler = SamplerConfig {
+        steps: args.steps,
+        cfg_scale: 1.75,
+        ..Default::default()
+    };
+    let g = GuideConfig {
+        reward_coef: 1.0,
+        prompts_per_step: 1,
+        samples_per_prompt: args.n,
+        every: 1,
+        dpo_coef: 0.0,
+        replay_steps: args.replay_steps,
+        kl_coef: args.kl_coef,
+    };
+    let prompt_of = vec![0; args.n];
+    let mut opt = crate::train::optim::AdamW::new(&policy.vs, Default::default())?;
+    let mut rng = crate::train::rng::DataRng::with_stream(0, 0);
+    let mut score = |codes: &Tensor| -> Result<Vec<f64>> {
+        let sums = Vec::<i64>::try_from(codes.sum_dim_intlist(1, false, Kind::Int64))?;
+        Ok(sums.iter().map(|s| (s % 101) as f64 / 100.0).collect())
+    };
+    let (mut total, mut sampling) = (Vec::new(), Vec::new());
+    for rep in 0..args.reps.unwrap_or(3) {
+        let seeds: Vec<u64> = (0..args.n as u64)
+            .map(|k| derive_seed(1, rep as u64, k))
+            .collect();
+        let s = Instant::now();
+        let _ = generate::sample(
+            &policy,
+            &layout,
+            &text,
+            &prompt_of,
+            &seeds,
+            &sampler,
+            &mut NoHook,
+        )?;
+        sync(device);
+        sampling.push(s.elapsed().as_secs_f64());
+        let s = Instant::now();
+        opt.zero_grad();
+        guided_backward_on(
+            &policy,
+            reference.as_ref(),
+            &layout,
+            &text,
+            &prompt_of,
+            &seeds,
+            &mut score,
+            &g,
+            &sampler,
+            &mut rng,
+        )?;
+        opt.step()?;
+        sync(device);
+        total.push(s.elapsed().as_secs_f64());
+    }
+    let replayed = if args.replay_steps == 0 || args.replay_steps >= args.steps {
+        args.steps
+    } else {
+        args.replay_steps
+    };
+    println!(
+        "bench guide-step: {} samples × {} steps, {replayed} states replayed, KL {}, {} params, {device:?} {kind:?}: {:.3} s per step (sampling alone {:.3} s)",
+        args.n,
+        args.steps,
+        if reference.is_some() { "penalised (frozen reference)" } else { "off" },
+        policy.num_parameters(),
+        median(total),
+        median(sampling)
+    );
     Ok(())
 }
 
@@ -611,8 +721,31 @@ mod tests {
             reps: Some(1),
             reference: "cached".into(),
             n_mc: 1,
+            replay_steps: 0,
+            kl_coef: 0.0,
         };
         let e = run(args).unwrap_err().to_string();
         assert!(e.contains("expected frozen, precomputed or both"), "{e}");
+    }
+
+    #[test]
+    fn guide_step_rejects_bad_settings_before_building_models() {
+        let args = |n: usize, kl_coef: f64| BenchArgs {
+            what: "guide-step".into(),
+            device: "cpu".into(),
+            dtype: "fp32".into(),
+            n,
+            steps: 1,
+            size: "full".into(),
+            reps: Some(1),
+            reference: "both".into(),
+            n_mc: 1,
+            replay_steps: 0,
+            kl_coef,
+        };
+        let e = run(args(1, 0.0)).unwrap_err().to_string();
+        assert!(e.contains("at least 2"), "{e}");
+        let e = run(args(4, f64::NAN)).unwrap_err().to_string();
+        assert!(e.contains("--kl-coef"), "{e}");
     }
 }

@@ -677,19 +677,6 @@ pub fn guided_backward(
     step: u64,
 ) -> Result<GuideStep> {
     ensure!(!metas.is_empty(), "no prompts for guidance");
-    ensure!(
-        g.kl_coef.is_finite() && g.kl_coef >= 0.0,
-        "dpo.guide.kl_coef must be a finite number ≥ 0, found {}",
-        g.kl_coef
-    );
-    ensure!(
-        g.kl_coef == 0.0 || reference.is_some(),
-        "dpo.guide.kl_coef needs the reference model"
-    );
-    ensure!(
-        g.samples_per_prompt >= 2,
-        "dpo.guide.samples_per_prompt must be at least 2 (leave-one-out baseline)"
-    );
     let mut rng = rng::DataRng::with_stream(seed ^ 0x6D1D_E000, step);
     let chosen: Vec<&Metadata> = (0..g.prompts_per_step)
         .map(|_| &metas[rng.below(metas.len() as u64) as usize])
@@ -704,22 +691,83 @@ pub fn guided_backward(
     let seeds: Vec<u64> = (0..prompt_of.len())
         .map(|r| derive_seed(seed ^ 0x6D1D_E000, step, r as u64))
         .collect();
-    let out = generate::sample(
+    let row_metas: Vec<&Metadata> = prompt_of.iter().map(|&j| chosen[j]).collect();
+    let mut score = |codes: &Tensor| -> Result<Vec<f64>> {
+        let images = vq.decode(&codes.to_device(dev))?;
+        scorer.score(&row_metas, &images, codes)
+    };
+    guided_backward_on(
         policy,
+        reference,
         layout,
         &text,
         &prompt_of,
         &seeds,
+        &mut score,
+        g,
         &recipe.sampler,
+        &mut rng,
+    )
+}
+
+/// [`guided_backward`] on prompts already tokenized: samples one row per seed (`prompt_of[r]`
+/// indexes `text`; rows of a prompt are consecutive, `g.samples_per_prompt` of them), rewards
+/// each row through `score` (its codes → one reward per row), and backpropagates the term.
+/// `rng` draws the replayed states when `g.replay_steps` is set. The benchmark calls it directly.
+#[allow(clippy::too_many_arguments)]
+pub fn guided_backward_on(
+    policy: &Showo,
+    reference: Option<&Showo>,
+    layout: &Layout,
+    text: &Tensor,
+    prompt_of: &[usize],
+    seeds: &[u64],
+    score: &mut dyn FnMut(&Tensor) -> Result<Vec<f64>>,
+    g: &super::guidance::GuideConfig,
+    sampler: &generate::SamplerConfig,
+    rng: &mut rng::DataRng,
+) -> Result<GuideStep> {
+    ensure!(
+        g.kl_coef.is_finite() && g.kl_coef >= 0.0,
+        "dpo.guide.kl_coef must be a finite number ≥ 0, found {}",
+        g.kl_coef
+    );
+    ensure!(
+        g.kl_coef == 0.0 || reference.is_some(),
+        "dpo.guide.kl_coef needs the reference model"
+    );
+    let k = g.samples_per_prompt;
+    ensure!(
+        k >= 2,
+        "dpo.guide.samples_per_prompt must be at least 2 (leave-one-out baseline)"
+    );
+    ensure!(
+        seeds.len() == prompt_of.len() && seeds.len().is_multiple_of(k),
+        "guidance: {} seeds for {} rows in groups of {k}",
+        seeds.len(),
+        prompt_of.len()
+    );
+    let dev = policy.device();
+    let out = generate::sample(
+        policy,
+        layout,
+        text,
+        prompt_of,
+        seeds,
+        sampler,
         &mut generate::NoHook,
     )?;
-    let images = vq.decode(&out.codes.to_device(dev))?;
-    let row_metas: Vec<&Metadata> = prompt_of.iter().map(|&j| chosen[j]).collect();
-    let rewards = scorer.score(&row_metas, &images, &out.codes)?;
+    let rewards = score(&out.codes)?;
+    ensure!(
+        rewards.len() == seeds.len(),
+        "guidance: {} rewards for {} rows",
+        rewards.len(),
+        seeds.len()
+    );
     let adv = super::guidance::rloo_advantages(&rewards, k);
     let idx =
         Tensor::from_slice(&prompt_of.iter().map(|&j| j as i64).collect::<Vec<_>>()).to_device(dev);
-    let t = recipe.sampler.steps;
+    let t = sampler.steps;
     let replay: Vec<i64> = if g.replay_steps == 0 || g.replay_steps >= t {
         (0..t as i64).collect()
     } else {
@@ -739,7 +787,7 @@ pub fn guided_backward(
         &out.commit_step.to_device(dev),
         &replay,
     );
-    let cfg_scale = recipe.sampler.cfg_scale;
+    let cfg_scale = sampler.cfg_scale;
     let policy_lp = states.log_probs(policy, layout, cfg_scale);
     let traj = states.trajectory_logps(&policy_lp, t);
     let mut loss = super::guidance::guidance_loss(&traj, &adv, layout.num_vq_tokens, g.reward_coef);
