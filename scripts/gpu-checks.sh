@@ -9,7 +9,8 @@
 # guidance term at full size (8 samples, 3 of 18 states replayed, KL penalty), and for each
 # command its exit status, wall time, peak GPU memory (nvidia-smi sampled every 200 ms) and the
 # memory in use after it.
-# Per-command timeouts add up to 10 minutes (two earlier runs took 128 s and 133 s in all) (each full-size command draws its random weights once).
+# Per-command timeouts add up to 10 minutes; each full-size command draws its random weights once.
+# Two earlier runs of the script (without guide-step) took 128 s and 133 s in all.
 set -uo pipefail
 BIN=${BIN:-target/release/imgcot-train}
 OUT=${OUT:-gpu-out}

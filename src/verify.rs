@@ -140,31 +140,38 @@ impl ParmHook<'_> {
     /// among those judged at this step (with the static clarity rule, every path of the group).
     fn keep_fallbacks(&mut self, live: &[usize], drop: &mut Vec<usize>) {
         let n = self.group.max(1);
-        let dropping: Vec<usize> = drop.iter().map(|&i| live[i]).collect();
-        let mut groups: Vec<usize> = dropping.iter().map(|&r| r / n).collect();
-        groups.sort_unstable();
-        groups.dedup();
-        for g in groups {
-            let others_live = live.iter().any(|&r| r / n == g && !dropping.contains(&r));
-            if others_live {
-                continue;
-            }
-            let keep = drop
-                .iter()
-                .copied()
-                .filter(|&i| live[i] / n == g)
-                .min_by(|&a, &b| {
-                    p_no(&self.paths[live[a]])
-                        .total_cmp(&p_no(&self.paths[live[b]]))
-                        .then(live[a].cmp(&live[b]))
-                });
-            if let Some(k) = keep {
-                drop.retain(|&i| i != k);
-                let path = &mut self.paths[live[k]];
-                path.pruned_at = None;
-                path.fallback = true;
+        let groups = self.paths.len().div_ceil(n);
+        // Live paths per group after this step's drops, and each group's lowest-P(no) dropped
+        // path (earlier rows win ties): one pass over each list, whatever the batch size.
+        let mut staying = vec![0usize; groups];
+        for &r in live {
+            staying[r / n] += 1;
+        }
+        let mut best: Vec<Option<usize>> = vec![None; groups];
+        for &i in drop.iter() {
+            let g = live[i] / n;
+            staying[g] -= 1;
+            let better = best[g].is_none_or(|b| {
+                p_no(&self.paths[live[i]])
+                    .total_cmp(&p_no(&self.paths[live[b]]))
+                    .then(live[i].cmp(&live[b]))
+                    .is_lt()
+            });
+            if better {
+                best[g] = Some(i);
             }
         }
+        let mut kept = vec![false; live.len()];
+        for k in (0..groups)
+            .filter(|&g| staying[g] == 0)
+            .filter_map(|g| best[g])
+        {
+            kept[k] = true;
+            let path = &mut self.paths[live[k]];
+            path.pruned_at = None;
+            path.fallback = true;
+        }
+        drop.retain(|&i| !kept[i]);
     }
 }
 
@@ -347,32 +354,19 @@ pub fn best_of_n_parm(
     }
     let mut chosen = Vec::with_capacity(groups);
     for g in 0..groups {
-        let rows = g * n..(g + 1) * n;
-        let alive: Vec<usize> = rows
-            .clone()
+        // The hook leaves every group at least one path (a fallback when all were hopeless),
+        // so the pick is always among the paths that decoded to the end.
+        let pick = (g * n..(g + 1) * n)
             .filter(|&r| paths[r].pruned_at.is_none())
-            .collect();
-        let pick = if let [r] = alive[..] {
-            stats.fallbacks += usize::from(paths[r].fallback);
-            r
-        } else if alive.is_empty() {
-            // Not reached with the hook above, which keeps one path per group; a group still
-            // never goes without an image.
-            stats.fallbacks += 1;
-            rows.min_by(|&a, &b| p_no(&paths[a]).total_cmp(&p_no(&paths[b])).then(a.cmp(&b)))
-                .unwrap_or(g * n)
-        } else {
-            *alive
-                .iter()
-                .max_by(|&&a, &&b| {
-                    paths[a]
-                        .outcome
-                        .unwrap_or(0.0)
-                        .total_cmp(&paths[b].outcome.unwrap_or(0.0))
-                        .then(b.cmp(&a))
-                })
-                .unwrap_or(&alive[0])
-        };
+            .max_by(|&a, &b| {
+                paths[a]
+                    .outcome
+                    .unwrap_or(0.0)
+                    .total_cmp(&paths[b].outcome.unwrap_or(0.0))
+                    .then(b.cmp(&a))
+            })
+            .ok_or_else(|| anyhow::anyhow!("PARM: group {g} kept no path"))?;
+        stats.fallbacks += usize::from(paths[pick].fallback);
         chosen.push(pick - g * n);
     }
     Ok(select(out.codes, chosen, n, paths, stats))
