@@ -522,9 +522,12 @@ pub fn run(args: IterArgs, load_judges: &JudgeLoader) -> Result<()> {
                 &spec,
                 guide_scorer.as_mut().map(|g| g as &mut dyn ImageScorer),
             )?;
+            let acc = |a: Option<f64>| a.map_or("-".to_string(), |a| format!("{a:.3}"));
+            // With the round's start as the reference every starting margin is 0, which counts as wrong.
             println!(
-                "[iter] round {r}: held-out implicit-reward accuracy {:?} → {:?}",
-                res.eval_accuracy_start, res.eval_accuracy_end
+                "[iter] round {r}: held-out implicit-reward accuracy {} → {}",
+                acc(res.eval_accuracy_start),
+                acc(res.eval_accuracy_end)
             );
         }
         policy = final_dir;
