@@ -32,6 +32,12 @@ pub struct ParmConfig {
     /// step rule its clarity data is labelled with (`judge::data::clarity_label`).
     #[serde(default)]
     pub clarity: ClaritySource,
+    /// With `clarity: rule`, the 1-based step from which every path counts as clear, in place of
+    /// the static rule's first clear step: for samplers whose outcome is still open there
+    /// (README, "Glyph judges": on the glyph world the step-8 image agrees with the final
+    /// verdict hardly more often than "no" does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule_step: Option<usize>,
 }
 
 /// Where PARM's clarity decision comes from.
@@ -58,6 +64,7 @@ impl Default for ParmConfig {
             potential_threshold: None,
             no_prune: false,
             clarity: ClaritySource::Judge,
+            rule_step: None,
         }
     }
 }
@@ -185,7 +192,21 @@ impl StepHook for ParmHook<'_> {
             return Ok(vec![]);
         }
         // The rule needs no image before its first clear step.
-        let rule_clear = clarity_label(s.step + 1, s.steps) == Some(true);
+        let rule_clear = match self.cfg.rule_step {
+            Some(c) => {
+                ensure!(
+                    self.cfg.clarity == ClaritySource::Rule,
+                    "PARM rule_step needs clarity: rule"
+                );
+                ensure!(
+                    (1..=s.steps).contains(&c),
+                    "PARM rule_step {c} is outside the sampler's steps 1..={}",
+                    s.steps
+                );
+                s.step + 1 >= c
+            }
+            None => clarity_label(s.step + 1, s.steps) == Some(true),
+        };
         if self.cfg.clarity == ClaritySource::Rule && !rule_clear {
             return Ok(vec![]);
         }
@@ -464,7 +485,10 @@ impl<'a> Verifier<'a> {
                 let clarity = match cfg.clarity {
                     ClaritySource::Judge if cfg.clarity_threshold == half() => String::new(),
                     ClaritySource::Judge => format!("-clarity-above-{}", cfg.clarity_threshold),
-                    ClaritySource::Rule => "-clarity-rule".into(),
+                    ClaritySource::Rule => match cfg.rule_step {
+                        Some(c) => format!("-clarity-step-{c}"),
+                        None => "-clarity-rule".into(),
+                    },
                 };
                 let potential = cfg
                     .potential_threshold
@@ -655,6 +679,18 @@ mod tests {
             ruled.name(),
             "parm-best-of-8-clarity-rule-potential-above-0.25"
         );
+        let stepped = Verifier::parm(
+            &parm,
+            &parm,
+            None,
+            8,
+            ParmConfig {
+                clarity: ClaritySource::Rule,
+                rule_step: Some(11),
+                ..ParmConfig::default()
+            },
+        );
+        assert_eq!(stepped.name(), "parm-best-of-8-clarity-step-11");
         let best = Verifier::Orm { judge: &orm, n: 4 };
         assert_eq!(best.name(), "orm-best-of-4");
     }
@@ -796,6 +832,52 @@ mod tests {
         assert_eq!((s3.pruned, s3.fallbacks, s3.outcome_calls), (4, 1, 1));
         assert_eq!(s3.row_steps, 6 + 6 + 4 * 4);
         assert!(sel3.paths[5].fallback);
+
+        // `rule_step` moves the rule's clear step: from 1-based step 5, potential is assessed at
+        // 0-based step 4, and every pruned path has decoded one step more than above.
+        let judge5 = Scripted {
+            script: judge.script.clone(),
+            calls: RefCell::new(HashMap::new()),
+        };
+        let late = ParmConfig {
+            rule_step: Some(5),
+            ..rule
+        };
+        let sel5 = best_of_n_parm(
+            &model, &layout, &vq, &judge5, &judge5, &text, &prompt_of, &prompts, &seeds, 3, &cfg,
+            &late,
+        )
+        .unwrap();
+        assert!(sel5.paths.iter().all(|p| p.clear_at == Some(4)));
+        assert_eq!(sel5.chosen, vec![0, 2]);
+        assert_eq!((sel5.stats.pruned, sel5.stats.fallbacks), (4, 1));
+        assert_eq!(sel5.stats.row_steps, 6 + 6 + 4 * 5);
+        // Outside the sampler's steps, or without the rule, it is refused.
+        for bad in [
+            ParmConfig {
+                rule_step: Some(7),
+                ..rule
+            },
+            ParmConfig {
+                rule_step: Some(0),
+                ..rule
+            },
+            ParmConfig {
+                rule_step: Some(3),
+                ..ParmConfig::default()
+            },
+        ] {
+            let j = Scripted {
+                script: judge.script.clone(),
+                calls: RefCell::new(HashMap::new()),
+            };
+            let err = best_of_n_parm(
+                &model, &layout, &vq, &j, &j, &text, &prompt_of, &prompts, &seeds, 3, &cfg, &bad,
+            )
+            .err()
+            .expect("a bad rule_step is refused");
+            assert!(format!("{err:#}").contains("rule_step"), "{err:#}");
+        }
 
         // ORM best-of-N picks the highest P(yes).
         let orm = best_of_n_orm(
