@@ -34,7 +34,7 @@ pub struct ParmConfig {
     pub clarity: ClaritySource,
     /// With `clarity: rule`, the 1-based step from which every path counts as clear, in place of
     /// the static rule's first clear step: for samplers whose outcome is still open there
-    /// (README, "Glyph judges": on the glyph world the step-8 image agrees with the final
+    /// (README, "What is not done": on the glyph world the step-8 image agrees with the final
     /// verdict hardly more often than "no" does).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule_step: Option<usize>,
