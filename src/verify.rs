@@ -57,6 +57,23 @@ fn half() -> f64 {
     0.5
 }
 
+impl ParmConfig {
+    /// Settings that only make sense for a sampler of `steps` steps, checked before sampling.
+    fn check(&self, steps: usize) -> Result<()> {
+        if let Some(c) = self.rule_step {
+            ensure!(
+                self.clarity == ClaritySource::Rule,
+                "PARM rule_step needs clarity: rule"
+            );
+            ensure!(
+                (1..=steps).contains(&c),
+                "PARM rule_step {c} is outside the sampler's steps 1..={steps}"
+            );
+        }
+        Ok(())
+    }
+}
+
 impl Default for ParmConfig {
     fn default() -> Self {
         Self {
@@ -193,18 +210,7 @@ impl StepHook for ParmHook<'_> {
         }
         // The rule needs no image before its first clear step.
         let rule_clear = match self.cfg.rule_step {
-            Some(c) => {
-                ensure!(
-                    self.cfg.clarity == ClaritySource::Rule,
-                    "PARM rule_step needs clarity: rule"
-                );
-                ensure!(
-                    (1..=s.steps).contains(&c),
-                    "PARM rule_step {c} is outside the sampler's steps 1..={}",
-                    s.steps
-                );
-                s.step + 1 >= c
-            }
+            Some(c) => s.step + 1 >= c,
             None => clarity_label(s.step + 1, s.steps) == Some(true),
         };
         if self.cfg.clarity == ClaritySource::Rule && !rule_clear {
@@ -342,6 +348,7 @@ pub fn best_of_n_parm(
     parm: &ParmConfig,
 ) -> Result<Selection> {
     let groups = group_rows(prompt_of, n)?;
+    parm.check(cfg.steps)?;
     let mut hook = ParmHook {
         judge: step_judge,
         vq,

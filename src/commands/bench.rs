@@ -288,11 +288,7 @@ fn guide_step(args: BenchArgs) -> Result<()> {
         sync(device);
         total.push(s.elapsed().as_secs_f64());
     }
-    let replayed = if args.replay_steps == 0 || args.replay_steps >= args.steps {
-        args.steps
-    } else {
-        args.replay_steps
-    };
+    let replayed = g.replayed_states(args.steps);
     println!(
         "bench guide-step: {} samples × {} steps, {replayed} states replayed, KL {}, {} params, {device:?} {kind:?}: {:.3} s per step (sampling alone {:.3} s)",
         args.n,

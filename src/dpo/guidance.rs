@@ -40,6 +40,17 @@ pub struct GuideConfig {
     pub kl_coef: f64,
 }
 
+impl GuideConfig {
+    /// How many of a `t`-step trajectory's states each step replays.
+    pub fn replayed_states(&self, t: usize) -> usize {
+        if self.replay_steps == 0 || self.replay_steps >= t {
+            t
+        } else {
+            self.replay_steps
+        }
+    }
+}
+
 fn is_zero_f(v: &f64) -> bool {
     *v == 0.0
 }

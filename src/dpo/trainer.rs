@@ -768,16 +768,17 @@ pub fn guided_backward_on(
     let idx =
         Tensor::from_slice(&prompt_of.iter().map(|&j| j as i64).collect::<Vec<_>>()).to_device(dev);
     let t = sampler.steps;
-    let replay: Vec<i64> = if g.replay_steps == 0 || g.replay_steps >= t {
+    let r = g.replayed_states(t);
+    let replay: Vec<i64> = if r == t {
         (0..t as i64).collect()
     } else {
         // A uniform subset of the states (partial Fisher–Yates on the same per-step stream).
         let mut all: Vec<i64> = (0..t as i64).collect();
-        for i in 0..g.replay_steps {
+        for i in 0..r {
             let j = i + rng.below((t - i) as u64) as usize;
             all.swap(i, j);
         }
-        all.truncate(g.replay_steps);
+        all.truncate(r);
         all
     };
     let states = super::guidance::replay_states(
