@@ -323,6 +323,8 @@ fn ft_cfg(dir: &Path, out: &str, steps: u64) -> RewardFtConfig {
         answer_only: false,
         vision_pretrain: None,
         prompt_layout: None,
+        length_groups: false,
+        retry: None,
     }
 }
 
@@ -497,6 +499,128 @@ fn lora_fine_tune_saves_merged_weights_that_score_like_the_trained_model() {
     assert!(
         !q("base").equal(&q("lora")),
         "q_proj got the merged LoRA delta"
+    );
+}
+
+/// `vision_lr_mult: 0` freezes the tower: it is not among the trainable parameters and its
+/// saved weights equal the initial ones, while the projector and the LM train.
+#[test]
+fn a_zero_vision_lr_mult_freezes_the_tower() {
+    let dir = common::temp_dir("judges-freeze-vision");
+    build_tiny_data(&dir, 12);
+    let sc = tiny_scratch();
+    let tok = tokenizer_path();
+    let mut base = ft_cfg(&dir, "base", 2);
+    base.heldout.clear();
+    let rep_base = reward_ft::run(&base, Some((&sc, &tok)), Device::Cpu).unwrap();
+    let mut cfg = ft_cfg(&dir, "frozen", 4);
+    cfg.heldout.clear();
+    cfg.init = Some(dir.join("base"));
+    cfg.vision_lr_mult = 0.0;
+    let rep = reward_ft::run(&cfg, None, Device::Cpu).unwrap();
+    let n_vision: i64 = saved_weights(&dir.join("base"))
+        .iter()
+        .filter(|(n, _)| n.starts_with(imgcot::models::llava_ov::weights::VISION_PREFIX))
+        .map(|(_, t)| t.numel() as i64)
+        .sum();
+    assert!(n_vision > 0);
+    assert_eq!(rep.trainable_params, rep_base.trainable_params - n_vision);
+    let (before, after) = (
+        saved_weights(&dir.join("base")),
+        saved_weights(&dir.join("frozen")),
+    );
+    assert_eq!(before.len(), after.len());
+    let mut changed = 0;
+    for ((n, a), (m, b)) in before.iter().zip(&after) {
+        assert_eq!(n, m);
+        if n.starts_with(imgcot::models::llava_ov::weights::VISION_PREFIX) {
+            assert!(a.equal(b), "{n} changed although the tower is frozen");
+        } else if !a.equal(b) {
+            changed += 1;
+        }
+    }
+    assert!(changed > 0, "the projector and the LM trained");
+    let mut bad = ft_cfg(&dir, "bad", 1);
+    bad.vision_lr_mult = -1.0;
+    let err = reward_ft::run(&bad, Some((&sc, &tok)), Device::Cpu).unwrap_err();
+    assert!(format!("{err:#}").contains("vision_lr_mult"), "{err:#}");
+}
+
+/// `length_groups: true` trains through the grouped passes: its first loss is the one padded
+/// pass's (the batches mix one-turn ORM and two-turn PARM records of different lengths).
+#[test]
+fn length_groups_give_the_padded_runs_first_loss() {
+    let dir = common::temp_dir("judges-length-groups");
+    build_tiny_data(&dir, 12);
+    let sc = tiny_scratch();
+    let tok = tokenizer_path();
+    let mut plain = ft_cfg(&dir, "plain", 1);
+    plain.heldout.clear();
+    let mut grouped = ft_cfg(&dir, "grouped", 1);
+    grouped.heldout.clear();
+    grouped.length_groups = true;
+    let a = reward_ft::run(&plain, Some((&sc, &tok)), Device::Cpu).unwrap();
+    let b = reward_ft::run(&grouped, Some((&sc, &tok)), Device::Cpu).unwrap();
+    assert!(
+        (a.first_loss - b.first_loss).abs() < 1e-5,
+        "{} vs {}",
+        a.first_loss,
+        b.first_loss
+    );
+}
+
+/// `retry` trains a stage again with the next seed while a held-out kind's accuracy is under
+/// the floor, records the short tries in `<run_dir>/tries.json`, and fails loudly when every
+/// try falls short; a floor that is met keeps the first try and clears the record.
+#[test]
+fn retry_trains_again_with_the_next_seed_and_fails_loudly() {
+    use imgcot::judge::reward_ft::RetryConfig;
+    let dir = common::temp_dir("judges-retry");
+    build_tiny_data(&dir, 12);
+    let sc = tiny_scratch();
+    let tok = tokenizer_path();
+    let mut cfg = ft_cfg(&dir, "r", 1);
+    // LR 0: an untrained judge, so the floor below is out of reach.
+    cfg.lr = 0.0;
+    cfg.retry = Some(RetryConfig {
+        kind: "orm".into(),
+        min_accuracy: 0.999,
+        max_tries: 2,
+    });
+    let tries = dir.join("run-r").join("tries.json");
+    let err = reward_ft::run(&cfg, Some((&sc, &tok)), Device::Cpu).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("in 2 tries") && msg.contains("seed 0") && msg.contains("seed 1"),
+        "{msg}"
+    );
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&tries).unwrap()).unwrap();
+    let seeds: Vec<u64> = rec["tries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["seed"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seeds, [0, 1]);
+    // No judge under the floor is left where the next stage would find it.
+    assert!(!dir.join("r").exists());
+    // The record makes the same command fail again without training (the run's log is as it was).
+    let log = dir.join("run-r").join("log.txt");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let again = reward_ft::run(&cfg, Some((&sc, &tok)), Device::Cpu).unwrap_err();
+    assert_eq!(format!("{again:#}"), msg);
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), logged);
+    // Other settings start over; a floor that is met keeps the first try and clears the record.
+    cfg.retry.as_mut().unwrap().min_accuracy = 0.0;
+    let rep = reward_ft::run(&cfg, Some((&sc, &tok)), Device::Cpu).unwrap();
+    assert_eq!(rep.config.seed, 0);
+    assert!(!tries.exists());
+    cfg.retry.as_mut().unwrap().kind = "no-such-kind".into();
+    let err = reward_ft::run(&cfg, Some((&sc, &tok)), Device::Cpu).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("not a held-out kind"),
+        "{err:#}"
     );
 }
 
@@ -781,6 +905,92 @@ fn loss_weights_give_the_token_weighted_mean() {
     let got = both(1.0, 0.25);
     assert!((got - weighted).abs() < 1e-5, "{got} vs {weighted}");
     assert!((got - plain).abs() > 1e-3, "the weights change the loss");
+}
+
+/// The LM runs once per group of similar lengths; the loss, the answer logits and every
+/// gradient are those of one padded pass.
+#[test]
+fn length_grouped_passes_match_one_padded_pass() {
+    use imgcot::models::llava_ov::config::LlavaOvConfig;
+    use imgcot::models::llava_ov::train::{
+        forward_batch_grouped, init_weights, model_from_tensors, BatchItem,
+    };
+    let tok = tokenizers::Tokenizer::from_file(tokenizer_path()).unwrap();
+    let json = tiny_scratch().config_json(tok.get_vocab_size(true) as i64);
+    let cfg = LlavaOvConfig::from_json_str(&json.to_string()).unwrap();
+    let model = model_from_tensors(cfg.clone(), init_weights(&cfg, 7), Device::Cpu).unwrap();
+    let params: Vec<(String, Tensor)> = model.named_tensors();
+    for (_, p) in &params {
+        let _ = p.set_requires_grad(true);
+    }
+    let turns = |q: &str, a: &str| vec![(false, q.to_string()), (true, a.to_string())];
+    let q = imgcot::models::llava_ov::prompt::orm_question("a photo of a red circle");
+    let q2 = imgcot::models::llava_ov::prompt::orm_question(
+        "a photo of a blue square left of a green triangle",
+    );
+    let samples = [
+        chat_tokens(&tok, &turns(&q, "yes"), true).unwrap(),
+        chat_tokens(
+            &tok,
+            &turns(
+                "<image> Which one of the object is in this image?",
+                "circle red, square blue, cross green, triangle yellow",
+            ),
+            true,
+        )
+        .unwrap(),
+        chat_tokens(&tok, &turns(&q2, "no"), true).unwrap(),
+        chat_tokens(&tok, &turns(&q, "no"), true).unwrap(),
+    ];
+    tch::manual_seed(3);
+    let images: Vec<Tensor> = (0..samples.len())
+        .map(|_| Tensor::randint(256, [3, 128, 128], (Kind::Uint8, Device::Cpu)))
+        .collect();
+    let batch: Vec<BatchItem> = samples
+        .iter()
+        .zip(&images)
+        .zip([1.0, 0.2, 1.0, 1.0])
+        .map(|((tokens, image), weight)| BatchItem {
+            tokens,
+            image,
+            weight,
+        })
+        .collect();
+    let run = |cost: Option<i64>| {
+        for (_, p) in &params {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+        let out = forward_batch_grouped(&model, &batch, cost).unwrap();
+        out.loss.backward();
+        let grads: Vec<Tensor> = params.iter().map(|(_, p)| p.grad().copy()).collect();
+        (
+            out.loss.double_value(&[]),
+            out.answer_logits.detach(),
+            grads,
+        )
+    };
+    // One padded pass against one pass per distinct length (3 here).
+    let (l1, a1, g1) = run(None);
+    let (lg, ag, gg) = run(Some(0));
+    assert!((l1 - lg).abs() < 1e-5, "loss {l1} vs {lg}");
+    let da = (&a1 - &ag).abs().max().double_value(&[]);
+    assert!(da < 1e-4, "answer logits differ by {da}");
+    for ((name, _), (x, y)) in params.iter().zip(g1.iter().zip(&gg)) {
+        let d = (x - y).abs().max().double_value(&[]);
+        let scale = x.abs().max().double_value(&[]).max(1e-6);
+        assert!(
+            d <= 1e-4 * scale.max(1.0),
+            "{name}: gradient differs by {d} (max {scale})"
+        );
+    }
+    assert!(
+        g1.iter()
+            .any(|g| g.abs().sum(Kind::Double).double_value(&[]) > 0.0),
+        "the gradients are not all zero"
+    );
 }
 
 #[test]

@@ -10,8 +10,9 @@ use crate::models::llava_ov::config::LlavaOvConfig;
 use crate::models::llava_ov::model::LlavaOnevision;
 use crate::models::llava_ov::prompt::{JudgeQuestion, PromptLayout};
 use crate::models::llava_ov::train::{
-    bare_tokens, chat_tokens, forward_batch, init_weights_on, model_from_tensors, pad_image_u8,
-    save_checkpoint, BatchItem, ChatTokens, LoraConfig, ScratchConfig, Trainable,
+    bare_tokens, chat_tokens, forward_batch, forward_batch_grouped, init_weights_on,
+    model_from_tensors, pad_image_u8, save_checkpoint, BatchItem, ChatTokens, LoraConfig,
+    ScratchConfig, Trainable, GROUP_COST_TOKENS,
 };
 use crate::train::ckpt;
 use crate::train::logging::{Logger, LoggerOptions};
@@ -42,7 +43,8 @@ pub struct RewardFtConfig {
     /// Run folder (log.txt, TensorBoard).
     pub run_dir: PathBuf,
     pub lr: f64,
-    /// LR multiplier of the vision tower (the seed: 2e-6 / 1e-5 = 0.2).
+    /// LR multiplier of the vision tower (the seed: 2e-6 / 1e-5 = 0.2). 0 freezes the tower: it
+    /// gets no gradients (its backward pass is skipped) and they are not in the clipped norm.
     #[serde(default = "one")]
     pub vision_lr_mult: f64,
     #[serde(default)]
@@ -94,7 +96,47 @@ pub struct RewardFtConfig {
     /// None keeps the initial checkpoint's (the paper's chat template for a scratch judge).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_layout: Option<PromptLayout>,
+    /// Run the LM once per group of similar lengths instead of one pass padded to the batch's
+    /// longest record: the same in exact arithmetic and faster on mixed batches (yes/no records
+    /// with captions). Off by default: it changes float rounding, and where a scratch judge's
+    /// learning is as rounding-sensitive as the glyph judges' it changes the outcome (README,
+    /// "Glyph judges").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub length_groups: bool,
+    /// Not in the paper: train the stage again with the next seed while its held-out accuracy
+    /// on one kind stays under a floor. A scratch judge's verdict emerges late, at a step that
+    /// depends on the seed and even on float rounding (README, "Glyph judges").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryConfig>,
 }
+
+/// When [`RewardFtConfig::retry`] trains a stage again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// A held-out kind as the report names it (`orm-dense+bare`, `orm`, ...).
+    pub kind: String,
+    /// Train again while the saved judge's accuracy on `kind` is below this.
+    pub min_accuracy: f64,
+    /// Tries in all, with seeds `seed`, `seed + 1`, ...
+    pub max_tries: u32,
+}
+
+/// One finished try of a stage with `retry` (`<run_dir>/tries.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TryRecord {
+    pub seed: u64,
+    pub accuracy: f64,
+}
+
+/// `<run_dir>/tries.json`: the tries that fell short, for the settings they ran with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Tries {
+    config: serde_json::Value,
+    tries: Vec<TryRecord>,
+}
+
+const TRIES_FILE: &str = "tries.json";
 
 fn one() -> f64 {
     1.0
@@ -398,8 +440,110 @@ pub fn run(
 }
 
 /// [`run`], but with `stop_after: Some(k)` it saves the resume state after step k and returns
-/// `None` there, as if interrupted (how the resume tests stop a run part-way).
+/// `None` there, as if interrupted (how the resume tests stop a run part-way). With `retry`, the
+/// tries that fell short are kept in `<run_dir>/tries.json`, so an interrupted later try resumes
+/// as itself.
 pub fn run_until(
+    cfg: &RewardFtConfig,
+    scratch: Option<(&ScratchConfig, &Path)>,
+    device: Device,
+    stop_after: Option<u64>,
+) -> Result<Option<Report>> {
+    // `--max-steps 0` only scores: another seed would score the same weights again.
+    let Some(retry) = cfg.retry.as_ref().filter(|_| cfg.max_steps != Some(0)) else {
+        return run_one(cfg, scratch, device, stop_after);
+    };
+    ensure!(retry.max_tries >= 1, "retry.max_tries must be ≥ 1");
+    ensure!(
+        (0.0..=1.0).contains(&retry.min_accuracy),
+        "retry.min_accuracy must lie in [0, 1], got {}",
+        retry.min_accuracy
+    );
+    let path = cfg.run_dir.join(TRIES_FILE);
+    let config = serde_json::to_value(cfg)?;
+    let mut done: Vec<TryRecord> = match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let t: Tries = serde_json::from_str(&text)
+                .with_context(|| format!("parsing {}", path.display()))?;
+            // Tries of other settings say nothing about these.
+            if t.config == config {
+                t.tries
+            } else {
+                vec![]
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let summary = |done: &[TryRecord]| {
+        done.iter()
+            .map(|t| format!("seed {}: {:.4}", t.seed, t.accuracy))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    while (done.len() as u32) < retry.max_tries {
+        let mut c = cfg.clone();
+        c.retry = None;
+        c.seed = cfg.seed + done.len() as u64;
+        if !done.is_empty() {
+            println!(
+                "reward-ft: try {} of {} with seed {} (held-out {} accuracy under {}: {})",
+                done.len() + 1,
+                retry.max_tries,
+                c.seed,
+                retry.kind,
+                retry.min_accuracy,
+                summary(&done)
+            );
+        }
+        let Some(rep) = run_one(&c, scratch, device, stop_after)? else {
+            return Ok(None);
+        };
+        let Some(m) = rep.heldout.get(&retry.kind) else {
+            bail!(
+                "retry.kind '{}' is not a held-out kind of this stage (it has: {})",
+                retry.kind,
+                rep.heldout.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        };
+        if m.accuracy >= retry.min_accuracy {
+            if path.exists() {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("removing {}", path.display()))?;
+            }
+            return Ok(Some(rep));
+        }
+        // A judge under the floor must not look like a finished stage to whatever loads or
+        // builds on `out` next (the main job trains only the stages whose output is missing).
+        std::fs::remove_dir_all(&cfg.out)
+            .with_context(|| format!("removing {} (under the floor)", cfg.out.display()))?;
+        done.push(TryRecord {
+            seed: c.seed,
+            accuracy: m.accuracy,
+        });
+        crate::util::atomic_write(
+            &path,
+            serde_json::to_string_pretty(&Tries {
+                config: config.clone(),
+                tries: done.clone(),
+            })?
+            .as_bytes(),
+        )?;
+    }
+    bail!(
+        "held-out {} accuracy stayed under {} in {} tries ({}), so no judge was saved to {}. \
+         Train with other settings, or delete {} to try the same seeds again",
+        retry.kind,
+        retry.min_accuracy,
+        done.len(),
+        summary(&done),
+        cfg.out.display(),
+        path.display()
+    )
+}
+
+/// One try of a stage (`cfg.retry` is not looked at).
+fn run_one(
     cfg: &RewardFtConfig,
     scratch: Option<(&ScratchConfig, &Path)>,
     device: Device,
@@ -407,6 +551,11 @@ pub fn run_until(
 ) -> Result<Option<Report>> {
     let t0 = Instant::now();
     ensure!(cfg.batch_size >= 1, "batch_size must be ≥ 1");
+    ensure!(
+        cfg.vision_lr_mult.is_finite() && cfg.vision_lr_mult >= 0.0,
+        "vision_lr_mult must be ≥ 0 (0 freezes the tower), got {}",
+        cfg.vision_lr_mult
+    );
     ensure!(
         !cfg.run_dir.starts_with(&cfg.out),
         "run_dir {} lies inside the checkpoint folder {}, which is replaced on save",
@@ -481,7 +630,14 @@ pub fn run_until(
              source uses (set `prompt_layout` or a source's `layout`)"
         ));
     }
-    let trainable = Trainable::new(&model, cfg.lora.as_ref(), cfg.seed)?;
+    // A zero multiplier freezes the tower outright: no backward pass through it (about a third
+    // of a glyph judge's compute), so its gradients do not count in the clipped norm either.
+    let trainable = Trainable::new(
+        &model,
+        cfg.lora.as_ref(),
+        cfg.seed,
+        cfg.vision_lr_mult == 0.0,
+    )?;
     let vision_mult = cfg.vision_lr_mult;
     let mut opt = AdamW::with_groups(
         &trainable.vs,
@@ -558,7 +714,11 @@ pub fn run_until(
                 weight: train[i].weight,
             })
             .collect();
-        let out = forward_batch(&model, &batch)?;
+        let out = forward_batch_grouped(
+            &model,
+            &batch,
+            cfg.length_groups.then_some(GROUP_COST_TOKENS),
+        )?;
         opt.zero_grad();
         out.loss.backward();
         trainable.after_backward();

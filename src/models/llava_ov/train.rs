@@ -219,8 +219,59 @@ pub struct BatchOutput {
     pub answer_logits: Tensor,
 }
 
-/// Forward pass of a batch through the "pad" visual path with gradients.
+/// What one more LM pass costs, in padded token positions, when [`length_groups`] weighs a split:
+/// on CPU a pass of a few rows has a fixed cost of roughly this many positions' compute.
+pub const GROUP_COST_TOKENS: i64 = 64;
+
+/// Splits sample indices into groups of similar length that minimise the padded positions plus
+/// `group_cost` per group (exact dynamic programme over the lengths in sorted order). Judge
+/// batches mix short yes/no records with long captions; one padded pass pads every short row to
+/// the longest caption.
+pub fn length_groups(lens: &[i64], group_cost: i64) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by_key(|&i| (lens[i], i));
+    let n = order.len();
+    // best[j]: the least cost of grouping the first j sorted samples; cut[j]: where its last group starts.
+    let mut best = vec![0i64; n + 1];
+    let mut cut = vec![0usize; n + 1];
+    for j in 1..=n {
+        let longest = lens[order[j - 1]];
+        let (i, c) = (0..j)
+            .map(|i| {
+                let c = best[i]
+                    .saturating_add(group_cost)
+                    .saturating_add((j - i) as i64 * longest);
+                (i, c)
+            })
+            .min_by_key(|&(i, c)| (c, std::cmp::Reverse(i)))
+            .expect("j >= 1");
+        best[j] = c;
+        cut[j] = i;
+    }
+    let mut groups = Vec::new();
+    let mut j = n;
+    while j > 0 {
+        let i = cut[j];
+        groups.push(order[i..j].to_vec());
+        j = i;
+    }
+    groups.reverse();
+    groups
+}
+
+/// Forward pass of a batch through the "pad" visual path with gradients: one padded LM pass.
 pub fn forward_batch(model: &LlavaOnevision, batch: &[BatchItem]) -> Result<BatchOutput> {
+    forward_batch_grouped(model, batch, None)
+}
+
+/// [`forward_batch`] with the LM run once per group of [`length_groups`] at `group_cost` (0: one
+/// pass per distinct length; `None`: one padded pass over the batch in its order). The result
+/// is the same in exact arithmetic; in floats it differs by rounding (README, "Glyph judges").
+pub fn forward_batch_grouped(
+    model: &LlavaOnevision,
+    batch: &[BatchItem],
+    group_cost: Option<i64>,
+) -> Result<BatchOutput> {
     ensure!(!batch.is_empty(), "empty batch");
     let dev = model.device();
     let px = Tensor::stack(
@@ -237,7 +288,6 @@ pub fn forward_batch(model: &LlavaOnevision, batch: &[BatchItem]) -> Result<Batc
     let mut targets = Vec::new();
     let mut target_weights = Vec::new();
     let mut answer_rows = Vec::new();
-    let mut max_len = 0;
     let mut spliced_labels = Vec::with_capacity(batch.len());
     for (b, v) in batch.iter().zip(&visual) {
         let t = b.tokens;
@@ -262,28 +312,50 @@ pub fn forward_batch(model: &LlavaOnevision, batch: &[BatchItem]) -> Result<Batc
         let a = answer.context("answer position")?;
         ensure!(a >= 1, "the answer cannot be the first token");
         answer_rows.push(a - 1);
-        max_len = max_len.max(lab.len() as i64);
         spliced_labels.push(lab);
         seqs.push(seq);
     }
+    // The LM runs once per group of similar lengths (`length_groups`): right padding is invisible
+    // to real tokens under causal attention, so each row's states are the same as in one padded
+    // pass, without the padded positions' compute. `start[b]` is row 0 of sample b in `flat`.
+    let lens: Vec<i64> = spliced_labels.iter().map(|l| l.len() as i64).collect();
+    let lm = model.language_model();
+    let mut start = vec![0i64; batch.len()];
+    let mut flats = Vec::new();
+    let mut offset = 0i64;
+    let groups = match group_cost {
+        Some(c) => length_groups(&lens, c),
+        None => vec![(0..lens.len()).collect()],
+    };
+    for group in groups {
+        let len = group
+            .iter()
+            .map(|&b| lens[b])
+            .max()
+            .expect("non-empty group");
+        let padded: Vec<Tensor> = group
+            .iter()
+            .map(|&b| seqs[b].constant_pad_nd([0, 0, 0, len - lens[b]]))
+            .collect();
+        let hidden = lm.forward_hidden(&Tensor::stack(&padded, 0))?;
+        let h = hidden.size()[2];
+        for (k, &b) in group.iter().enumerate() {
+            start[b] = offset + k as i64 * len;
+        }
+        offset += group.len() as i64 * len;
+        flats.push(hidden.reshape([-1, h]));
+    }
+    let flat = Tensor::cat(&flats, 0);
     for (bi, lab) in spliced_labels.iter().enumerate() {
         for p in 0..lab.len().saturating_sub(1) {
             if lab[p + 1] != IGNORE_INDEX {
-                rows.push(bi as i64 * max_len + p as i64);
+                rows.push(start[bi] + p as i64);
                 targets.push(lab[p + 1]);
                 target_weights.push(batch[bi].weight);
             }
         }
     }
     ensure!(!targets.is_empty(), "no supervised tokens in the batch");
-    let padded: Vec<Tensor> = seqs
-        .iter()
-        .map(|s| s.constant_pad_nd([0, 0, 0, max_len - s.size()[0]]))
-        .collect();
-    let lm = model.language_model();
-    let hidden = lm.forward_hidden(&Tensor::stack(&padded, 0))?;
-    let h = hidden.size()[2];
-    let flat = hidden.reshape([-1, h]);
     let sel = flat.index_select(0, &Tensor::from_slice(&rows).to_device(dev));
     let logits = lm.lm_logits(&sel);
     let tgt = Tensor::from_slice(&targets).to_device(dev);
@@ -302,7 +374,7 @@ pub fn forward_batch(model: &LlavaOnevision, batch: &[BatchItem]) -> Result<Batc
     let arows: Vec<i64> = answer_rows
         .iter()
         .enumerate()
-        .map(|(b, &p)| b as i64 * max_len + p)
+        .map(|(b, &p)| start[b] + p)
         .collect();
     let answer_logits =
         lm.lm_logits(&flat.index_select(0, &Tensor::from_slice(&arows).to_device(dev)));
@@ -437,10 +509,21 @@ impl Trainable {
     /// Full fine-tune (`lora = None`): every weight trains (the seed's tunable parts
     /// `mm_vision_tower,mm_mlp_adapter,mm_language_model`). With LoRA: adapters on the targets plus
     /// the `train_also` parameters; everything else is frozen. `seed` draws the adapters.
-    pub fn new(model: &LlavaOnevision, lora: Option<&LoraConfig>, seed: u64) -> Result<Self> {
+    /// `freeze_vision`: the vision tower neither trains nor gets gradients (its backward pass is
+    /// skipped), whatever `lora` says.
+    pub fn new(
+        model: &LlavaOnevision,
+        lora: Option<&LoraConfig>,
+        seed: u64,
+        freeze_vision: bool,
+    ) -> Result<Self> {
         let mut adapters = Vec::new();
         let mut vars: Vec<(String, Tensor)> = Vec::new();
         for (name, t) in model.named_tensors() {
+            if freeze_vision && name.starts_with(VISION_PREFIX) {
+                let _ = t.set_requires_grad(false);
+                continue;
+            }
             let trainable = match lora {
                 None => true,
                 Some(l) => l.train_also.iter().any(|p| name.contains(p.as_str())),
@@ -793,6 +876,24 @@ pub fn save_checkpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn length_groups_split_short_from_long_and_cover_every_sample_once() {
+        // 4 yes/no records of ~78 positions and 3 captions of ~105: two groups beat one.
+        let lens = [105, 78, 77, 104, 79, 78, 105];
+        let g = length_groups(&lens, 64);
+        assert_eq!(g, vec![vec![2, 1, 5, 4], vec![3, 0, 6]]);
+        // A group costs more than the padding it saves (4 rows × 26): one group.
+        assert_eq!(length_groups(&lens, 110).len(), 1);
+        // Without a group cost no group pads.
+        for g in length_groups(&lens, 0) {
+            assert!(g.iter().all(|&i| lens[i] == lens[g[0]]), "{g:?}");
+        }
+        let mut all: Vec<usize> = length_groups(&[5, 1, 9, 9, 2], 3).concat();
+        all.sort();
+        assert_eq!(all, vec![0, 1, 2, 3, 4]);
+        assert!(length_groups(&[], 256).is_empty());
+    }
 
     #[test]
     fn bare_layout_is_image_prompt_answer_with_only_the_answer_supervised() {
