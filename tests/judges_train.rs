@@ -323,7 +323,6 @@ fn ft_cfg(dir: &Path, out: &str, steps: u64) -> RewardFtConfig {
         answer_only: false,
         vision_pretrain: None,
         prompt_layout: None,
-        length_groups: false,
         retry: None,
     }
 }
@@ -544,29 +543,6 @@ fn a_zero_vision_lr_mult_freezes_the_tower() {
     bad.vision_lr_mult = -1.0;
     let err = reward_ft::run(&bad, Some((&sc, &tok)), Device::Cpu).unwrap_err();
     assert!(format!("{err:#}").contains("vision_lr_mult"), "{err:#}");
-}
-
-/// `length_groups: true` trains through the grouped passes: its first loss is the one padded
-/// pass's (the batches mix one-turn ORM and two-turn PARM records of different lengths).
-#[test]
-fn length_groups_give_the_padded_runs_first_loss() {
-    let dir = common::temp_dir("judges-length-groups");
-    build_tiny_data(&dir, 12);
-    let sc = tiny_scratch();
-    let tok = tokenizer_path();
-    let mut plain = ft_cfg(&dir, "plain", 1);
-    plain.heldout.clear();
-    let mut grouped = ft_cfg(&dir, "grouped", 1);
-    grouped.heldout.clear();
-    grouped.length_groups = true;
-    let a = reward_ft::run(&plain, Some((&sc, &tok)), Device::Cpu).unwrap();
-    let b = reward_ft::run(&grouped, Some((&sc, &tok)), Device::Cpu).unwrap();
-    assert!(
-        (a.first_loss - b.first_loss).abs() < 1e-5,
-        "{} vs {}",
-        a.first_loss,
-        b.first_loss
-    );
 }
 
 /// `retry` trains a stage again with the next seed while a held-out kind's accuracy is under

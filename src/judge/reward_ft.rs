@@ -10,9 +10,8 @@ use crate::models::llava_ov::config::LlavaOvConfig;
 use crate::models::llava_ov::model::LlavaOnevision;
 use crate::models::llava_ov::prompt::{JudgeQuestion, PromptLayout};
 use crate::models::llava_ov::train::{
-    bare_tokens, chat_tokens, forward_batch, forward_batch_grouped, init_weights_on,
-    model_from_tensors, pad_image_u8, save_checkpoint, BatchItem, ChatTokens, LoraConfig,
-    ScratchConfig, Trainable, GROUP_COST_TOKENS,
+    bare_tokens, chat_tokens, forward_batch, init_weights_on, model_from_tensors, pad_image_u8,
+    save_checkpoint, BatchItem, ChatTokens, LoraConfig, ScratchConfig, Trainable,
 };
 use crate::train::ckpt;
 use crate::train::logging::{Logger, LoggerOptions};
@@ -96,16 +95,9 @@ pub struct RewardFtConfig {
     /// None keeps the initial checkpoint's (the paper's chat template for a scratch judge).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_layout: Option<PromptLayout>,
-    /// Run the LM once per group of similar lengths instead of one pass padded to the batch's
-    /// longest record: the same in exact arithmetic and faster on mixed batches (yes/no records
-    /// with captions). Off by default: it changes float rounding, and where a scratch judge's
-    /// learning is as rounding-sensitive as the glyph judges' it changes the outcome (README,
-    /// "Glyph judges").
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub length_groups: bool,
     /// Not in the paper: train the stage again with the next seed while its held-out accuracy
     /// on one kind stays under a floor. A scratch judge's verdict emerges late, at a step that
-    /// depends on the seed and even on float rounding (README, "Glyph judges").
+    /// depends on the seed (README, "Glyph judges").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryConfig>,
 }
@@ -714,11 +706,7 @@ fn run_one(
                 weight: train[i].weight,
             })
             .collect();
-        let out = forward_batch_grouped(
-            &model,
-            &batch,
-            cfg.length_groups.then_some(GROUP_COST_TOKENS),
-        )?;
+        let out = forward_batch(&model, &batch)?;
         opt.zero_grad();
         out.loss.backward();
         trainable.after_backward();

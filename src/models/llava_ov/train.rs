@@ -259,14 +259,16 @@ pub fn length_groups(lens: &[i64], group_cost: i64) -> Vec<Vec<usize>> {
     groups
 }
 
-/// Forward pass of a batch through the "pad" visual path with gradients: one padded LM pass.
+/// Forward pass of a batch through the "pad" visual path with gradients. The LM runs once per
+/// group of similar lengths ([`length_groups`]): judge batches mix one-token yes/no records with
+/// long captions, and one pass would pad every row to the longest.
 pub fn forward_batch(model: &LlavaOnevision, batch: &[BatchItem]) -> Result<BatchOutput> {
-    forward_batch_grouped(model, batch, None)
+    forward_batch_grouped(model, batch, Some(GROUP_COST_TOKENS))
 }
 
-/// [`forward_batch`] with the LM run once per group of [`length_groups`] at `group_cost` (0: one
+/// [`forward_batch`] with the LM's groups chosen by [`length_groups`] at `group_cost` (0: one
 /// pass per distinct length; `None`: one padded pass over the batch in its order). The result
-/// is the same in exact arithmetic; in floats it differs by rounding (README, "Glyph judges").
+/// is the same in exact arithmetic and differs only by float rounding.
 pub fn forward_batch_grouped(
     model: &LlavaOnevision,
     batch: &[BatchItem],
