@@ -826,25 +826,39 @@ fn qwen2_logits_reads_a_text_only_checkpoint() {
     );
 }
 
+/// The tokenizer and a scratch judge of `tiny_scratch()`'s sizes, weights drawn with `seed`.
+fn tiny_judge(
+    seed: i64,
+) -> (
+    tokenizers::Tokenizer,
+    imgcot::models::llava_ov::model::LlavaOnevision,
+) {
+    use imgcot::models::llava_ov::config::LlavaOvConfig;
+    use imgcot::models::llava_ov::train::{init_weights, model_from_tensors};
+    let tok = tokenizers::Tokenizer::from_file(tokenizer_path()).unwrap();
+    let json = tiny_scratch().config_json(tok.get_vocab_size(true) as i64);
+    let cfg = LlavaOvConfig::from_json_str(&json.to_string()).unwrap();
+    let model = model_from_tensors(cfg.clone(), init_weights(&cfg, seed), Device::Cpu).unwrap();
+    (tok, model)
+}
+
+/// One user turn and the assistant's answer.
+fn question_answer(q: &str, a: &str) -> Vec<(bool, String)> {
+    vec![(false, q.to_string()), (true, a.to_string())]
+}
+
 /// A source's `loss_weight` makes the batch loss the token-weighted mean of the per-sample token
 /// CEs (equal weights keep LLaVA's plain token mean), so a caption source can be mixed with yes/no
 /// records without its many tokens drowning the one answer token.
 #[test]
 fn loss_weights_give_the_token_weighted_mean() {
-    use imgcot::models::llava_ov::config::LlavaOvConfig;
-    use imgcot::models::llava_ov::train::{
-        forward_batch, init_weights, model_from_tensors, BatchItem,
-    };
-    let tok = tokenizers::Tokenizer::from_file(tokenizer_path()).unwrap();
-    let json = tiny_scratch().config_json(tok.get_vocab_size(true) as i64);
-    let cfg = LlavaOvConfig::from_json_str(&json.to_string()).unwrap();
-    let model = model_from_tensors(cfg.clone(), init_weights(&cfg, 5), Device::Cpu).unwrap();
-    let turns = |q: &str, a: &str| vec![(false, q.to_string()), (true, a.to_string())];
+    use imgcot::models::llava_ov::train::{forward_batch, BatchItem};
+    let (tok, model) = tiny_judge(5);
     let q = imgcot::models::llava_ov::prompt::orm_question("a photo of a red circle");
-    let short = chat_tokens(&tok, &turns(&q, "yes"), true).unwrap();
+    let short = chat_tokens(&tok, &question_answer(&q, "yes"), true).unwrap();
     let long = chat_tokens(
         &tok,
-        &turns(
+        &question_answer(
             "<image> Which one of the object is in this image?",
             "circle red, square blue, cross green",
         ),
@@ -887,36 +901,29 @@ fn loss_weights_give_the_token_weighted_mean() {
 /// gradient are those of one padded pass.
 #[test]
 fn length_grouped_passes_match_one_padded_pass() {
-    use imgcot::models::llava_ov::config::LlavaOvConfig;
-    use imgcot::models::llava_ov::train::{
-        forward_batch_grouped, init_weights, model_from_tensors, BatchItem,
-    };
-    let tok = tokenizers::Tokenizer::from_file(tokenizer_path()).unwrap();
-    let json = tiny_scratch().config_json(tok.get_vocab_size(true) as i64);
-    let cfg = LlavaOvConfig::from_json_str(&json.to_string()).unwrap();
-    let model = model_from_tensors(cfg.clone(), init_weights(&cfg, 7), Device::Cpu).unwrap();
+    use imgcot::models::llava_ov::train::{forward_batch_grouped, BatchItem};
+    let (tok, model) = tiny_judge(7);
     let params: Vec<(String, Tensor)> = model.named_tensors();
     for (_, p) in &params {
         let _ = p.set_requires_grad(true);
     }
-    let turns = |q: &str, a: &str| vec![(false, q.to_string()), (true, a.to_string())];
     let q = imgcot::models::llava_ov::prompt::orm_question("a photo of a red circle");
     let q2 = imgcot::models::llava_ov::prompt::orm_question(
         "a photo of a blue square left of a green triangle",
     );
     let samples = [
-        chat_tokens(&tok, &turns(&q, "yes"), true).unwrap(),
+        chat_tokens(&tok, &question_answer(&q, "yes"), true).unwrap(),
         chat_tokens(
             &tok,
-            &turns(
+            &question_answer(
                 "<image> Which one of the object is in this image?",
                 "circle red, square blue, cross green, triangle yellow",
             ),
             true,
         )
         .unwrap(),
-        chat_tokens(&tok, &turns(&q2, "no"), true).unwrap(),
-        chat_tokens(&tok, &turns(&q, "no"), true).unwrap(),
+        chat_tokens(&tok, &question_answer(&q2, "no"), true).unwrap(),
+        chat_tokens(&tok, &question_answer(&q, "no"), true).unwrap(),
     ];
     tch::manual_seed(3);
     let images: Vec<Tensor> = (0..samples.len())
