@@ -134,6 +134,50 @@ fn pretrain_sample_eval_pairs_dpo() {
         );
     }
 
+    // Best-of-N with the exact evaluator: one image per prompt, every candidate's judgment, and
+    // the pick is a candidate with the best outcome score.
+    let best = dir.join("best");
+    let text = ok(&[
+        "sample",
+        "--recipe",
+        &r,
+        "--prompt",
+        "a photo of a red circle",
+        "--n",
+        "3",
+        "--seed",
+        "5",
+        "--verify",
+        "oracle",
+        "--out",
+        best.to_str().unwrap(),
+    ]);
+    assert!(text.contains("judge calls"), "{text}");
+    assert_eq!(imgcot::commands::sample::count_pngs(&best), 1);
+    let tr: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(best.join("00000.trajectory.json")).unwrap())
+            .unwrap();
+    let scores: Vec<f64> = tr["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["outcome"].as_f64().unwrap())
+        .collect();
+    assert_eq!(scores.len(), 3, "{tr}");
+    let chosen = tr["chosen"].as_u64().unwrap() as usize;
+    assert!(
+        scores.iter().all(|s| *s <= scores[chosen]),
+        "{scores:?} {chosen}"
+    );
+    // A judge the recipe does not name, and an unknown verifier, are clear errors.
+    let verify_fails = |v: &str| {
+        fails(&[
+            "sample", "--recipe", &r, "--prompt", "x", "--verify", v, "--out", "/tmp/x",
+        ])
+    };
+    assert!(verify_fails("orm").contains("give --judge DIR"));
+    assert!(verify_fails("best").contains("unknown --verify 'best'"));
+
     // Eval writes GenEval's layout, results and summary.
     let ev = dir.join("eval");
     let text = ok(&[

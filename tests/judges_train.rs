@@ -308,6 +308,7 @@ fn ft_cfg(dir: &Path, out: &str, steps: u64) -> RewardFtConfig {
         weight_decay: 0.0,
         warmup_ratio: 0.0,
         min_lr_ratio: 1.0,
+        decay_ratio: None,
         epochs: 1.0,
         max_steps: Some(steps),
         batch_size: 8,

@@ -209,3 +209,29 @@ fn crc32c_known_answer() {
     assert_eq!(crc32c(&[0u8; 32]), 0x8A91_36AA);
     assert_eq!(crc32c(b"123456789"), 0xE306_9283);
 }
+
+#[test]
+fn since_times_lines_from_the_given_start() {
+    let run = std::env::temp_dir().join(format!("imgcot-since-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&run);
+    let start = std::time::Instant::now() - std::time::Duration::from_secs(5);
+    let opts = LoggerOptions {
+        tensorboard: false,
+        print_every: 1,
+        progress_bar: Some(false),
+    };
+    let mut lg = Logger::new(&run, 0, opts).unwrap().since(start);
+    lg.info("done");
+    lg.finish();
+    let log = std::fs::read_to_string(run.join("log.txt")).unwrap();
+    let secs: f64 = log
+        .trim_start_matches('[')
+        .split('s')
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((5.0..60.0).contains(&secs), "{log}");
+    std::fs::remove_dir_all(&run).unwrap();
+}

@@ -284,7 +284,8 @@ pub fn evaluate_with(
         out,
         0,
         crate::train::logging::LoggerOptions::default(),
-    )?;
+    )?
+    .since(t0);
     for t in &summary.tags {
         tb.scalar(&format!("eval/{}", t.tag), t.accuracy(), 0);
     }

@@ -58,7 +58,7 @@ pub struct GenevalArgs {
     pub verify: Option<String>,
     #[arg(long, default_value_t = 20)]
     pub n: usize,
-    /// Judge checkpoint for --verify.
+    /// Judge checkpoint for --verify orm|parm (default: the recipe's `iterate.orm` / `parm_model`).
     #[arg(long)]
     pub judge: Option<PathBuf>,
     /// GenEval image folder (`<digits>/metadata.jsonl`, `<digits>/samples/<digits>.png`).
@@ -237,43 +237,16 @@ pub fn generate(args: &GenevalArgs, ckpt: &std::path::Path) -> Result<()> {
     let tok = TextTokenizer::from_file(&recipe.paths.tokenizer)?;
     let layout = Layout::new(&model.cfg, &tok);
     let vq = crate::world::image_tokenizer(&recipe.paths.vq, device)?;
-    let oracle = crate::verify::OracleJudge;
-    let llava;
-    let parm_outcome;
-    let verifier = match args.verify.as_deref() {
+    let judges = match args.verify.as_deref() {
         None => None,
-        Some("oracle") => Some(crate::verify::Verifier::Orm {
-            judge: &oracle,
-            n: args.n,
-        }),
-        Some(v @ ("orm" | "parm")) => {
-            let dir = args
-                .judge
-                .clone()
-                .context("--verify orm|parm needs --judge DIR")?;
-            llava =
-                crate::models::llava_ov::judge::LlavaJudge::load(&dir, device, tch::Kind::Float)?;
-            Some(if v == "orm" {
-                crate::verify::Verifier::Orm {
-                    judge: &llava,
-                    n: args.n,
-                }
-            } else {
-                // The recipe's PARM settings, as `sample --verify` and the loop use them.
-                parm_outcome = crate::commands::iterate::parm_outcome_judge(&recipe, device)?;
-                crate::verify::Verifier::parm(
-                    &llava,
-                    &llava,
-                    parm_outcome
-                        .as_ref()
-                        .map(|o| o as &dyn crate::judge::OutcomeJudge),
-                    args.n,
-                    recipe.iterate.as_ref().map(|i| i.parm).unwrap_or_default(),
-                )
-            })
-        }
-        Some(v) => bail!("unknown --verify '{v}' (orm, parm, oracle)"),
+        Some(v) => Some(crate::commands::iterate::VerifyJudges::load(
+            v,
+            args.judge.as_deref(),
+            &recipe,
+            device,
+        )?),
     };
+    let verifier = judges.as_ref().map(|j| j.verifier(args.n));
     std::fs::create_dir_all(&args.images)?;
     let settings = serde_json::json!({
         "checkpoint": ckpt.display().to_string(), "metadata": args.metadata.display().to_string(),

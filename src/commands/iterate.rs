@@ -633,6 +633,74 @@ pub fn parm_outcome_judge(
     }
 }
 
+/// The judges a `--verify orm|parm|oracle` flag needs (`sample`, `eval geneval`), loaded once;
+/// [`VerifyJudges::verifier`] borrows them. `orm` and `parm` load `--judge DIR`, else the
+/// recipe's `iterate.orm` / `iterate.parm_model`; `parm` also loads the separate ORM of
+/// best-of-N′ when the recipe asks for it (`iterate.parm_outcome: orm`).
+pub struct VerifyJudges {
+    oracle: OracleJudge,
+    llava: Option<crate::models::llava_ov::judge::LlavaJudge>,
+    parm_outcome: Option<crate::models::llava_ov::judge::LlavaJudge>,
+    parm: Option<ParmConfig>,
+}
+
+impl VerifyJudges {
+    pub fn load(
+        which: &str,
+        judge: Option<&Path>,
+        recipe: &Recipe,
+        device: tch::Device,
+    ) -> Result<Self> {
+        let it = recipe.iterate.as_ref();
+        let dir = |default: Option<&PathBuf>| -> Result<PathBuf> {
+            judge
+                .map(|p| p.to_path_buf())
+                .or_else(|| default.cloned())
+                .context("give --judge DIR (the recipe names no judge)")
+        };
+        let load = |d: PathBuf| {
+            crate::models::llava_ov::judge::LlavaJudge::load(&d, device, tch::Kind::Float)
+                .with_context(|| format!("loading the judge {}", d.display()))
+        };
+        let mut out = Self {
+            oracle: OracleJudge,
+            llava: None,
+            parm_outcome: None,
+            parm: None,
+        };
+        match which {
+            "oracle" => {}
+            "orm" => out.llava = Some(load(dir(it.map(|i| &i.orm))?)?),
+            "parm" => {
+                out.llava = Some(load(dir(it.map(|i| &i.parm_model))?)?);
+                out.parm_outcome = parm_outcome_judge(recipe, device)?;
+                out.parm = Some(it.map(|i| i.parm).unwrap_or_default());
+            }
+            _ => bail!("unknown --verify '{which}' (orm, parm, oracle)"),
+        }
+        Ok(out)
+    }
+
+    /// Best-of-`n` with the loaded judges: the oracle or the ORM by P(yes), or PARM with the
+    /// recipe's settings.
+    pub fn verifier(&self, n: usize) -> Verifier<'_> {
+        match (&self.llava, self.parm) {
+            (None, _) => Verifier::Orm {
+                judge: &self.oracle,
+                n,
+            },
+            (Some(j), None) => Verifier::Orm { judge: j, n },
+            (Some(j), Some(cfg)) => Verifier::parm(
+                j,
+                j,
+                self.parm_outcome.as_ref().map(|o| o as &dyn OutcomeJudge),
+                n,
+                cfg,
+            ),
+        }
+    }
+}
+
 /// Loads the LLaVA-OneVision ORM and PARM judges named by the recipe.
 pub fn load_llava_judges(
     recipe: &Recipe,

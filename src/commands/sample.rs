@@ -1,7 +1,6 @@
 //! `imgcot-train sample`: N candidates per prompt with the MaskGIT sampler; PNGs plus a JSON
 //! sidecar with every setting; optional intermediate images per step.
 use crate::generate::{self, derive_seed, SamplerConfig, StepHook, StepState};
-use crate::judge::OutcomeJudge;
 use crate::models::showo::{Layout, Showo, TextTokenizer};
 use crate::models::ImageTokenizer;
 use crate::recipe::Recipe;
@@ -258,51 +257,9 @@ fn run_verified(
     sampler: &SamplerConfig,
     device: tch::Device,
 ) -> Result<()> {
-    use crate::models::llava_ov::judge::LlavaJudge;
-    use crate::verify::{OracleJudge, Verifier};
-    let it = recipe.iterate.clone();
-    let judge_dir = |default: Option<PathBuf>| -> Result<PathBuf> {
-        args.judge
-            .clone()
-            .or(default)
-            .context("give --judge DIR (the recipe names no judge)")
-    };
-    let oracle = OracleJudge;
-    let llava;
-    let parm_outcome;
-    let verifier = match which {
-        "oracle" => Verifier::Orm {
-            judge: &oracle,
-            n: args.n,
-        },
-        "orm" => {
-            llava = LlavaJudge::load(
-                &judge_dir(it.as_ref().map(|i| i.orm.clone()))?,
-                device,
-                tch::Kind::Float,
-            )?;
-            Verifier::Orm {
-                judge: &llava,
-                n: args.n,
-            }
-        }
-        "parm" => {
-            llava = LlavaJudge::load(
-                &judge_dir(it.as_ref().map(|i| i.parm_model.clone()))?,
-                device,
-                tch::Kind::Float,
-            )?;
-            parm_outcome = crate::commands::iterate::parm_outcome_judge(recipe, device)?;
-            Verifier::parm(
-                &llava,
-                &llava,
-                parm_outcome.as_ref().map(|o| o as &dyn OutcomeJudge),
-                args.n,
-                it.map(|i| i.parm).unwrap_or_default(),
-            )
-        }
-        _ => bail!("unknown --verify '{which}' (orm, parm, oracle)"),
-    };
+    let judges =
+        crate::commands::iterate::VerifyJudges::load(which, args.judge.as_deref(), recipe, device)?;
+    let verifier = judges.verifier(args.n);
     let mut total = crate::verify::VerifyStats::default();
     for (i, p) in prompts.iter().enumerate() {
         let text = layout.text_batch(tok, std::slice::from_ref(p), device)?;

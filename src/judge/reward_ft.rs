@@ -53,6 +53,11 @@ pub struct RewardFtConfig {
     pub warmup_ratio: f64,
     #[serde(default)]
     pub min_lr_ratio: f64,
+    /// Not in the paper: warmup-stable-decay, the peak LR held until the last `decay_ratio` of
+    /// the steps, which decay by the same half-cosine. None: the cosine spans every step after
+    /// warmup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decay_ratio: Option<f64>,
     /// Epochs over `data` (ignored when `max_steps` is set).
     #[serde(default = "one")]
     pub epochs: f64,
@@ -534,6 +539,31 @@ pub fn run_until(
     )
 }
 
+/// The stage's LR schedule over `total` steps: warmup, then a cosine over every later step, or
+/// over the last `decay_ratio` of them (warmup-stable-decay).
+fn lr_schedule(cfg: &RewardFtConfig, total: u64) -> Result<LrSchedule> {
+    let warmup_steps = (cfg.warmup_ratio * total as f64).ceil() as u64;
+    Ok(match cfg.decay_ratio {
+        None => LrSchedule::Cosine {
+            warmup_steps,
+            total_steps: total,
+            min_lr_ratio: cfg.min_lr_ratio,
+        },
+        Some(r) => {
+            ensure!(
+                r > 0.0 && r <= 1.0,
+                "decay_ratio must be in (0, 1], got {r}"
+            );
+            LrSchedule::Wsd {
+                warmup_steps,
+                total_steps: total,
+                decay_steps: (r * total as f64).ceil() as u64,
+                min_lr_ratio: cfg.min_lr_ratio,
+            }
+        }
+    })
+}
+
 /// One try of a stage (`cfg.retry` is not looked at).
 fn run_one(
     cfg: &RewardFtConfig,
@@ -548,6 +578,7 @@ fn run_one(
         "vision_lr_mult must be ≥ 0 (0 freezes the tower), got {}",
         cfg.vision_lr_mult
     );
+    lr_schedule(cfg, 1)?;
     ensure!(
         !cfg.run_dir.starts_with(&cfg.out),
         "run_dir {} lies inside the checkpoint folder {}, which is replaced on save",
@@ -646,11 +677,7 @@ fn run_one(
             g
         },
     )?;
-    let sched = LrSchedule::Cosine {
-        warmup_steps: (cfg.warmup_ratio * total as f64).ceil() as u64,
-        total_steps: total,
-        min_lr_ratio: cfg.min_lr_ratio,
-    };
+    let sched = lr_schedule(cfg, total)?;
     let mut start = 0;
     let mut first_loss = f64::NAN;
     if let Some(r) = &resumed {
@@ -1074,5 +1101,40 @@ fn batch_accuracy(logits: &Tensor, idx: &[usize], data: &[Prepared], yn: (i64, i
         f64::NAN
     } else {
         ok as f64 / n as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(extra: &str) -> RewardFtConfig {
+        let y = format!("data: []\nout: o\nrun_dir: r\nlr: 0.001\nbatch_size: 1\nwarmup_ratio: 0.1\nmin_lr_ratio: 0.05\n{extra}");
+        serde_norway::from_str(&y).unwrap()
+    }
+
+    #[test]
+    fn decay_ratio_picks_warmup_stable_decay() {
+        assert_eq!(
+            lr_schedule(&cfg(""), 100).unwrap(),
+            LrSchedule::Cosine {
+                warmup_steps: 10,
+                total_steps: 100,
+                min_lr_ratio: 0.05
+            }
+        );
+        assert_eq!(
+            lr_schedule(&cfg("decay_ratio: 0.25"), 100).unwrap(),
+            LrSchedule::Wsd {
+                warmup_steps: 10,
+                total_steps: 100,
+                decay_steps: 25,
+                min_lr_ratio: 0.05
+            }
+        );
+        for bad in ["0.0", "1.5", "-0.2"] {
+            let e = lr_schedule(&cfg(&format!("decay_ratio: {bad}")), 100).unwrap_err();
+            assert!(e.to_string().contains("decay_ratio"), "{e}");
+        }
     }
 }

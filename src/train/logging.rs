@@ -104,6 +104,13 @@ impl Logger {
         })
     }
 
+    /// Times the lines from `start` instead of from the logger's creation (a logger opened at
+    /// the end of a job still reports the job's time).
+    pub fn since(mut self, start: Instant) -> Self {
+        self.start = start;
+        self
+    }
+
     pub fn run_dir(&self) -> &Path {
         &self.run_dir
     }

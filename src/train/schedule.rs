@@ -4,7 +4,8 @@
 //! index of the optimizer step about to be taken, warmup is linear from 0 (`step / warmup`), and
 //! the cosine phase decays from 1 to `min_lr_ratio` over `total_steps - warmup_steps` steps
 //! (`get_cosine_with_min_lr_schedule_with_warmup`, one half-cycle). Past `total_steps` the factor
-//! stays at `min_lr_ratio` (HF would start climbing again).
+//! stays at `min_lr_ratio` (HF would start climbing again). `Wsd` (warmup-stable-decay) holds
+//! the peak after warmup and runs the same half-cosine over only the last `decay_steps`.
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +19,14 @@ pub enum LrSchedule {
     Cosine {
         warmup_steps: u64,
         total_steps: u64,
+        min_lr_ratio: f64,
+    },
+    /// Linear warmup from 0, the peak held, then half-cosine decay to `min_lr_ratio` over the
+    /// last `decay_steps` before `total_steps`.
+    Wsd {
+        warmup_steps: u64,
+        total_steps: u64,
+        decay_steps: u64,
         min_lr_ratio: f64,
     },
 }
@@ -37,10 +46,24 @@ impl LrSchedule {
                 if let Some(f) = warmup_factor(step, warmup_steps) {
                     return f;
                 }
-                let decay_steps = total_steps.saturating_sub(warmup_steps).max(1);
-                let progress = ((step - warmup_steps) as f64 / decay_steps as f64).min(1.0);
-                let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
-                min_lr_ratio + (1.0 - min_lr_ratio) * cosine
+                let decay_steps = total_steps.saturating_sub(warmup_steps);
+                cosine_decay(step - warmup_steps, decay_steps, min_lr_ratio)
+            }
+            LrSchedule::Wsd {
+                warmup_steps,
+                total_steps,
+                decay_steps,
+                min_lr_ratio,
+            } => {
+                if let Some(f) = warmup_factor(step, warmup_steps) {
+                    return f;
+                }
+                // The decay never starts inside the warmup.
+                let decay_start = total_steps.saturating_sub(decay_steps).max(warmup_steps);
+                match step.checked_sub(decay_start) {
+                    None => 1.0,
+                    Some(k) => cosine_decay(k, total_steps - decay_start, min_lr_ratio),
+                }
             }
         }
     }
@@ -49,6 +72,13 @@ impl LrSchedule {
     pub fn lr(&self, base_lr: f64, step: u64) -> f64 {
         base_lr * self.factor(step)
     }
+}
+
+/// Half-cosine from 1 at `k = 0` to `min_lr_ratio` at `k = steps`, then flat.
+fn cosine_decay(k: u64, steps: u64, min_lr_ratio: f64) -> f64 {
+    let progress = (k as f64 / steps.max(1) as f64).min(1.0);
+    let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+    min_lr_ratio + (1.0 - min_lr_ratio) * cosine
 }
 
 fn warmup_factor(step: u64, warmup_steps: u64) -> Option<f64> {
@@ -114,6 +144,43 @@ mod tests {
         ];
         for (g, w) in got.iter().zip(want) {
             assert!(close(*g, w), "{got:?}");
+        }
+    }
+
+    #[test]
+    fn wsd_holds_the_peak_then_decays_over_the_tail() {
+        let s = LrSchedule::Wsd {
+            warmup_steps: 2,
+            total_steps: 10,
+            decay_steps: 4,
+            min_lr_ratio: 0.1,
+        };
+        let got: Vec<f64> = (0..12).map(|i| s.factor(i)).collect();
+        assert_eq!(&got[..7], &[0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0]);
+        // Steps 6..10 are the 4 decay steps: the cosine of `Cosine` with 4 decay steps.
+        let c = LrSchedule::Cosine {
+            warmup_steps: 0,
+            total_steps: 4,
+            min_lr_ratio: 0.1,
+        };
+        for k in 0..6 {
+            assert!(close(got[6 + k], c.factor(k as u64)), "{got:?}");
+        }
+        assert!(close(got[10], 0.1) && close(got[11], 0.1));
+        // A decay longer than the steps after warmup starts right after the warmup.
+        let long = LrSchedule::Wsd {
+            warmup_steps: 2,
+            total_steps: 10,
+            decay_steps: 100,
+            min_lr_ratio: 0.1,
+        };
+        let cos = LrSchedule::Cosine {
+            warmup_steps: 2,
+            total_steps: 10,
+            min_lr_ratio: 0.1,
+        };
+        for i in 0..12 {
+            assert!(close(long.factor(i), cos.factor(i)), "step {i}");
         }
     }
 
