@@ -34,35 +34,36 @@ pub enum LrSchedule {
 impl LrSchedule {
     /// Multiplier of the base LR at optimizer step `step` (0-based).
     pub fn factor(&self, step: u64) -> f64 {
+        let (LrSchedule::ConstantWithWarmup { warmup_steps }
+        | LrSchedule::Cosine { warmup_steps, .. }
+        | LrSchedule::Wsd { warmup_steps, .. }) = *self;
+        if let Some(f) = warmup_factor(step, warmup_steps) {
+            return f;
+        }
         match *self {
-            LrSchedule::ConstantWithWarmup { warmup_steps } => {
-                warmup_factor(step, warmup_steps).unwrap_or(1.0)
-            }
+            LrSchedule::ConstantWithWarmup { .. } => 1.0,
             LrSchedule::Cosine {
-                warmup_steps,
                 total_steps,
                 min_lr_ratio,
-            } => {
-                if let Some(f) = warmup_factor(step, warmup_steps) {
-                    return f;
-                }
-                let decay_steps = total_steps.saturating_sub(warmup_steps);
-                cosine_decay(step - warmup_steps, decay_steps, min_lr_ratio)
-            }
+                ..
+            } => cosine_decay(
+                step - warmup_steps,
+                total_steps.saturating_sub(warmup_steps),
+                min_lr_ratio,
+            ),
             LrSchedule::Wsd {
-                warmup_steps,
                 total_steps,
                 decay_steps,
                 min_lr_ratio,
+                ..
             } => {
-                if let Some(f) = warmup_factor(step, warmup_steps) {
-                    return f;
-                }
                 // The decay never starts inside the warmup.
                 let decay_start = total_steps.saturating_sub(decay_steps).max(warmup_steps);
                 match step.checked_sub(decay_start) {
                     None => 1.0,
-                    Some(k) => cosine_decay(k, total_steps - decay_start, min_lr_ratio),
+                    Some(k) => {
+                        cosine_decay(k, total_steps.saturating_sub(decay_start), min_lr_ratio)
+                    }
                 }
             }
         }
