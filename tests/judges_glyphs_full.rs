@@ -1,7 +1,8 @@
 //! The full glyph-world judge training (`judge-data`, then `reward-ft` for every stage of the
 //! embedded `recipes/judges-glyphs.yaml` in order) and its acceptance bar: held-out ORM accuracy
 //! ≥ 0.85 and PARM potential accuracy on clear steps ≥ 0.75. About 11 minutes on 2 AVX-512 cores
-//! (15–18 on older ones), so it is opt-in: `cargo test --release --test judges_glyphs_full -- --ignored --nocapture`.
+//! (15–18 on older ones), so it is opt-in:
+//! `cargo test --release --test judges_glyphs_full -- --ignored --nocapture`.
 //! `IMGCOT_JUDGES_RECIPE` selects another recipe file; `IMGCOT_JUDGES_GENERATOR` another generator
 //! checkpoint (default: the generator recipe's, ckpts/glyphs/base).
 use imgcot::judge::cli::{run_judge_data, run_reward_ft, JudgeDataArgs, RewardFtArgs};

@@ -9,6 +9,7 @@ use crate::commands::{dpo::make_pairs, eval::evaluate_with, pretrain};
 use crate::dpo::trainer::{train_round, RoundSpec};
 use crate::eval::geneval::summary::Summary;
 use crate::judge::{OutcomeJudge, StepJudge};
+use crate::models::llava_ov::judge::LlavaJudge;
 use crate::preference::build::ImageScorer;
 use crate::recipe::Recipe;
 use crate::verify::{OracleJudge, ParmConfig, Verifier};
@@ -619,29 +620,36 @@ fn judge_plan(
 
 /// The separate outcome judge of PARM's best-of-N′ when the recipe asks for the ORM
 /// (`iterate.parm_outcome: orm`); None: the PARM checkpoint answers.
-pub fn parm_outcome_judge(
-    recipe: &Recipe,
-    device: tch::Device,
-) -> Result<Option<crate::models::llava_ov::judge::LlavaJudge>> {
+pub fn parm_outcome_judge(recipe: &Recipe, device: tch::Device) -> Result<Option<LlavaJudge>> {
     match &recipe.iterate {
-        Some(it) if it.parm_outcome == ParmOutcome::Orm => {
-            crate::models::llava_ov::judge::LlavaJudge::load(&it.orm, device, tch::Kind::Float)
-                .with_context(|| format!("iterate.parm_outcome: orm: loading {}", it.orm.display()))
-                .map(Some)
-        }
+        Some(it) if it.parm_outcome == ParmOutcome::Orm => load_judge(&it.orm, device)
+            .with_context(|| format!("iterate.parm_outcome: orm: loading {}", it.orm.display()))
+            .map(Some),
         _ => Ok(None),
     }
+}
+
+/// A trained LLaVA-OneVision judge in fp32; a missing checkpoint says how to train one.
+fn load_judge(dir: &Path, device: tch::Device) -> Result<LlavaJudge> {
+    if !dir.join("config.json").exists() {
+        bail!("judge checkpoint {} is missing: train it with `imgcot-train judge-data` and `imgcot-train reward-ft`", dir.display());
+    }
+    LlavaJudge::load(dir, device, tch::Kind::Float)
 }
 
 /// The judges a `--verify orm|parm|oracle` flag needs (`sample`, `eval geneval`), loaded once;
 /// [`VerifyJudges::verifier`] borrows them. `orm` and `parm` load `--judge DIR`, else the
 /// recipe's `iterate.orm` / `iterate.parm_model`; `parm` also loads the separate ORM of
 /// best-of-N′ when the recipe asks for it (`iterate.parm_outcome: orm`).
-pub struct VerifyJudges {
-    oracle: OracleJudge,
-    llava: Option<crate::models::llava_ov::judge::LlavaJudge>,
-    parm_outcome: Option<crate::models::llava_ov::judge::LlavaJudge>,
-    parm: Option<ParmConfig>,
+pub enum VerifyJudges {
+    Oracle(OracleJudge),
+    Orm(LlavaJudge),
+    Parm {
+        judge: LlavaJudge,
+        // Boxed: a judge is large and most PARM runs have no separate outcome judge.
+        outcome: Option<Box<LlavaJudge>>,
+        cfg: ParmConfig,
+    },
 }
 
 impl VerifyJudges {
@@ -652,50 +660,40 @@ impl VerifyJudges {
         device: tch::Device,
     ) -> Result<Self> {
         let it = recipe.iterate.as_ref();
-        let dir = |default: Option<&PathBuf>| -> Result<PathBuf> {
-            judge
-                .map(|p| p.to_path_buf())
-                .or_else(|| default.cloned())
-                .context("give --judge DIR (the recipe names no judge)")
+        let load = |default: Option<&PathBuf>| -> Result<LlavaJudge> {
+            let dir = judge
+                .or(default.map(PathBuf::as_path))
+                .context("give --judge DIR (the recipe names no judge)")?;
+            load_judge(dir, device).with_context(|| format!("loading the judge {}", dir.display()))
         };
-        let load = |d: PathBuf| {
-            crate::models::llava_ov::judge::LlavaJudge::load(&d, device, tch::Kind::Float)
-                .with_context(|| format!("loading the judge {}", d.display()))
-        };
-        let mut out = Self {
-            oracle: OracleJudge,
-            llava: None,
-            parm_outcome: None,
-            parm: None,
-        };
-        match which {
-            "oracle" => {}
-            "orm" => out.llava = Some(load(dir(it.map(|i| &i.orm))?)?),
-            "parm" => {
-                out.llava = Some(load(dir(it.map(|i| &i.parm_model))?)?);
-                out.parm_outcome = parm_outcome_judge(recipe, device)?;
-                out.parm = Some(it.map(|i| i.parm).unwrap_or_default());
-            }
+        Ok(match which {
+            "oracle" => VerifyJudges::Oracle(OracleJudge),
+            "orm" => VerifyJudges::Orm(load(it.map(|i| &i.orm))?),
+            "parm" => VerifyJudges::Parm {
+                judge: load(it.map(|i| &i.parm_model))?,
+                outcome: parm_outcome_judge(recipe, device)?.map(Box::new),
+                cfg: it.map(|i| i.parm).unwrap_or_default(),
+            },
             _ => bail!("unknown --verify '{which}' (orm, parm, oracle)"),
-        }
-        Ok(out)
+        })
     }
 
     /// Best-of-`n` with the loaded judges: the oracle or the ORM by P(yes), or PARM with the
     /// recipe's settings.
     pub fn verifier(&self, n: usize) -> Verifier<'_> {
-        match (&self.llava, self.parm) {
-            (None, _) => Verifier::Orm {
-                judge: &self.oracle,
-                n,
-            },
-            (Some(j), None) => Verifier::Orm { judge: j, n },
-            (Some(j), Some(cfg)) => Verifier::parm(
-                j,
-                j,
-                self.parm_outcome.as_ref().map(|o| o as &dyn OutcomeJudge),
-                n,
+        match self {
+            VerifyJudges::Oracle(j) => Verifier::Orm { judge: j, n },
+            VerifyJudges::Orm(j) => Verifier::Orm { judge: j, n },
+            VerifyJudges::Parm {
+                judge,
+                outcome,
                 cfg,
+            } => Verifier::parm(
+                judge,
+                judge,
+                outcome.as_deref().map(|o| o as &dyn OutcomeJudge),
+                n,
+                *cfg,
             ),
         }
     }
@@ -752,12 +750,7 @@ pub fn load_llava_judges(
             })?;
         }
     }
-    let load = |dir: &Path| -> Result<crate::models::llava_ov::judge::LlavaJudge> {
-        if !dir.join("config.json").exists() {
-            bail!("judge checkpoint {} is missing: train it with `imgcot-train judge-data` and `imgcot-train reward-ft`", dir.display());
-        }
-        crate::models::llava_ov::judge::LlavaJudge::load(dir, device, tch::Kind::Float)
-    };
+    let load = |dir: &Path| load_judge(dir, device);
     Ok(Judges {
         orm: if orm {
             Some(Box::new(load(&it.orm)?))

@@ -578,6 +578,7 @@ fn run_one(
         "vision_lr_mult must be ≥ 0 (0 freezes the tower), got {}",
         cfg.vision_lr_mult
     );
+    // A bad `decay_ratio` fails here, before any data is read.
     lr_schedule(cfg, 1)?;
     ensure!(
         !cfg.run_dir.starts_with(&cfg.out),
