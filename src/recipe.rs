@@ -17,7 +17,8 @@ pub struct Recipe {
     /// `cpu`, `cuda`, `cuda:N`.
     #[serde(default = "d_device")]
     pub device: String,
-    /// `fp32` or `bf16` for sampling and frozen models.
+    /// `fp32`, `bf16` or `auto` (bf16 on CUDA and on CPUs with native bf16, else fp32) for
+    /// sampling and frozen models.
     #[serde(default = "d_dtype")]
     pub dtype: String,
     pub paths: Paths,
@@ -178,8 +179,9 @@ impl Recipe {
         crate::util::parse_device(&self.device)
     }
 
+    /// The inference dtype on the recipe's device (`auto` resolved).
     pub fn kind(&self) -> Result<tch::Kind> {
-        crate::util::parse_dtype(&self.dtype)
+        crate::util::parse_dtype_on(&self.dtype, self.device()?)
     }
 
     pub fn is_glyph(&self) -> bool {

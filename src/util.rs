@@ -52,3 +52,62 @@ pub fn parse_dtype(s: &str) -> Result<tch::Kind> {
         _ => bail!("unknown dtype '{s}' (expected fp32 or bf16)"),
     }
 }
+
+/// Parses an inference dtype for `device`: `fp32`, `bf16`, or `auto`, which is bf16 on CUDA and on
+/// CPUs with native bf16 dot products, fp32 on other CPUs (there bf16 matmuls are emulated and
+/// slower than fp32).
+pub fn parse_dtype_on(s: &str, device: tch::Device) -> Result<tch::Kind> {
+    match s {
+        "auto" => Ok(auto_dtype(device.is_cuda(), cpu_has_native_bf16())),
+        _ => parse_dtype(s)
+            .map_err(|_| anyhow::anyhow!("unknown dtype '{s}' (expected fp32, bf16 or auto)")),
+    }
+}
+
+fn auto_dtype(cuda: bool, native_bf16: bool) -> tch::Kind {
+    if cuda || native_bf16 {
+        tch::Kind::BFloat16
+    } else {
+        tch::Kind::Float
+    }
+}
+
+/// Whether this CPU computes bf16 dot products natively (x86 AVX512-BF16, which oneDNN uses for
+/// libtorch's bf16 matmuls).
+pub fn cpu_has_native_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_dtype_is_bf16_only_where_it_is_native() {
+        assert_eq!(auto_dtype(true, false), tch::Kind::BFloat16);
+        assert_eq!(auto_dtype(false, true), tch::Kind::BFloat16);
+        assert_eq!(auto_dtype(false, false), tch::Kind::Float);
+        let cpu = parse_dtype_on("auto", tch::Device::Cpu).unwrap();
+        let want = if cpu_has_native_bf16() {
+            tch::Kind::BFloat16
+        } else {
+            tch::Kind::Float
+        };
+        assert_eq!(cpu, want);
+        assert_eq!(
+            parse_dtype_on("fp32", tch::Device::Cpu).unwrap(),
+            tch::Kind::Float
+        );
+        let err = parse_dtype_on("fp16", tch::Device::Cpu).unwrap_err();
+        assert!(err.to_string().contains("fp32, bf16 or auto"), "{err}");
+        // Training dtypes stay explicit.
+        assert!(parse_dtype("auto").is_err());
+    }
+}

@@ -328,6 +328,36 @@ fn pretrain_sample_eval_pairs_dpo() {
     }
     assert!(changed > 0.0, "DPO did not change the policy");
 
+    // bf16 training (fp32 master weights) runs on a CPU with native bf16 and saves the fp32
+    // masters; elsewhere it is refused, as bf16 there is slower than fp32.
+    let r16 = dir.join("recipe-bf16.yaml");
+    let text16 = std::fs::read_to_string(&r).unwrap().replacen(
+        "  reference: frozen\n",
+        "  reference: frozen\n  reference_dtype: bf16\n  train_dtype: bf16\n",
+        1,
+    );
+    assert!(text16.contains("train_dtype: bf16"));
+    std::fs::write(&r16, text16).unwrap();
+    let r16 = r16.to_str().unwrap();
+    let args16 = ["dpo", "--recipe", r16, "--pairs", pf, "--run", "bf16"];
+    if imgcot::util::cpu_has_native_bf16() {
+        let t = ok(&args16);
+        assert!(t.contains("fp32 master weights"), "{t}");
+        let saved =
+            tch::Tensor::read_safetensors(dir.join("ckpts/bf16/final/pytorch_model.safetensors"))
+                .unwrap();
+        let mut moved = 0.0f64;
+        for (name, t) in &saved {
+            assert_eq!(t.kind(), tch::Kind::Float, "{name}");
+            let orig = &base.iter().find(|(n, _)| n == name).unwrap().1;
+            moved = moved.max(common::max_abs_diff(t, orig));
+        }
+        assert!(moved > 0.0, "bf16 DPO did not change the policy");
+    } else {
+        let t = fails(&args16);
+        assert!(t.contains("AVX512-BF16"), "{t}");
+    }
+
     // `--max-steps 0 --init CKPT --reference BASE` only measures CKPT's held-out implicit-reward
     // accuracy: it reproduces the round's own end-of-run figure, and a model against itself scores 0
     // (every reward difference is exactly 0).

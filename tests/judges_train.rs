@@ -93,6 +93,7 @@ fn data_cfg(out: &Path) -> JudgeDataConfig {
         clarity_per_path: 3,
         potential_per_path: 2,
         sampler: None,
+        dtype: None,
         batch_size: 8,
         repair_random: 0,
         repair_positive_tries: 0,

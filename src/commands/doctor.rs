@@ -20,6 +20,15 @@ pub fn run() -> Result<()> {
         tch::Tensor::zeros([1], tch::kind::FLOAT_CPU).kind()
     );
     println!("cpu threads: {}", tch::get_num_threads());
+    println!(
+        "cpu native bf16: {} (dtype auto samples on the CPU in {})",
+        crate::util::cpu_has_native_bf16(),
+        if crate::util::cpu_has_native_bf16() {
+            "bf16"
+        } else {
+            "fp32"
+        }
+    );
     Ok(())
 }
 

@@ -123,7 +123,12 @@ pub fn run(args: SampleArgs) -> Result<()> {
     let device_s = args.device.clone().unwrap_or(recipe.device.clone());
     let dtype_s = args.dtype.clone().unwrap_or(recipe.dtype.clone());
     let device = crate::util::parse_device(&device_s)?;
-    let kind = crate::util::parse_dtype(&dtype_s)?;
+    let kind = crate::util::parse_dtype_on(&dtype_s, device)?;
+    // The side files record the precision used, not `auto`.
+    let dtype_s = match kind {
+        tch::Kind::BFloat16 => "bf16".to_string(),
+        _ => "fp32".to_string(),
+    };
     let model_dir = args.model.clone().unwrap_or(recipe.paths.model.clone());
     let vq_s = args.vq.clone().unwrap_or(recipe.paths.vq.clone());
     let tok_path = args

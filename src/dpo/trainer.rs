@@ -37,10 +37,11 @@ pub struct DpoConfig {
     pub logp: LogpConfig,
     #[serde(default = "d_ref")]
     pub reference: ReferenceMode,
-    /// dtype of a frozen reference (`fp32` or `bf16`).
+    /// dtype of a frozen reference (`fp32`, `bf16`, or `auto`: bf16 on CUDA and native-bf16 CPUs).
     #[serde(default = "d_fp32")]
     pub reference_dtype: String,
-    /// dtype of the policy's parameters; bf16 keeps fp32 master weights in the optimizer.
+    /// dtype of the policy's parameters (`fp32`, `bf16`, `auto`); bf16 keeps fp32 master weights
+    /// in the optimizer.
     #[serde(default = "d_fp32")]
     pub train_dtype: String,
     pub lr: f64,
@@ -324,9 +325,13 @@ pub fn train_round(
         ));
     }
     let tok = TextTokenizer::from_file(&recipe.paths.tokenizer)?;
-    let train_kind = crate::util::parse_dtype(&cfg.train_dtype)?;
-    if train_kind == Kind::BFloat16 && device == Device::Cpu {
-        bail!("train_dtype bf16 is for CUDA; use fp32 on CPU");
+    let train_kind = crate::util::parse_dtype_on(&cfg.train_dtype, device)?;
+    // Without native bf16 dot products a CPU emulates bf16 matmuls, slower than fp32.
+    if train_kind == Kind::BFloat16 && device == Device::Cpu && !crate::util::cpu_has_native_bf16()
+    {
+        bail!(
+            "train_dtype bf16 on this CPU (no AVX512-BF16) is slower than fp32: use fp32 or auto"
+        );
     }
     let policy = Showo::load(spec.init, device, train_kind)?;
     let layout = Layout::new(&policy.cfg, &tok);
@@ -406,7 +411,7 @@ pub fn train_round(
 
     // 3. Reference.
     let ref_path = spec.reference.unwrap_or(spec.init);
-    let ref_kind = crate::util::parse_dtype(&cfg.reference_dtype)?;
+    let ref_kind = crate::util::parse_dtype_on(&cfg.reference_dtype, device)?;
     let mut ref_model = Showo::load(ref_path, device, ref_kind)?;
     ref_model.vs.freeze();
     let per_step = (cfg.batch_size * cfg.grad_accum) as u64;
@@ -606,7 +611,17 @@ pub fn train_round(
     }
     let acc_end = eval_acc(&policy)?;
     let final_dir = spec.ckpt_dir.join("final");
-    if total == cfg.steps {
+    if total == cfg.steps && train_kind != Kind::Float {
+        // The final weights are the fp32 masters, not their bf16 rounding: the next round (and
+        // any fp32 user) starts from the update the optimizer accumulated.
+        let full = Showo::load(spec.init, device, Kind::Float)?;
+        opt.copy_full_precision_into(&full.vs)?;
+        crate::commands::pretrain::save_model_dir(&full, &final_dir)?;
+        log.info(format!(
+            "saved {} (fp32 master weights)",
+            final_dir.display()
+        ));
+    } else if total == cfg.steps {
         crate::commands::pretrain::save_model_dir(&policy, &final_dir)?;
         log.info(format!("saved {}", final_dir.display()));
     }

@@ -66,6 +66,11 @@ pub struct JudgeDataConfig {
     /// Sampler overrides (default: the generator recipe's sampler).
     #[serde(default)]
     pub sampler: Option<SamplerConfig>,
+    /// The generator's precision while sampling (`fp32`, `bf16`; default: the generator recipe's
+    /// `dtype`). The glyph judges recipes pin `fp32`, the precision their measured data were
+    /// sampled in, where the generator recipe samples in bf16.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<String>,
     #[serde(default = "d_batch")]
     pub batch_size: usize,
     /// Glyph-world augmentation (not in the paper; 0 = off): each training final image is also paired
@@ -1242,6 +1247,15 @@ pub fn is_current(cfg: &JudgeDataConfig) -> Result<bool> {
             == Some(model_dir.display().to_string().as_str()))
 }
 
+/// The generator's precision for `judge-data`: the data section's `dtype`, else the generator
+/// recipe's.
+fn sampling_kind(cfg: &JudgeDataConfig, gen: &crate::recipe::Recipe) -> Result<tch::Kind> {
+    match &cfg.dtype {
+        Some(d) => crate::util::parse_dtype_on(d, gen.device()?).context("data.dtype"),
+        None => gen.kind(),
+    }
+}
+
 /// `judge-data`: samples paths with the generator and writes the dataset.
 pub fn build(cfg: &JudgeDataConfig, device_override: Option<&str>) -> Result<Summary> {
     let gen = crate::recipe::Recipe::load(cfg.generator_recipe.as_deref())?;
@@ -1258,7 +1272,7 @@ pub fn build(cfg: &JudgeDataConfig, device_override: Option<&str>) -> Result<Sum
         "heldout_fraction must be in [0, 1)"
     );
     let device = crate::util::parse_device(device_override.unwrap_or(&gen.device))?;
-    let kind = gen.kind()?;
+    let kind = sampling_kind(cfg, &gen)?;
     let model_dir = cfg.model.clone().unwrap_or(gen.paths.model.clone());
     let model = Showo::load(&model_dir, device, kind)
         .with_context(|| format!("loading the generator {}", model_dir.display()))?;
@@ -1415,6 +1429,21 @@ pub fn build(cfg: &JudgeDataConfig, device_override: Option<&str>) -> Result<Sum
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn judge_data_samples_in_the_data_sections_dtype() {
+        let gen = crate::recipe::Recipe::load(None).unwrap();
+        let mut cfg = crate::judge::recipe::JudgesRecipe::load(None).unwrap().data;
+        // The embedded judges recipe pins fp32 whatever the generator recipe's `auto` resolves to.
+        assert_eq!(cfg.dtype.as_deref(), Some("fp32"));
+        assert_eq!(sampling_kind(&cfg, &gen).unwrap(), tch::Kind::Float);
+        cfg.dtype = Some("bf16".into());
+        assert_eq!(sampling_kind(&cfg, &gen).unwrap(), tch::Kind::BFloat16);
+        cfg.dtype = None;
+        assert_eq!(sampling_kind(&cfg, &gen).unwrap(), gen.kind().unwrap());
+        cfg.dtype = Some("half".into());
+        assert!(sampling_kind(&cfg, &gen).is_err());
+    }
 
     #[test]
     fn clarity_rule_matches_the_paper_at_18_steps() {

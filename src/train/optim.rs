@@ -228,6 +228,24 @@ impl AdamW {
         });
     }
 
+    /// Copies every parameter at full precision (its fp32 master when it has one) into the
+    /// variable of the same name in `vs`, e.g. an fp32 copy of a bf16-trained model for saving.
+    pub fn copy_full_precision_into(&self, vs: &VarStore) -> Result<()> {
+        let vars = vs.variables();
+        tch::no_grad(|| {
+            for p in &self.params {
+                let mut dst = vars
+                    .get(&p.name)
+                    .with_context(|| format!("no variable '{}' to copy into", p.name))?
+                    .shallow_clone();
+                let src = p.master.as_ref().unwrap_or(&p.var);
+                dst.f_copy_(src)
+                    .with_context(|| format!("copying '{}'", p.name))?;
+            }
+            Ok(())
+        })
+    }
+
     /// One AdamW step over every parameter with a defined grad.
     pub fn step(&mut self) -> Result<()> {
         let AdamWConfig {
@@ -536,6 +554,15 @@ mod tests {
         assert!((f64::try_from(master).unwrap() - (1.0 - 1e-3)).abs() < 1e-6);
         assert_eq!(w.kind(), Kind::BFloat16);
         assert_eq!(f64::try_from(w.to_kind(Kind::Float)).unwrap(), 1.0);
+        // Saving goes through an fp32 copy that gets the master, not the rounded parameter.
+        let full = VarStore::new(Device::Cpu);
+        let _ = full.root().var_copy("w", &Tensor::from_slice(&[0.0f32]));
+        opt.copy_full_precision_into(&full).unwrap();
+        let saved = f64::try_from(&full.variables()["w"]).unwrap();
+        assert!((saved - (1.0 - 1e-3)).abs() < 1e-6, "{saved}");
+        assert!(opt
+            .copy_full_precision_into(&VarStore::new(Device::Cpu))
+            .is_err());
     }
 
     #[test]
