@@ -107,7 +107,7 @@ mod tests {
         );
         let err = parse_dtype_on("fp16", tch::Device::Cpu).unwrap_err();
         assert!(err.to_string().contains("fp32, bf16 or auto"), "{err}");
-        // Training dtypes stay explicit.
+        // Stored dtypes (saved weights, bench flags) take no `auto`.
         assert!(parse_dtype("auto").is_err());
     }
 }

@@ -66,8 +66,8 @@ pub struct JudgeDataConfig {
     /// Sampler overrides (default: the generator recipe's sampler).
     #[serde(default)]
     pub sampler: Option<SamplerConfig>,
-    /// The generator's precision while sampling (`fp32`, `bf16`; default: the generator recipe's
-    /// `dtype`). The glyph judges recipes pin `fp32`, the precision their measured data were
+    /// The generator's precision while sampling (`fp32`, `bf16`, `auto`; default: the generator
+    /// recipe's `dtype`). The glyph judges recipes pin `fp32`, the precision their measured data were
     /// sampled in, where the generator recipe samples in bf16.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dtype: Option<String>,
@@ -1247,13 +1247,15 @@ pub fn is_current(cfg: &JudgeDataConfig) -> Result<bool> {
             == Some(model_dir.display().to_string().as_str()))
 }
 
-/// The generator's precision for `judge-data`: the data section's `dtype`, else the generator
-/// recipe's.
-fn sampling_kind(cfg: &JudgeDataConfig, gen: &crate::recipe::Recipe) -> Result<tch::Kind> {
-    match &cfg.dtype {
-        Some(d) => crate::util::parse_dtype_on(d, gen.device()?).context("data.dtype"),
-        None => gen.kind(),
-    }
+/// The generator's precision for `judge-data` on `device`: the data section's `dtype`, else the
+/// generator recipe's.
+fn sampling_kind(
+    cfg: &JudgeDataConfig,
+    gen: &crate::recipe::Recipe,
+    device: tch::Device,
+) -> Result<tch::Kind> {
+    let d = cfg.dtype.as_deref().unwrap_or(&gen.dtype);
+    crate::util::parse_dtype_on(d, device).context("judge-data: the generator's sampling dtype")
 }
 
 /// `judge-data`: samples paths with the generator and writes the dataset.
@@ -1272,7 +1274,7 @@ pub fn build(cfg: &JudgeDataConfig, device_override: Option<&str>) -> Result<Sum
         "heldout_fraction must be in [0, 1)"
     );
     let device = crate::util::parse_device(device_override.unwrap_or(&gen.device))?;
-    let kind = sampling_kind(cfg, &gen)?;
+    let kind = sampling_kind(cfg, &gen, device)?;
     let model_dir = cfg.model.clone().unwrap_or(gen.paths.model.clone());
     let model = Showo::load(&model_dir, device, kind)
         .with_context(|| format!("loading the generator {}", model_dir.display()))?;
@@ -1435,14 +1437,21 @@ mod tests {
         let gen = crate::recipe::Recipe::load(None).unwrap();
         let mut cfg = crate::judge::recipe::JudgesRecipe::load(None).unwrap().data;
         // The embedded judges recipe pins fp32 whatever the generator recipe's `auto` resolves to.
+        let cpu = tch::Device::Cpu;
         assert_eq!(cfg.dtype.as_deref(), Some("fp32"));
-        assert_eq!(sampling_kind(&cfg, &gen).unwrap(), tch::Kind::Float);
+        assert_eq!(sampling_kind(&cfg, &gen, cpu).unwrap(), tch::Kind::Float);
         cfg.dtype = Some("bf16".into());
-        assert_eq!(sampling_kind(&cfg, &gen).unwrap(), tch::Kind::BFloat16);
+        assert_eq!(sampling_kind(&cfg, &gen, cpu).unwrap(), tch::Kind::BFloat16);
         cfg.dtype = None;
-        assert_eq!(sampling_kind(&cfg, &gen).unwrap(), gen.kind().unwrap());
+        assert_eq!(sampling_kind(&cfg, &gen, cpu).unwrap(), gen.kind().unwrap());
+        // `auto` resolves on the device the data are sampled on (`--device` may override).
+        cfg.dtype = Some("auto".into());
+        assert_eq!(
+            sampling_kind(&cfg, &gen, tch::Device::Cuda(0)).unwrap(),
+            tch::Kind::BFloat16
+        );
         cfg.dtype = Some("half".into());
-        assert!(sampling_kind(&cfg, &gen).is_err());
+        assert!(sampling_kind(&cfg, &gen, cpu).is_err());
     }
 
     #[test]
