@@ -319,12 +319,16 @@ fn pretrain_sample_eval_pairs_dpo() {
     let mut changed = 0.0f64;
     let base = tch::Tensor::read_safetensors(dir.join("ckpts/tiny/base/pytorch_model.safetensors"))
         .unwrap();
+    // How far a trained tensor moved from the base's tensor of the same name.
+    let from_base = |name: &str, t: &tch::Tensor| {
+        let orig = &base.iter().find(|(n, _)| n == name).unwrap().1;
+        common::max_abs_diff(t, orig)
+    };
     for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
         assert_eq!(na, nb);
         let d = common::max_abs_diff(ta, tb);
         assert!(d <= 1e-6, "{na}: resumed run differs by {d}");
-        let orig = &base.iter().find(|(n, _)| n == na).unwrap().1;
-        changed = changed.max(common::max_abs_diff(ta, orig));
+        changed = changed.max(from_base(na, ta));
     }
     assert!(changed > 0.0, "DPO did not change the policy");
 
@@ -349,8 +353,7 @@ fn pretrain_sample_eval_pairs_dpo() {
         let mut moved = 0.0f64;
         for (name, t) in &saved {
             assert_eq!(t.kind(), tch::Kind::Float, "{name}");
-            let orig = &base.iter().find(|(n, _)| n == name).unwrap().1;
-            moved = moved.max(common::max_abs_diff(t, orig));
+            moved = moved.max(from_base(name, t));
         }
         assert!(moved > 0.0, "bf16 DPO did not change the policy");
     } else {

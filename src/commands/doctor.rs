@@ -21,13 +21,9 @@ pub fn run() -> Result<()> {
     );
     println!("cpu threads: {}", tch::get_num_threads());
     println!(
-        "cpu native bf16: {} (dtype auto runs on the CPU in {})",
+        "cpu native bf16: {} (dtype auto runs on the CPU in {:?})",
         crate::util::cpu_has_native_bf16(),
-        if crate::util::cpu_has_native_bf16() {
-            "bf16"
-        } else {
-            "fp32"
-        }
+        crate::util::parse_dtype_on("auto", tch::Device::Cpu)?
     );
     Ok(())
 }

@@ -611,19 +611,21 @@ pub fn train_round(
     }
     let acc_end = eval_acc(&policy)?;
     let final_dir = spec.ckpt_dir.join("final");
-    if total == cfg.steps && train_kind != Kind::Float {
-        // The final weights are the fp32 masters, not their bf16 rounding: the next round (and
-        // any fp32 user) starts from the update the optimizer accumulated.
-        let full = Showo::load(spec.init, device, Kind::Float)?;
-        opt.copy_full_precision_into(&full.vs)?;
-        crate::commands::pretrain::save_model_dir(&full, &final_dir)?;
-        log.info(format!(
-            "saved {} (fp32 master weights)",
-            final_dir.display()
-        ));
-    } else if total == cfg.steps {
-        crate::commands::pretrain::save_model_dir(&policy, &final_dir)?;
-        log.info(format!("saved {}", final_dir.display()));
+    if total == cfg.steps {
+        if train_kind == Kind::Float {
+            crate::commands::pretrain::save_model_dir(&policy, &final_dir)?;
+            log.info(format!("saved {}", final_dir.display()));
+        } else {
+            // The final weights are the fp32 masters, not their bf16 rounding: the next round
+            // (and any fp32 user) starts from the update the optimizer accumulated.
+            let full = Showo::load(spec.init, device, Kind::Float)?;
+            opt.copy_full_precision_into(&full.vs)?;
+            crate::commands::pretrain::save_model_dir(&full, &final_dir)?;
+            log.info(format!(
+                "saved {} (fp32 master weights)",
+                final_dir.display()
+            ));
+        }
     }
     log.finish();
     Ok(RoundResult {
