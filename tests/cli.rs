@@ -361,6 +361,69 @@ fn pretrain_sample_eval_pairs_dpo() {
         assert!(t.contains("AVX512-BF16"), "{t}");
     }
 
+    // Pair building records each image's commit steps; DPO on the sampler's trajectory
+    // likelihood replays them, and refuses pairs without them or another step count.
+    let first: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(pf).unwrap().lines().next().unwrap()).unwrap();
+    for side in ["chosen_commit", "rejected_commit"] {
+        let c = first[side]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {side}: {first}"));
+        assert_eq!(c.len(), 64, "{side}: one step per image token");
+        assert!(c.iter().all(|s| s.as_u64().unwrap() < 4), "{side}: {c:?}");
+        // MaskGIT commits some codes at the first step and the rest by the last.
+        assert!(c.iter().any(|s| s.as_u64() == Some(0)), "{side}: {c:?}");
+        assert!(c.iter().any(|s| s.as_u64() == Some(3)), "{side}: {c:?}");
+    }
+    let traj = |steps: usize| {
+        let path = dir.join(format!("recipe-traj{steps}.yaml"));
+        let text = std::fs::read_to_string(&r).unwrap().replacen(
+            "    columns: full\n",
+            &format!("    columns: codebook\n    cfg_scale: 1.75\n    trajectory_steps: {steps}\n"),
+            1,
+        );
+        assert!(text.contains("trajectory_steps"));
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let (rt, rt_bad) = (traj(4), traj(5));
+    ok(&["dpo", "--recipe", &rt, "--pairs", pf, "--run", "traj"]);
+    let saved =
+        tch::Tensor::read_safetensors(dir.join("ckpts/traj/final/pytorch_model.safetensors"))
+            .unwrap();
+    let moved = saved
+        .iter()
+        .map(|(n, t)| from_base(n, t))
+        .fold(0.0f64, f64::max);
+    assert!(moved > 0.0, "trajectory DPO did not change the policy");
+    let t = fails(&[
+        "dpo", "--recipe", &rt_bad, "--pairs", pf, "--run", "traj-bad",
+    ]);
+    assert!(t.contains("sampler runs 4 steps"), "{t}");
+    let bare = dir.join("pairs/no-commits.jsonl");
+    let stripped: String = std::fs::read_to_string(pf)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let o = v.as_object_mut().unwrap();
+            o.remove("chosen_commit");
+            o.remove("rejected_commit");
+            format!("{v}\n")
+        })
+        .collect();
+    std::fs::write(&bare, stripped).unwrap();
+    let t = fails(&[
+        "dpo",
+        "--recipe",
+        &rt,
+        "--pairs",
+        bare.to_str().unwrap(),
+        "--run",
+        "traj-bare",
+    ]);
+    assert!(t.contains("no chosen_commit"), "{t}");
+
     // `--max-steps 0 --init CKPT --reference BASE` only measures CKPT's held-out implicit-reward
     // accuracy: it reproduces the round's own end-of-run figure, and a model against itself scores 0
     // (every reward difference is exactly 0).

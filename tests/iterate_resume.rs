@@ -133,6 +133,7 @@ fn rows(dir: &Path, run_name: &str) -> Vec<Row> {
     let mut rows: Vec<Row> = serde_json::from_str(&text).unwrap();
     for r in &mut rows {
         r.eval_dir.clear(); // differs by run name only
+        r.checkpoint = r.checkpoint.as_ref().map(|c| c.replace(run_name, "RUN"));
     }
     rows
 }
@@ -261,15 +262,20 @@ fn a_round_without_pairs_keeps_its_policy_and_the_run_goes_on() {
             parm: Some(Box::new(AlwaysYes)),
         })
     };
-    let args = || IterArgs {
+    let args = |iter| IterArgs {
         recipe: Some(recipe_path.clone()),
-        iter: 2,
+        iter,
         guide: "parm".into(),
         run: "nopairs".into(),
         reference_base: false,
         labeller: None,
     };
-    run(args(), &loader).unwrap();
+    // One round first: its final row is of round 1's policy.
+    run(args(1), &loader).unwrap();
+    let final_ckpt = |rows: &[Row]| rows.last().unwrap().checkpoint.clone().unwrap();
+    assert!(final_ckpt(&rows(&dir, "nopairs")).ends_with("iter-1/final"));
+    // Two rounds under the same name: round 2 runs and the final row is evaluated again.
+    run(args(2), &loader).unwrap();
     let ckpts = dir.join("ckpts");
     let pairs = dir.join("runs/nopairs/iter-1/pairs/pairs.jsonl");
     assert_eq!(
@@ -303,11 +309,13 @@ fn a_round_without_pairs_keeps_its_policy_and_the_run_goes_on() {
     let score = |r: &Row| {
         let mut v = serde_json::to_value(r).unwrap();
         v.as_object_mut().unwrap().remove("stage");
+        v.as_object_mut().unwrap().remove("checkpoint");
         v
     };
+    assert!(final_ckpt(&rows).ends_with("iter-2/final"), "{rows:?}");
     assert_eq!(score(&rows[3]), score(&rows[0]));
     assert_eq!(score(&rows[4]), score(&rows[0]));
     // Run again: everything is done, nothing is redone, and it still succeeds.
-    run(args(), &loader).unwrap();
+    run(args(2), &loader).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -264,6 +264,8 @@ fn writer_round_trips_atomically() {
             rejected_score: Some(0.25),
             tag: Some("t".into()),
             metadata: Some(serde_json::json!({"k": [1, "x", null]})),
+            chosen_commit: None,
+            rejected_commit: None,
         },
         PairRecord {
             prompt: "p".into(),
@@ -273,6 +275,8 @@ fn writer_round_trips_atomically() {
             rejected_score: None,
             tag: None,
             metadata: None,
+            chosen_commit: None,
+            rejected_commit: None,
         },
     ];
     write_pairs(&f, &recs).unwrap();

@@ -158,7 +158,7 @@ fn dpo_step(args: BenchArgs) -> Result<()> {
     let draws: Vec<_> = (0..b as u64)
         .map(|i| pair_draws(0, 0, i, n as usize, &lcfg))
         .collect();
-    let batch = PairBatch::new(&layout, &text, &chosen, &rejected, &draws);
+    let batch = PairBatch::new(&layout, &text, &chosen, &rejected, &draws, None)?;
     let mut opt = crate::train::optim::AdamW::new(&policy.vs, Default::default())?;
     for &precomputed in modes {
         let r = reference

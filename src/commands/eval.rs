@@ -24,7 +24,8 @@ pub struct EvalArgs {
     /// Generator checkpoint (default: the recipe's `paths.model`).
     #[arg(long)]
     pub ckpt: Option<PathBuf>,
-    /// Output folder (default: runs/eval-<checkpoint name>).
+    /// Output folder (default: runs/eval-<checkpoint folder>-<checkpoint name>). A folder that
+    /// holds images of other settings (checkpoint, its weights, sampler, seed, …) is refused.
     #[arg(long)]
     pub out: Option<PathBuf>,
     #[arg(long)]
@@ -44,11 +45,83 @@ pub enum EvalSub {
 #[derive(Serialize)]
 struct Settings<'a> {
     checkpoint: String,
+    /// Name, size and modification time of each weights file: a checkpoint saved again under
+    /// the same path is another model.
+    weights: Vec<String>,
+    dtype: String,
     metadata: String,
     images_per_prompt: usize,
     seed: u64,
     sampler: &'a SamplerConfig,
     verifier: Option<String>,
+}
+
+/// Name, size and modification time (ns since the epoch) of each `*.safetensors` file of a
+/// checkpoint folder (or of the file itself), sorted.
+pub fn weights_fingerprint(ckpt: &Path) -> Result<Vec<String>> {
+    let files: Vec<PathBuf> = if ckpt.is_dir() {
+        std::fs::read_dir(ckpt)
+            .with_context(|| format!("listing {}", ckpt.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect()
+    } else {
+        vec![ckpt.to_path_buf()]
+    };
+    let mut out = Vec::new();
+    for f in files {
+        let m = std::fs::metadata(&f).with_context(|| format!("reading {}", f.display()))?;
+        let t = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
+        out.push(format!(
+            "{} {} bytes {t}",
+            name.unwrap_or_default(),
+            m.len()
+        ));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Writes `settings` to `path` unless the file there records other settings: generation skips
+/// complete prompt folders, so images of another checkpoint or sampler would be scored as if
+/// they were this one's. Keys only one side has (files from older builds) are not compared.
+pub fn record_settings(path: &Path, settings: &serde_json::Value) -> Result<()> {
+    if let Ok(text) = std::fs::read_to_string(path) {
+        let old: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        if let (Some(old), Some(new)) = (old.as_object(), settings.as_object()) {
+            for (k, v) in new {
+                if let Some(o) = old.get(k).filter(|o| *o != v) {
+                    anyhow::bail!(
+                        "{} holds images made with other settings ({k}: {o} there, {v} now); \
+                         pass another --out (or --images) or remove that folder",
+                        path.parent().unwrap_or(path).display()
+                    );
+                }
+            }
+        }
+    }
+    crate::util::atomic_write(path, serde_json::to_string_pretty(settings)?.as_bytes())
+}
+
+/// The default output folder of `eval`: `runs/eval-<parent>-<name>` of the checkpoint path, so
+/// `ckpts/a/final` and `ckpts/b/final` do not share one.
+fn default_out(runs: &Path, ckpt: &Path) -> PathBuf {
+    let part = |p: Option<&Path>| {
+        p.and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+    };
+    let name = part(Some(ckpt)).unwrap_or_else(|| "model".into());
+    let stem = match part(ckpt.parent()) {
+        Some(parent) => format!("eval-{parent}-{name}"),
+        None => format!("eval-{name}"),
+    };
+    runs.join(stem)
 }
 
 /// Generates `images_per_prompt` images for each prompt index in `indices` into `out` (GenEval
@@ -195,14 +268,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .ckpt
         .clone()
         .unwrap_or_else(|| recipe.paths.model.clone());
-    let name = ckpt
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
     let out = args
         .out
         .clone()
-        .unwrap_or_else(|| recipe.paths.runs.join(format!("eval-{name}")));
+        .unwrap_or_else(|| default_out(&recipe.paths.runs, &ckpt));
     let ipp = args
         .images_per_prompt
         .unwrap_or(recipe.eval.images_per_prompt);
@@ -244,15 +313,17 @@ pub fn evaluate_with(
         std::fs::create_dir_all(out)?;
         let settings = Settings {
             checkpoint: ckpt.display().to_string(),
+            weights: weights_fingerprint(ckpt)?,
+            dtype: format!("{:?}", recipe.kind()?),
             metadata: recipe.eval.metadata.display().to_string(),
             images_per_prompt: ipp,
             seed: recipe.eval.seed,
             sampler: &recipe.sampler,
             verifier: verifier.map(|v| v.name()),
         };
-        crate::util::atomic_write(
+        record_settings(
             &out.join("settings.json"),
-            serde_json::to_string_pretty(&settings)?.as_bytes(),
+            &serde_json::to_value(&settings)?,
         )?;
         let (_, stats) = generate_layout(
             &model,
@@ -297,4 +368,67 @@ pub fn evaluate_with(
     ));
     tb.finish();
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_out_names_the_checkpoint_folder_too() {
+        let runs = Path::new("runs");
+        assert_eq!(
+            default_out(runs, Path::new("ckpts/a/final")),
+            Path::new("runs/eval-a-final")
+        );
+        assert_ne!(
+            default_out(runs, Path::new("ckpts/a/final")),
+            default_out(runs, Path::new("ckpts/b/final"))
+        );
+        assert_eq!(
+            default_out(runs, Path::new("base")),
+            Path::new("runs/eval-base")
+        );
+    }
+
+    #[test]
+    fn settings_of_another_model_are_refused_and_the_same_ones_resume() {
+        let dir = std::env::temp_dir().join(format!("imgcot-eval-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("settings.json");
+        let _ = std::fs::remove_file(&path);
+        let a = serde_json::json!({"checkpoint": "ckpts/a/final", "seed": 1});
+        record_settings(&path, &a).unwrap();
+        record_settings(&path, &a).unwrap();
+        let b = serde_json::json!({"checkpoint": "ckpts/b/final", "seed": 1});
+        let e = record_settings(&path, &b).unwrap_err().to_string();
+        assert!(
+            e.contains("checkpoint") && e.contains("ckpts/a/final"),
+            "{e}"
+        );
+        // The refused settings did not replace the recorded ones.
+        record_settings(&path, &a).unwrap();
+        // A key the older file lacks is not a difference.
+        let newer = serde_json::json!({"checkpoint": "ckpts/a/final", "seed": 1, "dtype": "Float"});
+        record_settings(&path, &newer).unwrap();
+        let other_dtype =
+            serde_json::json!({"checkpoint": "ckpts/a/final", "seed": 1, "dtype": "BFloat16"});
+        assert!(record_settings(&path, &other_dtype).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn weights_fingerprint_changes_when_the_weights_are_saved_again() {
+        let dir = std::env::temp_dir().join(format!("imgcot-eval-fp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let w = dir.join("model.safetensors");
+        std::fs::write(&w, b"abc").unwrap();
+        std::fs::write(dir.join("config.json"), b"{}").unwrap();
+        let a = weights_fingerprint(&dir).unwrap();
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert!(a[0].starts_with("model.safetensors 3 bytes"), "{a:?}");
+        std::fs::write(&w, b"abcd").unwrap();
+        assert_ne!(weights_fingerprint(&dir).unwrap(), a);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

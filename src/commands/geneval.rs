@@ -249,7 +249,10 @@ pub fn generate(args: &GenevalArgs, ckpt: &std::path::Path) -> Result<()> {
     let verifier = judges.as_ref().map(|j| j.verifier(args.n));
     std::fs::create_dir_all(&args.images)?;
     let settings = serde_json::json!({
-        "checkpoint": ckpt.display().to_string(), "metadata": args.metadata.display().to_string(),
+        "checkpoint": ckpt.display().to_string(),
+        "weights": crate::commands::eval::weights_fingerprint(ckpt)?,
+        "dtype": format!("{:?}", recipe.kind()?), "judge": args.judge,
+        "metadata": args.metadata.display().to_string(),
         "images_per_prompt": args.images_per_prompt, "seed": args.seed, "shard": shard.to_string(),
         "sampler": recipe.sampler, "verifier": verifier.as_ref().map(|v| v.name()),
     });
@@ -260,10 +263,7 @@ pub fn generate(args: &GenevalArgs, ckpt: &std::path::Path) -> Result<()> {
             shard.to_string().replace('/', "of")
         ))
     };
-    crate::util::atomic_write(
-        &shard_file("settings"),
-        serde_json::to_string_pretty(&settings)?.as_bytes(),
-    )?;
+    crate::commands::eval::record_settings(&shard_file("settings"), &settings)?;
     let (done, stats) = crate::commands::eval::generate_layout(
         &model,
         &layout,

@@ -31,10 +31,14 @@ pub struct Row {
     pub strict: Option<f64>,
     pub glyphs_per_image: Option<f64>,
     pub eval_dir: String,
+    /// The generator the stage evaluated: a row recorded for another checkpoint (the final row
+    /// of a shorter `--iter` run of the same name) is evaluated again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
 }
 
 impl Row {
-    pub fn from_summary(stage: &str, s: &Summary, dir: &Path) -> Self {
+    pub fn from_summary(stage: &str, s: &Summary, dir: &Path, ckpt: &Path) -> Self {
         let t = |n: &str| s.tag(n).map(|x| x.accuracy());
         Row {
             stage: stage.into(),
@@ -48,7 +52,21 @@ impl Row {
             strict: s.strict,
             glyphs_per_image: s.glyphs_per_image,
             eval_dir: dir.display().to_string(),
+            checkpoint: Some(ckpt.display().to_string()),
         }
+    }
+}
+
+impl Row {
+    /// The checkpoint the row was measured on: its own field, or for rows of older builds the
+    /// `checkpoint` of the eval folder's `settings.json` (None when neither says).
+    pub fn recorded_checkpoint(&self) -> Option<String> {
+        self.checkpoint.clone().or_else(|| {
+            let text =
+                std::fs::read_to_string(Path::new(&self.eval_dir).join("settings.json")).ok()?;
+            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+            v.get("checkpoint")?.as_str().map(str::to_string)
+        })
     }
 }
 
@@ -374,10 +392,22 @@ pub fn run(args: IterArgs, load_judges: &JudgeLoader) -> Result<()> {
                  ipp: usize,
                  verifier: Option<&Verifier>|
      -> Result<()> {
-        if rows.iter().any(|r| r.stage == name) {
-            return Ok(());
-        }
         let dir = run_dir.join(format!("eval-{name}"));
+        if let Some(i) = rows.iter().position(|r| r.stage == name) {
+            let now = ckpt.display().to_string();
+            match rows[i].recorded_checkpoint() {
+                Some(was) if was != now => {
+                    println!("[iter] {name}: the recorded row is of {was}, the stage's generator is now {now}: evaluating again");
+                    rows.remove(i);
+                    // The loop's own folder, holding the other generator's images.
+                    if dir.exists() {
+                        std::fs::remove_dir_all(&dir)
+                            .with_context(|| format!("removing {}", dir.display()))?;
+                    }
+                }
+                _ => return Ok(()),
+            }
+        }
         println!("[iter] eval {name} ({} s so far)", t0.elapsed().as_secs());
         let s = match &it.geneval_each_round {
             Some(g) if !recipe.is_glyph() => {
@@ -401,7 +431,7 @@ pub fn run(args: IterArgs, load_judges: &JudgeLoader) -> Result<()> {
             }
             _ => evaluate_with(&recipe, ckpt, &dir, ipp, false, verifier)?,
         };
-        rows.push(Row::from_summary(name, &s, &dir));
+        rows.push(Row::from_summary(name, &s, &dir, ckpt));
         crate::util::atomic_write(
             &summary_path,
             serde_json::to_string_pretty(rows)?.as_bytes(),

@@ -132,15 +132,38 @@ struct Data {
     text: Tensor,
     chosen: Tensor,
     rejected: Tensor,
+    /// Commit steps of the chosen and rejected codes [M, N] (trajectory likelihood only).
+    commits: Option<(Tensor, Tensor)>,
 }
 
 impl Data {
-    fn select(&self, idx: &[usize], dev: Device) -> (Tensor, Tensor, Tensor) {
+    /// The pairs `idx` with `draws` as one batch for [`PairBatch::logps`].
+    fn pair_batch(
+        &self,
+        layout: &Layout,
+        idx: &[usize],
+        draws: &[Vec<(super::logp::Draw, super::logp::Draw)>],
+        logp: &LogpConfig,
+        dev: Device,
+    ) -> Result<PairBatch> {
         let i = Tensor::from_slice(&idx.iter().map(|&x| x as i64).collect::<Vec<_>>());
-        (
-            self.text.index_select(0, &i).to_device(dev),
-            self.chosen.index_select(0, &i).to_device(dev),
-            self.rejected.index_select(0, &i).to_device(dev),
+        let pick = |t: &Tensor| t.index_select(0, &i).to_device(dev);
+        let commits = self
+            .commits
+            .as_ref()
+            .map(|(c, r)| (c.index_select(0, &i), r.index_select(0, &i)));
+        let commits = commits.as_ref().map(|(c, r)| super::logp::Commits {
+            chosen: c,
+            rejected: r,
+            steps: logp.trajectory_steps,
+        });
+        PairBatch::new(
+            layout,
+            &pick(&self.text),
+            &pick(&self.chosen),
+            &pick(&self.rejected),
+            draws,
+            commits.as_ref(),
         )
     }
 }
@@ -169,8 +192,7 @@ fn batch_logps(
         .iter()
         .map(|&i| pair_draws(cfg.seed, epoch, i as u64, n, &cfg.logp))
         .collect();
-    let (text, c, r) = data.select(idx, dev);
-    let batch = PairBatch::new(layout, &text, &c, &r, &draws);
+    let batch = data.pair_batch(layout, idx, &draws, &cfg.logp, dev)?;
     let (pc, pr) = batch.logps(policy, layout, &cfg.logp);
     let (rc, rr) = match reference {
         RefSource::Model(m) => tch::no_grad(|| batch.logps(m, layout, &cfg.logp)),
@@ -251,10 +273,8 @@ impl RefCache {
                     .iter()
                     .map(|&i| pair_draws(cfg.seed, epoch, i as u64, n, &cfg.logp))
                     .collect();
-                let (text, c, r) = data.select(chunk, dev);
-                let (rc, rr) = tch::no_grad(|| {
-                    PairBatch::new(layout, &text, &c, &r, &draws).logps(model, layout, &cfg.logp)
-                });
+                let batch = data.pair_batch(layout, chunk, &draws, &cfg.logp, dev)?;
+                let (rc, rr) = tch::no_grad(|| batch.logps(model, layout, &cfg.logp));
                 vals.push(Tensor::stack(&[rc, rr], 1).to_device(Device::Cpu));
             }
             rows.push(Tensor::cat(&vals, 0));
@@ -272,6 +292,51 @@ impl RefCache {
         ));
         Ok(Self { values })
     }
+}
+
+/// The commit steps of every pair's chosen and rejected image, [M, N] int64 each, checked
+/// against the trajectory length and the recipe's sampler (a trajectory replayed with another
+/// step count is not the one that was sampled).
+fn trajectory_commits(
+    pairs: &[pairs::PreferencePair],
+    steps: usize,
+    sampler: &crate::generate::SamplerConfig,
+    n: usize,
+) -> Result<(Tensor, Tensor)> {
+    ensure!(
+        steps == sampler.steps,
+        "dpo.logp.trajectory_steps is {steps} but the recipe's sampler runs {} steps",
+        sampler.steps
+    );
+    let rows = |side: &str, get: &dyn Fn(&pairs::PairRecord) -> Option<&Vec<u8>>| {
+        let mut flat = Vec::with_capacity(pairs.len() * n);
+        for p in pairs {
+            let c = get(&p.record).with_context(|| {
+                format!(
+                    "pairs line {}: no {side}_commit; the trajectory likelihood needs the commit \
+                     steps that pair building writes (rebuild the pairs)",
+                    p.line
+                )
+            })?;
+            ensure!(
+                c.len() == n,
+                "pairs line {}: {side}_commit has {} steps, the image {n} tokens",
+                p.line,
+                c.len()
+            );
+            ensure!(
+                c.iter().all(|&s| (s as usize) < steps),
+                "pairs line {}: {side}_commit has a step ≥ {steps}",
+                p.line
+            );
+            flat.extend(c.iter().map(|&s| s as i64));
+        }
+        Ok::<_, anyhow::Error>(Tensor::from_slice(&flat).view([pairs.len() as i64, n as i64]))
+    };
+    Ok((
+        rows("chosen", &|r| r.chosen_commit.as_ref())?,
+        rows("rejected", &|r| r.rejected_commit.as_ref())?,
+    ))
 }
 
 /// `step-N` inside a run's checkpoint folder.
@@ -383,6 +448,16 @@ pub fn train_round(
         _ => None,
     };
     let text_all = layout.text_batch(&tok, &prompts, Device::Cpu)?;
+    let commits = if cfg.logp.trajectory_steps > 0 {
+        Some(trajectory_commits(
+            &all_pairs,
+            cfg.logp.trajectory_steps,
+            &recipe.sampler,
+            layout.num_vq_tokens as usize,
+        )?)
+    } else {
+        None
+    };
     let make = |idx: &[usize]| -> Data {
         let i = Tensor::from_slice(&idx.iter().map(|&x| x as i64).collect::<Vec<_>>());
         Data {
@@ -399,6 +474,10 @@ pub fn train_round(
                     .collect::<Vec<_>>(),
                 0,
             ),
+            commits: commits.as_ref().map(|(c, r)| {
+                let i = Tensor::from_slice(&idx.iter().map(|&x| x as i64).collect::<Vec<_>>());
+                (c.index_select(0, &i), r.index_select(0, &i))
+            }),
         }
     };
     let train = make(&train_idx);
@@ -658,10 +737,8 @@ fn batch_ref_only(
             .iter()
             .map(|&i| pair_draws(cfg.seed ^ 0xE7A1, 0, i as u64, n, logp))
             .collect();
-        let (text, c, r) = data.select(chunk, dev);
-        let (lc, lr) = tch::no_grad(|| {
-            PairBatch::new(layout, &text, &c, &r, &draws).logps(model, layout, logp)
-        });
+        let batch = data.pair_batch(layout, chunk, &draws, logp, dev)?;
+        let (lc, lr) = tch::no_grad(|| batch.logps(model, layout, logp));
         cs.push(lc);
         rs.push(lr);
     }

@@ -24,7 +24,8 @@ pub trait ImageScorer {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PairMode {
-    /// Pair "yes" images (score > threshold) with "no" images, each image used at most once.
+    /// Pair "yes" images (score > threshold) with "no" images, each image used at most once,
+    /// keeping pairs whose scores differ by at least `yes_no_margin`.
     YesNo,
     /// The best against the worst image, when their scores differ by at least `min_margin`.
     BestWorst,
@@ -42,6 +43,15 @@ pub struct PairRule {
     /// At most this many pairs per prompt (YesNo).
     #[serde(default = "d_ppp")]
     pub pairs_per_prompt: usize,
+    /// YesNo: the least score difference a pair needs (0: any yes against any no, the paper's
+    /// rule). On the glyph world the ORM's low-margin pairs are as often reversed as right under
+    /// the exact evaluator (README, "How right are the loop's pairs").
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub yes_no_margin: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 fn d_mode() -> PairMode {
@@ -64,6 +74,7 @@ impl Default for PairRule {
             threshold: d_thr(),
             min_margin: d_margin(),
             pairs_per_prompt: d_ppp(),
+            yes_no_margin: 0.0,
         }
     }
 }
@@ -81,8 +92,11 @@ pub fn make_pairs(scores: &[f64], rule: &PairRule) -> Vec<(usize, usize)> {
             // Most confident first, so the clearest contrasts are used when pairs are capped.
             yes.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
             no.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(a.cmp(&b)));
+            // Margins fall along the zip (yes descending, no ascending), so the filter keeps a
+            // prefix: the clearest contrasts.
             yes.into_iter()
                 .zip(no)
+                .filter(|&(y, n)| scores[y] - scores[n] >= rule.yes_no_margin)
                 .take(rule.pairs_per_prompt)
                 .collect()
         }
@@ -171,6 +185,11 @@ pub fn build_pairs(
         let row_metas: Vec<&Metadata> = prompt_of.iter().map(|&j| &chunk[j]).collect();
         let scores = scorer.score(&row_metas, &images, &res.codes)?;
         let pngs = crate::world::to_pngs(&images)?;
+        let commits = res.commit_step.to_kind(tch::Kind::Int64);
+        let commit_of = |row: usize| -> Result<Vec<u8>> {
+            let v = Vec::<i64>::try_from(commits.get(row as i64))?;
+            Ok(v.into_iter().map(|s| s.clamp(0, 255) as u8).collect())
+        };
         for (j, meta) in chunk.iter().enumerate() {
             let s = &scores[j * n..(j + 1) * n];
             yes += s.iter().filter(|&&x| x > rule.threshold).count();
@@ -196,6 +215,8 @@ pub fn build_pairs(
                     rejected_score: Some(s[ri]),
                     tag: Some(meta.tag.clone()),
                     metadata: Some(serde_json::to_value(meta)?),
+                    chosen_commit: Some(commit_of(j * n + ci)?),
+                    rejected_commit: Some(commit_of(j * n + ri)?),
                 });
             }
         }
@@ -264,5 +285,18 @@ mod tests {
         };
         assert_eq!(make_pairs(&[0.5, 0.9, 0.55], &bw), vec![(1, 0)]);
         assert!(make_pairs(&[0.5, 0.7], &bw).is_empty(), "margin too small");
+        // A yes/no margin keeps the clearest contrasts only: 0.9–0.0 and 0.8–0.1 pass 0.6,
+        // 0.55–0.2 does not.
+        let m = PairRule {
+            pairs_per_prompt: 3,
+            yes_no_margin: 0.6,
+            ..Default::default()
+        };
+        assert_eq!(
+            make_pairs(&[0.9, 0.1, 0.8, 0.2, 0.0, 0.55], &m),
+            vec![(0, 4), (2, 1)]
+        );
+        assert_eq!(make_pairs(&[0.9, 0.1, 0.8, 0.2, 0.0, 0.55], &r).len(), 3);
+        assert!(make_pairs(&[0.6, 0.3], &m).is_empty());
     }
 }

@@ -28,6 +28,12 @@ pub struct PairRecord {
     pub tag: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<serde_json::Value>,
+    /// The sampler step at which each image token of the chosen image was committed (written by
+    /// pair building; DPO's trajectory likelihood replays it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chosen_commit: Option<Vec<u8>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected_commit: Option<Vec<u8>>,
 }
 
 /// A validated pair: the record plus where it came from and its resolved image paths.
@@ -253,6 +259,8 @@ mod tests {
             rejected_score: None,
             tag: None,
             metadata: Some(serde_json::json!({"seed": 3, "judge": ["orm", 1]})),
+            chosen_commit: None,
+            rejected_commit: None,
         };
         let s = serde_json::to_string(&r).unwrap();
         assert!(!s.contains("rejected_score") && !s.contains("tag"), "{s}");
