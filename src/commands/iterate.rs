@@ -55,9 +55,7 @@ impl Row {
             checkpoint: Some(ckpt.display().to_string()),
         }
     }
-}
 
-impl Row {
     /// The checkpoint the row was measured on: its own field, or for rows of older builds the
     /// `checkpoint` of the eval folder's `settings.json` (None when neither says).
     pub fn recorded_checkpoint(&self) -> Option<String> {

@@ -45,7 +45,7 @@ pub struct PairRule {
     pub pairs_per_prompt: usize,
     /// YesNo: the least score difference a pair needs (0: any yes against any no, the paper's
     /// rule). On the glyph world the ORM's low-margin pairs are as often reversed as right under
-    /// the exact evaluator (README, "How right are the loop's pairs").
+    /// the exact evaluator (README, stop 27: "How right the loop's pairs are").
     #[serde(default, skip_serializing_if = "is_zero")]
     pub yes_no_margin: f64,
 }
