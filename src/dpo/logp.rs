@@ -154,16 +154,25 @@ pub struct Draw {
 }
 
 fn draw(rng: &mut ChaCha8Rng, n: usize, cfg: &LogpConfig) -> Draw {
-    if cfg.trajectory_steps > 0 {
+    // A trajectory draw picks a sampler step; a masked one a ratio and positions. Either way the
+    // prompt-dropout decision comes last from the same stream.
+    let (mask, step) = if cfg.trajectory_steps > 0 {
         let step = (rng.next_u64() % cfg.trajectory_steps as u64) as usize;
-        let drop_prompt = cfg.cond_dropout > 0.0
-            && ((rng.next_u32() >> 8) as f64 / (1u32 << 24) as f64) < cfg.cond_dropout;
-        return Draw {
-            mask: vec![],
-            drop_prompt,
-            step: Some(step),
-        };
+        (vec![], Some(step))
+    } else {
+        (random_mask(rng, n, cfg), None)
+    };
+    let drop_prompt = cfg.cond_dropout > 0.0
+        && ((rng.next_u32() >> 8) as f64 / (1u32 << 24) as f64) < cfg.cond_dropout;
+    Draw {
+        mask,
+        drop_prompt,
+        step,
     }
+}
+
+/// Show-o's masking: a ratio from the schedule, then exactly k ≥ 1 shuffled positions.
+fn random_mask(rng: &mut ChaCha8Rng, n: usize, cfg: &LogpConfig) -> Vec<bool> {
     let t: f32 = (rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32;
     let ratio = cfg.schedule.ratio(t).max(0.0);
     let k = ((n as f32 * ratio).round_ties_even() as usize).clamp(1, n);
@@ -176,13 +185,7 @@ fn draw(rng: &mut ChaCha8Rng, n: usize, cfg: &LogpConfig) -> Draw {
     for &i in &idx[..k] {
         mask[i] = true;
     }
-    let drop_prompt = cfg.cond_dropout > 0.0
-        && ((rng.next_u32() >> 8) as f64 / (1u32 << 24) as f64) < cfg.cond_dropout;
-    Draw {
-        mask,
-        drop_prompt,
-        step: None,
-    }
+    mask
 }
 
 /// The draws of pair `pair` in `epoch`: `n_mc` (chosen, rejected) draws, identical when `shared_mask`.
@@ -501,20 +504,11 @@ mod tests {
             || masked_logits(&model, &layout, &text, &codes, &mask, Columns::Codebook);
         // The gradient of the guided log-prob with respect to the model, computed by hand:
         // through the conditional logits only, scaled by 1 + s.
+        let vars = crate::train::grad::trainable_vars(&model.vs);
         let grads = |lp: Tensor| {
-            for v in model.vs.trainable_variables() {
-                let mut g = v.grad();
-                if g.defined() {
-                    let _ = g.zero_();
-                }
-            }
+            crate::train::grad::zero_grad(&vars);
             lp.sum(Kind::Float).backward();
-            model
-                .vs
-                .trainable_variables()
-                .iter()
-                .map(|v| v.grad().copy())
-                .collect::<Vec<_>>()
+            vars.iter().map(|v| v.grad().copy()).collect::<Vec<_>>()
         };
         let both = image_logps(&model, &layout, &text, &codes, &mask, &lcfg(false));
         let det = image_logps(&model, &layout, &text, &codes, &mask, &lcfg(true));

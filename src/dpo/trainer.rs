@@ -474,10 +474,9 @@ pub fn train_round(
                     .collect::<Vec<_>>(),
                 0,
             ),
-            commits: commits.as_ref().map(|(c, r)| {
-                let i = Tensor::from_slice(&idx.iter().map(|&x| x as i64).collect::<Vec<_>>());
-                (c.index_select(0, &i), r.index_select(0, &i))
-            }),
+            commits: commits
+                .as_ref()
+                .map(|(c, r)| (c.index_select(0, &i), r.index_select(0, &i))),
         }
     };
     let train = make(&train_idx);
