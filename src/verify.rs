@@ -10,7 +10,7 @@ use crate::judge::data::clarity_label;
 use crate::judge::{OutcomeJudge, StepJudge};
 use crate::models::showo::{Layout, Showo};
 use crate::models::ImageTokenizer;
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -154,6 +154,10 @@ struct ParmHook<'a> {
     device: tch::Device,
     /// Paths per group (rows come in consecutive groups).
     group: usize,
+    /// Judge and decide as if pruned paths had stopped, but let the sampler decode every path to
+    /// the end: the same decisions as pruning, for a pass whose other verifiers need every
+    /// candidate's final image ([`shared_pass`]).
+    shadow: bool,
 }
 
 impl ParmHook<'_> {
@@ -201,6 +205,34 @@ impl ParmHook<'_> {
 
 impl StepHook for ParmHook<'_> {
     fn on_step(&mut self, s: &StepState) -> Result<Vec<usize>> {
+        if !self.shadow {
+            return self.judge_step(s);
+        }
+        // The paths pruning would have stopped are hidden from the judges (and from the
+        // fallback rule's count of live paths); nothing is dropped.
+        let keep: Vec<usize> = (0..s.live.len())
+            .filter(|&i| self.paths[s.live[i]].pruned_at.is_none())
+            .collect();
+        if keep.is_empty() {
+            return Ok(vec![]);
+        }
+        let live: Vec<usize> = keep.iter().map(|&i| s.live[i]).collect();
+        let idx = Tensor::from_slice(&keep.iter().map(|&i| i as i64).collect::<Vec<_>>())
+            .to_device(s.sampled.device());
+        self.judge_step(&StepState {
+            step: s.step,
+            steps: s.steps,
+            live: &live,
+            sampled: &s.sampled.index_select(0, &idx),
+            current: &s.current.index_select(0, &idx),
+        })?;
+        Ok(vec![])
+    }
+}
+
+impl ParmHook<'_> {
+    /// One step of PARM's judgments; returns the positions (into `s.live`) to prune.
+    fn judge_step(&mut self, s: &StepState) -> Result<Vec<usize>> {
         // Only paths not yet clear need a judgment.
         let need: Vec<usize> = (0..s.live.len())
             .filter(|&i| self.paths[s.live[i]].clear_at.is_none())
@@ -301,7 +333,7 @@ pub fn best_of_n_orm(
     n: usize,
     cfg: &SamplerConfig,
 ) -> Result<Selection> {
-    let groups = group_rows(prompt_of, n)?;
+    group_rows(prompt_of, n)?;
     let out = generate::sample(
         model,
         layout,
@@ -311,23 +343,72 @@ pub fn best_of_n_orm(
         cfg,
         &mut generate::NoHook,
     )?;
-    let images = vq.decode(&out.codes.to_device(model.device()))?;
+    let stats = VerifyStats {
+        row_steps: out.row_steps,
+        ..Default::default()
+    };
+    orm_pick(
+        model.device(),
+        vq,
+        judge,
+        out.codes,
+        prompts,
+        n,
+        cfg.steps,
+        stats,
+    )
+}
+
+/// The ORM's pick of each group from every candidate's final codes.
+#[allow(clippy::too_many_arguments)]
+fn orm_pick(
+    device: tch::Device,
+    vq: &dyn ImageTokenizer,
+    judge: &dyn OutcomeJudge,
+    codes: Tensor,
+    prompts: &[String],
+    n: usize,
+    steps: usize,
+    mut stats: VerifyStats,
+) -> Result<Selection> {
+    let rows = prompts.len();
+    let images = vq.decode(&codes.to_device(device))?;
     let scores = judge.p_yes(prompts, &images)?;
-    let mut paths = vec![PathRecord::default(); seeds.len()];
+    let mut paths = vec![PathRecord::default(); rows];
     for (p, s) in paths.iter_mut().zip(&scores) {
         p.outcome = Some(*s);
     }
-    let chosen: Vec<usize> = (0..groups)
+    let chosen: Vec<usize> = (0..rows / n)
         .map(|g| argmax(&scores[g * n..(g + 1) * n]))
         .collect();
-    let stats = VerifyStats {
-        candidates: seeds.len(),
-        row_steps: out.row_steps,
-        row_steps_full: seeds.len() * cfg.steps,
-        outcome_calls: seeds.len(),
-        ..Default::default()
-    };
-    Ok(select(out.codes, chosen, n, paths, stats))
+    stats.candidates = rows;
+    stats.row_steps_full = rows * steps;
+    stats.outcome_calls = rows;
+    Ok(select(codes, chosen, n, paths, stats))
+}
+
+impl<'a> ParmHook<'a> {
+    fn new(
+        judge: &'a dyn StepJudge,
+        vq: &'a dyn ImageTokenizer,
+        prompts: &[String],
+        cfg: ParmConfig,
+        device: tch::Device,
+        group: usize,
+        shadow: bool,
+    ) -> Self {
+        ParmHook {
+            judge,
+            vq,
+            prompts: prompts.to_vec(),
+            cfg,
+            paths: vec![PathRecord::default(); prompts.len()],
+            stats: VerifyStats::default(),
+            device,
+            group,
+            shadow,
+        }
+    }
 }
 
 /// PARM: clarity → potential → prune → best-of-N′ among survivors (fallback: lowest P(no),
@@ -347,32 +428,50 @@ pub fn best_of_n_parm(
     cfg: &SamplerConfig,
     parm: &ParmConfig,
 ) -> Result<Selection> {
-    let groups = group_rows(prompt_of, n)?;
+    group_rows(prompt_of, n)?;
     parm.check(cfg.steps)?;
-    let mut hook = ParmHook {
-        judge: step_judge,
-        vq,
-        prompts: prompts.to_vec(),
-        cfg: *parm,
-        paths: vec![PathRecord::default(); seeds.len()],
-        stats: VerifyStats::default(),
-        device: model.device(),
-        group: n,
-    };
+    let mut hook = ParmHook::new(step_judge, vq, prompts, *parm, model.device(), n, false);
     let out = generate::sample(model, layout, text, prompt_of, seeds, cfg, &mut hook)?;
-    let mut paths = hook.paths;
     let mut stats = hook.stats;
-    stats.candidates = seeds.len();
     stats.row_steps = out.row_steps;
-    stats.row_steps_full = seeds.len() * cfg.steps;
+    parm_pick(
+        model.device(),
+        vq,
+        outcome_judge,
+        out.codes,
+        prompts,
+        n,
+        cfg.steps,
+        hook.paths,
+        stats,
+    )
+}
+
+/// PARM's pick of each group once its paths are judged: best-of-N′ by the outcome judge among
+/// the survivors, or the group's fallback.
+#[allow(clippy::too_many_arguments)]
+fn parm_pick(
+    device: tch::Device,
+    vq: &dyn ImageTokenizer,
+    outcome_judge: &dyn OutcomeJudge,
+    codes: Tensor,
+    prompts: &[String],
+    n: usize,
+    steps: usize,
+    mut paths: Vec<PathRecord>,
+    mut stats: VerifyStats,
+) -> Result<Selection> {
+    let rows = prompts.len();
+    stats.candidates = rows;
+    stats.row_steps_full = rows * steps;
     // Best-of-N′ among survivors: score only the survivors' final images (a fallback is its
     // group's only path left, so it needs no score).
-    let survivors: Vec<usize> = (0..seeds.len())
+    let survivors: Vec<usize> = (0..rows)
         .filter(|&r| paths[r].pruned_at.is_none() && !paths[r].fallback)
         .collect();
     if !survivors.is_empty() {
         let idx = Tensor::from_slice(&survivors.iter().map(|&r| r as i64).collect::<Vec<_>>());
-        let images = vq.decode(&out.codes.index_select(0, &idx).to_device(model.device()))?;
+        let images = vq.decode(&codes.index_select(0, &idx).to_device(device))?;
         let sp: Vec<String> = survivors.iter().map(|&r| prompts[r].clone()).collect();
         let scores = outcome_judge.p_yes(&sp, &images)?;
         stats.outcome_calls += survivors.len();
@@ -380,8 +479,8 @@ pub fn best_of_n_parm(
             paths[r].outcome = Some(s);
         }
     }
-    let mut chosen = Vec::with_capacity(groups);
-    for g in 0..groups {
+    let mut chosen = Vec::with_capacity(rows / n);
+    for g in 0..rows / n {
         // The hook leaves every group at least one path (a fallback when all were hopeless),
         // so the pick is always among the paths that decoded to the end.
         let pick = (g * n..(g + 1) * n)
@@ -397,7 +496,111 @@ pub fn best_of_n_parm(
         stats.fallbacks += usize::from(paths[pick].fallback);
         chosen.push(pick - g * n);
     }
-    Ok(select(out.codes, chosen, n, paths, stats))
+    Ok(select(codes, chosen, n, paths, stats))
+}
+
+/// Several verifiers over the same candidates in one sampling pass (rows in groups of `n`, the
+/// same `n` for every verifier; at most one PARM). The ORM scores every candidate's final image;
+/// PARM judges as a pruning run would, but its pruned paths decode on to the end for the others
+/// (their final codes differ from a pruning run's last predictions; the picks, judgments and
+/// counts, `row_steps` included, are the pruning run's). Returns every candidate's final codes
+/// and one selection per verifier, in order.
+#[allow(clippy::too_many_arguments)]
+pub fn shared_pass(
+    model: &Showo,
+    layout: &Layout,
+    vq: &dyn ImageTokenizer,
+    text: &Tensor,
+    prompt_of: &[usize],
+    prompts: &[String],
+    seeds: &[u64],
+    cfg: &SamplerConfig,
+    verifiers: &[&Verifier],
+) -> Result<(Tensor, Vec<Selection>)> {
+    let n = verifiers.first().map(|v| v.n()).unwrap_or(1);
+    ensure!(
+        verifiers.iter().all(|v| v.n() == n),
+        "a shared pass needs one N for every verifier"
+    );
+    group_rows(prompt_of, n)?;
+    let parms: Vec<(&dyn StepJudge, ParmConfig)> = verifiers
+        .iter()
+        .filter_map(|v| match v {
+            Verifier::Parm { step, cfg, .. } => Some((*step, *cfg)),
+            Verifier::Orm { .. } => None,
+        })
+        .collect();
+    ensure!(parms.len() <= 1, "a shared pass holds at most one PARM");
+    let mut hook = match parms.first() {
+        Some(&(judge, pc)) => {
+            pc.check(cfg.steps)?;
+            Some(ParmHook::new(
+                judge,
+                vq,
+                prompts,
+                pc,
+                model.device(),
+                n,
+                true,
+            ))
+        }
+        None => None,
+    };
+    let out = match hook.as_mut() {
+        Some(h) => generate::sample(model, layout, text, prompt_of, seeds, cfg, h)?,
+        None => generate::sample(
+            model,
+            layout,
+            text,
+            prompt_of,
+            seeds,
+            cfg,
+            &mut generate::NoHook,
+        )?,
+    };
+    let mut picks = Vec::with_capacity(verifiers.len());
+    for v in verifiers {
+        picks.push(match v {
+            Verifier::Orm { judge, .. } => {
+                let stats = VerifyStats {
+                    row_steps: out.row_steps,
+                    ..Default::default()
+                };
+                orm_pick(
+                    model.device(),
+                    vq,
+                    *judge,
+                    out.codes.shallow_clone(),
+                    prompts,
+                    n,
+                    cfg.steps,
+                    stats,
+                )?
+            }
+            Verifier::Parm { outcome, .. } => {
+                let h = hook.as_ref().context("PARM hook")?;
+                let mut stats = h.stats.clone();
+                // What the pruning run decodes: a path stopped after step s ran s + 1 steps.
+                stats.row_steps = h
+                    .paths
+                    .iter()
+                    .map(|p| p.pruned_at.map_or(cfg.steps, |s| s + 1))
+                    .sum();
+                parm_pick(
+                    model.device(),
+                    vq,
+                    *outcome,
+                    out.codes.shallow_clone(),
+                    prompts,
+                    n,
+                    cfg.steps,
+                    h.paths.clone(),
+                    stats,
+                )?
+            }
+        });
+    }
+    Ok((out.codes, picks))
 }
 
 fn p_no(p: &PathRecord) -> f64 {
@@ -700,6 +903,116 @@ mod tests {
         assert_eq!(stepped.name(), "parm-best-of-8-clarity-step-11");
         let best = Verifier::Orm { judge: &orm, n: 4 };
         assert_eq!(best.name(), "orm-best-of-4");
+    }
+
+    /// Judgments read off each image's pixels, so that they follow every path's own decoding
+    /// (a scripted judge keyed by prompt would not notice a path decoded differently).
+    struct FromPixels;
+
+    fn pixel_hash(images: &Tensor, mult: f64) -> Vec<f64> {
+        let m = Vec::<f64>::try_from(images.to_kind(Kind::Double).mean_dim(
+            [1i64, 2, 3].as_slice(),
+            false,
+            Kind::Double,
+        ))
+        .unwrap();
+        m.iter().map(|v| (v * mult).rem_euclid(1.0)).collect()
+    }
+
+    impl StepJudge for FromPixels {
+        fn clarity(&self, _: &[String], images: &Tensor) -> Result<Vec<f64>> {
+            Ok(pixel_hash(images, 1.0e3))
+        }
+        fn potential(&self, _: &[String], images: &Tensor) -> Result<Vec<(f64, f64)>> {
+            Ok(pixel_hash(images, 7.919e3)
+                .into_iter()
+                .map(|y| (y, 1.0 - y))
+                .collect())
+        }
+    }
+
+    impl OutcomeJudge for FromPixels {
+        fn p_yes(&self, _: &[String], images: &Tensor) -> Result<Vec<f64>> {
+            Ok(pixel_hash(images, 1.04729e4))
+        }
+    }
+
+    #[test]
+    fn a_shared_pass_picks_what_separate_pruning_runs_pick() {
+        let (model, layout) = tiny();
+        let vq = GlyphTokenizer::new();
+        let cfg = SamplerConfig {
+            steps: 6,
+            ..Default::default()
+        };
+        let (groups, n) = (4usize, 5usize);
+        let text = Tensor::from_slice(&[layout.text_ids(&[1]), layout.text_ids(&[2])].concat())
+            .view([2, layout.text_len]);
+        let prompt_of: Vec<usize> = (0..groups * n).map(|r| (r / n) % 2).collect();
+        let prompts: Vec<String> = prompt_of.iter().map(|p| format!("p{p}")).collect();
+        let seeds: Vec<u64> = (0..groups * n).map(|r| 100 + r as u64).collect();
+        let judge = FromPixels;
+        let orm = Verifier::Orm { judge: &judge, n };
+        let alone = best_of_n_orm(
+            &model, &layout, &vq, &judge, &text, &prompt_of, &prompts, &seeds, n, &cfg,
+        )
+        .unwrap();
+        let rule = ParmConfig {
+            clarity: ClaritySource::Rule,
+            ..ParmConfig::default()
+        };
+        for pc in [ParmConfig::default(), rule] {
+            let parm = Verifier::parm(&judge, &judge, None, n, pc);
+            let pruning = best_of_n_parm(
+                &model, &layout, &vq, &judge, &judge, &text, &prompt_of, &prompts, &seeds, n, &cfg,
+                &pc,
+            )
+            .unwrap();
+            // The case is worth testing only if pruning stopped paths, some survived and the
+            // fallback rule acted.
+            assert!(pruning.stats.pruned > 0, "{:?}", pruning.stats);
+            assert!(pruning.stats.row_steps < pruning.stats.row_steps_full);
+            assert!(pruning.paths.iter().any(|p| p.outcome.is_some()));
+            let (all, picks) = shared_pass(
+                &model,
+                &layout,
+                &vq,
+                &text,
+                &prompt_of,
+                &prompts,
+                &seeds,
+                &cfg,
+                &[&orm, &parm],
+            )
+            .unwrap();
+            assert_eq!(all.size(), [(groups * n) as i64, 64]);
+            assert_eq!(picks[0].chosen, alone.chosen);
+            assert_eq!(picks[0].paths, alone.paths);
+            assert_eq!(picks[0].stats, alone.stats);
+            assert!(picks[0].codes.equal(&alone.codes));
+            assert_eq!(picks[1].chosen, pruning.chosen);
+            assert_eq!(picks[1].paths, pruning.paths);
+            assert_eq!(picks[1].stats, pruning.stats);
+            assert!(picks[1].codes.equal(&pruning.codes));
+            // The ORM saw every candidate decoded to the end, pruned ones included.
+            assert!(all.equal(&alone.all_codes));
+        }
+        let two_parms = Verifier::parm(&judge, &judge, None, n, rule);
+        let other = Verifier::parm(&judge, &judge, None, n, ParmConfig::default());
+        let e = shared_pass(
+            &model,
+            &layout,
+            &vq,
+            &text,
+            &prompt_of,
+            &prompts,
+            &seeds,
+            &cfg,
+            &[&two_parms, &other],
+        )
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains("at most one PARM"), "{e}");
     }
 
     #[test]

@@ -5,10 +5,11 @@
 //! `summary.json` rows must equal the reference's.
 mod common;
 use anyhow::{bail, Result};
+use imgcot::commands::eval::evaluate_with;
 use imgcot::commands::iterate::{run, IterArgs, IterateConfig, Judges, Row};
 use imgcot::judge::{OutcomeJudge, StepJudge};
 use imgcot::recipe::Recipe;
-use imgcot::verify::OracleJudge;
+use imgcot::verify::{OracleJudge, ParmConfig, Verifier};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tch::Tensor;
@@ -144,12 +145,18 @@ fn loop_recipe(dir: &Path, verify_n: usize, every: usize) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut recipe = std::fs::read_to_string(root.join("tests/fixtures/tiny.yaml"))
         .unwrap()
-        .replace("TMP", dir.to_str().unwrap());
+        .replace("TMP", dir.to_str().unwrap())
+        // Eval passes of several batches, so that an interrupted one keeps its finished prompts.
+        .replace(
+            "  seed: 1234\n  batch_size: 128\n",
+            "  seed: 1234\n  batch_size: 6\n",
+        );
     // The online guidance term (a judge call every other step) and the loop's own settings.
     recipe.push_str(&format!(
         "  guide:\n    reward_coef: 1.0\n    prompts_per_step: 2\n    samples_per_prompt: 2\n    every: 2\n    dpo_coef: 1.0\n\
          iterate:\n  eval_images_per_prompt: 2\n  verify_n: {verify_n}\n  verify_images_per_prompt: 1\n  labeller: orm\n  orm: unused\n  parm_model: unused\n",
     ));
+    assert!(recipe.contains("batch_size: 6"));
     let recipe_path = dir.join("recipe.yaml");
     std::fs::write(&recipe_path, recipe).unwrap();
     let eval: String = std::fs::read_to_string(root.join("data/glyphs/eval_metadata.jsonl"))
@@ -192,6 +199,39 @@ fn interrupted_iter_run_resumes_at_every_stage() {
             "final+parm@3"
         ]
     );
+    // The three base rows come from one sampling pass. Evaluated one by one, as `eval` does
+    // (PARM then prunes for real), each stage gives the same images and row.
+    let recipe = Recipe::load(Some(&recipe_path)).unwrap();
+    let base = recipe.paths.model.clone();
+    let t = tracker("one-by-one", None);
+    let (orm, parm) = (Orm(t.clone()), Parm(t.clone()));
+    let by_orm = Verifier::Orm { judge: &orm, n: 3 };
+    let by_parm = Verifier::parm(&parm, &parm, None, 3, ParmConfig::default());
+    for (i, ipp, v) in [(0, 2, None), (1, 1, Some(&by_orm)), (2, 1, Some(&by_parm))] {
+        let out = dir.join("one-by-one").join(&want[i].stage);
+        let s = evaluate_with(&recipe, &base, &out, ipp, false, v).unwrap();
+        let shared = dir.join("runs/ref").join(format!("eval-{}", want[i].stage));
+        let images = pngs(&out);
+        assert_eq!(images.len(), pngs(&shared).len());
+        assert!(images.len() >= 10 * ipp, "{}", images.len());
+        for rel in &images {
+            assert_eq!(
+                std::fs::read(out.join(rel)).unwrap(),
+                std::fs::read(shared.join(rel)).unwrap(),
+                "{}: {}",
+                want[i].stage,
+                rel.display()
+            );
+        }
+        assert_eq!(s.overall(), want[i].overall, "{}", want[i].stage);
+    }
+    // PARM's counts, as pruning reports them, also match.
+    let stats = |d: &Path| std::fs::read_to_string(d.join("verify_stats.json")).unwrap();
+    assert_eq!(
+        stats(&dir.join("one-by-one/base+parm@3")),
+        stats(&dir.join("runs/ref/eval-base+parm@3"))
+    );
+
     let phases = reference.calls.lock().unwrap().phases.clone();
     // The call in the middle of each phase that calls judges.
     let middle = |p: &str| -> usize {
@@ -202,9 +242,11 @@ fn interrupted_iter_run_resumes_at_every_stage() {
     for p in [
         "pairs:1",
         "train:1",
-        "eval:base+parm@3",
+        // The shared pass of the three base rows: its judge calls come before the first row.
+        "eval:base",
         "pairs:2",
-        "eval:final+parm@3",
+        // The last round's eval shares its pass with the final PARM row.
+        "eval:dpo-2",
     ] {
         let at = middle(p);
         let name = format!("cut-{}", p.replace([':', '@', '+'], "-"));
@@ -234,6 +276,24 @@ fn interrupted_iter_run_resumes_at_every_stage() {
         assert!(resumed.calls.lock().unwrap().n < phases.len(), "{p}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The PNG files under `dir`, relative to it, sorted.
+fn pngs(dir: &Path) -> Vec<PathBuf> {
+    fn walk(root: &Path, d: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else if p.extension().is_some_and(|x| x == "png") {
+                out.push(p.strip_prefix(root).unwrap().to_path_buf());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
 }
 
 /// A judge that says "yes" to everything: every prompt's images agree, so no round has pairs.

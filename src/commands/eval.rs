@@ -12,6 +12,7 @@ use crate::recipe::Recipe;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use tch::Tensor;
 
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -124,6 +125,14 @@ fn default_out(runs: &Path, ckpt: &Path) -> PathBuf {
     runs.join(stem)
 }
 
+/// One output folder of a generation pass.
+pub struct LayoutOut<'a> {
+    pub dir: &'a Path,
+    pub images_per_prompt: usize,
+    /// Best-of-N: image k of a prompt is the pick among its candidates k·n … k·n + n − 1.
+    pub verifier: Option<&'a crate::verify::Verifier<'a>>,
+}
+
 /// Generates `images_per_prompt` images for each prompt index in `indices` into `out` (GenEval
 /// layout), skipping prompt folders that are already complete. Image k of prompt i uses
 /// `derive_seed(seed, i, k)`, so two checkpoints are compared on the same noise.
@@ -142,19 +151,97 @@ pub fn generate_layout(
     out: &Path,
     verifier: Option<&crate::verify::Verifier>,
 ) -> Result<(usize, crate::verify::VerifyStats)> {
+    let (done, mut stats) = generate_layouts(
+        model,
+        layout_ids,
+        tok,
+        vq,
+        metas,
+        indices,
+        seed,
+        sampler,
+        batch_rows,
+        &[LayoutOut {
+            dir: out,
+            images_per_prompt,
+            verifier,
+        }],
+    )?;
+    Ok((done, stats.remove(0)))
+}
+
+/// Whether [`generate_layouts`] can fill these folders from one sampling pass.
+pub fn shareable(outs: &[LayoutOut]) -> bool {
+    let verified: Vec<(usize, &crate::verify::Verifier)> = outs
+        .iter()
+        .filter_map(|o| o.verifier.map(|v| (o.images_per_prompt, v)))
+        .collect();
+    let parms = verified
+        .iter()
+        .filter(|(_, v)| matches!(v, crate::verify::Verifier::Parm { .. }))
+        .count();
+    match verified.first() {
+        None => true,
+        Some(&(ipp, v)) => {
+            parms <= 1
+                && verified.iter().all(|&(i, w)| i == ipp && w.n() == v.n())
+                && outs.iter().all(|o| o.images_per_prompt <= ipp * v.n())
+        }
+    }
+}
+
+/// Several output folders from one sampling pass over the same candidates: candidate k of
+/// prompt i has seed `derive_seed(seed, i, k)` whichever folder uses it, so a plain folder of m
+/// images per prompt holds candidates 0 … m − 1, the images a best-of-N folder's first picks
+/// are chosen among. Best-of-N folders must share images per prompt and N (one PARM at most;
+/// it prunes for real only when it is the pass's one folder, see
+/// [`crate::verify::shared_pass`]). Prompts complete in every folder are skipped. Returns the
+/// prompts generated and each folder's verification counts.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_layouts(
+    model: &Showo,
+    layout_ids: &Layout,
+    tok: &TextTokenizer,
+    vq: &dyn ImageTokenizer,
+    metas: &[Metadata],
+    indices: &[usize],
+    seed: u64,
+    sampler: &SamplerConfig,
+    batch_rows: usize,
+    outs: &[LayoutOut],
+) -> Result<(usize, Vec<crate::verify::VerifyStats>)> {
+    let verified: Vec<(usize, &crate::verify::Verifier)> = outs
+        .iter()
+        .enumerate()
+        .filter_map(|(o, out)| out.verifier.map(|v| (o, v)))
+        .collect();
+    anyhow::ensure!(
+        shareable(outs),
+        "one pass fills best-of-N folders of one N and one number of images per prompt (one \
+         PARM at most), and plain folders of at most that many candidates per prompt"
+    );
+    // Candidates per prompt; best-of-N folders' picks come in groups of n.
+    let cands = match verified.first() {
+        Some(&(o, v)) => outs[o].images_per_prompt * v.n(),
+        None => outs.iter().map(|o| o.images_per_prompt).max().unwrap_or(0),
+    };
     let todo: Vec<usize> = indices
         .iter()
         .copied()
         .filter(|&i| {
-            !layout::prompt_folder_complete(out, i, &metas[i], images_per_prompt).unwrap_or(false)
+            !outs.iter().all(|o| {
+                layout::prompt_folder_complete(o.dir, i, &metas[i], o.images_per_prompt)
+                    .unwrap_or(false)
+            })
         })
         .collect();
+    let mut stats = vec![crate::verify::VerifyStats::default(); outs.len()];
+    if cands == 0 {
+        return Ok((0, stats));
+    }
     let pb = crate::train::logging::progress_bar(todo.len() as u64, true);
     pb.set_message("generating");
-    // With a verifier, image k of prompt i is the pick among candidates k·n..k·n+n−1.
-    let n = verifier.map(|v| v.n()).unwrap_or(1);
-    let mut stats = crate::verify::VerifyStats::default();
-    let per_batch = (batch_rows / (images_per_prompt * n)).max(1);
+    let per_batch = (batch_rows / cands).max(1);
     for chunk in todo.chunks(per_batch) {
         let prompts: Vec<String> = chunk.iter().map(|&i| metas[i].prompt.clone()).collect();
         let text = layout_ids.text_batch(tok, &prompts, model.device())?;
@@ -162,15 +249,17 @@ pub fn generate_layout(
         let mut seeds = Vec::new();
         let mut row_prompts = Vec::new();
         for (j, &i) in chunk.iter().enumerate() {
-            for k in 0..images_per_prompt * n {
+            for k in 0..cands {
                 prompt_of.push(j);
                 seeds.push(derive_seed(seed, i as u64, k as u64));
                 row_prompts.push(prompts[j].clone());
             }
         }
-        let codes = match verifier {
-            None => {
-                generate::sample(
+        // Every candidate's final codes (None when the pass's only folder pruned for real), and
+        // the picks of each best-of-N folder.
+        let (all, picks): (Option<Tensor>, Vec<Tensor>) = match verified.as_slice() {
+            [] => {
+                let out = generate::sample(
                     model,
                     layout_ids,
                     &text,
@@ -178,10 +267,10 @@ pub fn generate_layout(
                     &seeds,
                     sampler,
                     &mut NoHook,
-                )?
-                .codes
+                )?;
+                (Some(out.codes), vec![])
             }
-            Some(v) => {
+            [(o, v)] if outs.len() == 1 => {
                 let sel = v.select(
                     model,
                     layout_ids,
@@ -192,16 +281,52 @@ pub fn generate_layout(
                     &seeds,
                     sampler,
                 )?;
-                stats.add(&sel.stats);
-                sel.codes
+                stats[*o].add(&sel.stats);
+                (None, vec![sel.codes])
+            }
+            _ => {
+                let vs: Vec<&crate::verify::Verifier> = verified.iter().map(|&(_, v)| v).collect();
+                let (all, sels) = crate::verify::shared_pass(
+                    model,
+                    layout_ids,
+                    vq,
+                    &text,
+                    &prompt_of,
+                    &row_prompts,
+                    &seeds,
+                    sampler,
+                    &vs,
+                )?;
+                for (&(o, _), sel) in verified.iter().zip(&sels) {
+                    stats[o].add(&sel.stats);
+                }
+                (Some(all), sels.into_iter().map(|s| s.codes).collect())
             }
         };
-        let images = vq.decode(&codes.to_device(model.device()))?;
-        let pngs = crate::world::to_pngs(&images)?;
-        for (j, &i) in chunk.iter().enumerate() {
-            layout::write_metadata(out, i, &metas[i])?;
-            for k in 0..images_per_prompt {
-                layout::write_sample(out, i, k, &pngs[j * images_per_prompt + k])?;
+        let mut next_pick = picks.into_iter();
+        for out in outs {
+            let ipp = out.images_per_prompt;
+            let codes = match out.verifier {
+                Some(_) => next_pick
+                    .next()
+                    .context("a best-of-N folder without picks")?,
+                None => {
+                    // Candidates 0 … ipp − 1 of each prompt.
+                    let rows: Vec<i64> = (0..chunk.len())
+                        .flat_map(|j| (0..ipp).map(move |k| (j * cands + k) as i64))
+                        .collect();
+                    all.as_ref()
+                        .context("a plain folder needs every candidate's codes")?
+                        .index_select(0, &Tensor::from_slice(&rows))
+                }
+            };
+            let images = vq.decode(&codes.to_device(model.device()))?;
+            let pngs = crate::world::to_pngs(&images)?;
+            for (j, &i) in chunk.iter().enumerate() {
+                layout::write_metadata(out.dir, i, &metas[i])?;
+                for k in 0..ipp {
+                    layout::write_sample(out.dir, i, k, &pngs[j * ipp + k])?;
+                }
             }
         }
         pb.inc(chunk.len() as u64);
@@ -300,6 +425,23 @@ pub fn evaluate_with(
     score_only: bool,
     verifier: Option<&crate::verify::Verifier>,
 ) -> Result<Summary> {
+    let out = LayoutOut {
+        dir: out,
+        images_per_prompt: ipp,
+        verifier,
+    };
+    Ok(evaluate_many(recipe, ckpt, &[out], score_only)?.remove(0))
+}
+
+/// Several evaluations of one checkpoint from one sampling pass ([`generate_layouts`]: the same
+/// candidates, e.g. the plain images and the ORM's and PARM's best-of-N picks among them), each
+/// folder with its own settings, scores and TensorBoard log.
+pub fn evaluate_many(
+    recipe: &Recipe,
+    ckpt: &Path,
+    outs: &[LayoutOut],
+    score_only: bool,
+) -> Result<Vec<Summary>> {
     let t0 = std::time::Instant::now();
     if !score_only {
         let device = recipe.device()?;
@@ -310,64 +452,72 @@ pub fn evaluate_with(
         let vq = crate::world::image_tokenizer(&recipe.paths.vq, device)?;
         let metas = layout::load_metadata_jsonl(&recipe.eval.metadata)?;
         let indices: Vec<usize> = (0..metas.len()).collect();
-        std::fs::create_dir_all(out)?;
-        let settings = Settings {
-            checkpoint: ckpt.display().to_string(),
-            weights: weights_fingerprint(ckpt)?,
-            dtype: format!("{:?}", recipe.kind()?),
-            metadata: recipe.eval.metadata.display().to_string(),
-            images_per_prompt: ipp,
-            seed: recipe.eval.seed,
-            sampler: &recipe.sampler,
-            verifier: verifier.map(|v| v.name()),
-        };
-        record_settings(
-            &out.join("settings.json"),
-            &serde_json::to_value(&settings)?,
-        )?;
-        let (_, stats) = generate_layout(
+        for out in outs {
+            std::fs::create_dir_all(out.dir)?;
+            let settings = Settings {
+                checkpoint: ckpt.display().to_string(),
+                weights: weights_fingerprint(ckpt)?,
+                dtype: format!("{:?}", recipe.kind()?),
+                metadata: recipe.eval.metadata.display().to_string(),
+                images_per_prompt: out.images_per_prompt,
+                seed: recipe.eval.seed,
+                sampler: &recipe.sampler,
+                verifier: out.verifier.map(|v| v.name()),
+            };
+            record_settings(
+                &out.dir.join("settings.json"),
+                &serde_json::to_value(&settings)?,
+            )?;
+        }
+        let (done, stats) = generate_layouts(
             &model,
             &ids,
             &tok,
             vq.as_ref(),
             &metas,
             &indices,
-            ipp,
             recipe.eval.seed,
             &recipe.sampler,
             recipe.eval.batch_size,
-            out,
-            verifier,
+            outs,
         )?;
-        if verifier.is_some() {
-            crate::util::atomic_write(
-                &out.join("verify_stats.json"),
-                serde_json::to_string_pretty(&stats)?.as_bytes(),
-            )?;
+        for (out, stats) in outs.iter().zip(&stats) {
+            // A resumed pass that found every folder complete has no counts to report; keep
+            // the ones written when it generated.
+            if out.verifier.is_some() && done > 0 {
+                crate::util::atomic_write(
+                    &out.dir.join("verify_stats.json"),
+                    serde_json::to_string_pretty(stats)?.as_bytes(),
+                )?;
+            }
         }
     }
-    let summary = if recipe.is_glyph() {
-        score_glyph_folder(out, out)?
-    } else {
-        anyhow::bail!("scoring real images needs a detector backend: use `imgcot-train eval geneval --score …`")
-    };
-    let mut tb = crate::train::logging::Logger::new(
-        out,
-        0,
-        crate::train::logging::LoggerOptions::default(),
-    )?
-    .since(t0);
-    for t in &summary.tags {
-        tb.scalar(&format!("eval/{}", t.tag), t.accuracy(), 0);
+    let mut summaries = Vec::with_capacity(outs.len());
+    for out in outs {
+        let summary = if recipe.is_glyph() {
+            score_glyph_folder(out.dir, out.dir)?
+        } else {
+            anyhow::bail!("scoring real images needs a detector backend: use `imgcot-train eval geneval --score …`")
+        };
+        let mut tb = crate::train::logging::Logger::new(
+            out.dir,
+            0,
+            crate::train::logging::LoggerOptions::default(),
+        )?
+        .since(t0);
+        for t in &summary.tags {
+            tb.scalar(&format!("eval/{}", t.tag), t.accuracy(), 0);
+        }
+        tb.scalar("eval/overall", summary.overall(), 0);
+        tb.info(format!(
+            "eval of {} in {:.1}s",
+            ckpt.display(),
+            t0.elapsed().as_secs_f64()
+        ));
+        tb.finish();
+        summaries.push(summary);
     }
-    tb.scalar("eval/overall", summary.overall(), 0);
-    tb.info(format!(
-        "eval of {} in {:.1}s",
-        ckpt.display(),
-        t0.elapsed().as_secs_f64()
-    ));
-    tb.finish();
-    Ok(summary)
+    Ok(summaries)
 }
 
 #[cfg(test)]

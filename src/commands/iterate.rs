@@ -5,7 +5,8 @@
 //! the base model with `reference_base`), checkpoints `ckpts/<run>/iter-r/`, evaluates, and appends
 //! a row to `runs/<run>/summary.json`. Every stage checks for its finished output first, so the
 //! same command resumes an interrupted run at the right round and step.
-use crate::commands::{dpo::make_pairs, eval::evaluate_with, pretrain};
+use crate::commands::eval::{evaluate_many, evaluate_with, shareable, LayoutOut};
+use crate::commands::{dpo::make_pairs, pretrain};
 use crate::dpo::trainer::{train_round, RoundSpec};
 use crate::eval::geneval::summary::Summary;
 use crate::judge::{OutcomeJudge, StepJudge};
@@ -384,12 +385,9 @@ pub fn run(args: IterArgs, load_judges: &JudgeLoader) -> Result<()> {
     if !recipe.is_glyph() && it.geneval_each_round.is_none() {
         bail!("recipe '{}' is not a glyph recipe: its eval stages need `iterate.geneval_each_round` (a GenEval scoring backend)", recipe.name);
     }
-    let stage = |rows: &mut Vec<Row>,
-                 name: &str,
-                 ckpt: &Path,
-                 ipp: usize,
-                 verifier: Option<&Verifier>|
-     -> Result<()> {
+    // Whether a stage still needs its evaluation: a recorded row of another generator is
+    // dropped (its folder too: the loop owns it) and evaluated again.
+    let pending = |rows: &mut Vec<Row>, name: &str, ckpt: &Path| -> Result<bool> {
         let dir = run_dir.join(format!("eval-{name}"));
         if let Some(i) = rows.iter().position(|r| r.stage == name) {
             let now = ckpt.display().to_string();
@@ -403,9 +401,30 @@ pub fn run(args: IterArgs, load_judges: &JudgeLoader) -> Result<()> {
                             .with_context(|| format!("removing {}", dir.display()))?;
                     }
                 }
-                _ => return Ok(()),
+                _ => return Ok(false),
             }
         }
+        Ok(true)
+    };
+    let push = |rows: &mut Vec<Row>, name: &str, s: &Summary, ckpt: &Path| -> Result<()> {
+        let dir = run_dir.join(format!("eval-{name}"));
+        rows.push(Row::from_summary(name, s, &dir, ckpt));
+        crate::util::atomic_write(
+            &summary_path,
+            serde_json::to_string_pretty(rows)?.as_bytes(),
+        )?;
+        Ok(())
+    };
+    let stage = |rows: &mut Vec<Row>,
+                 name: &str,
+                 ckpt: &Path,
+                 ipp: usize,
+                 verifier: Option<&Verifier>|
+     -> Result<()> {
+        if !pending(rows, name, ckpt)? {
+            return Ok(());
+        }
+        let dir = run_dir.join(format!("eval-{name}"));
         println!("[iter] eval {name} ({} s so far)", t0.elapsed().as_secs());
         let s = match &it.geneval_each_round {
             Some(g) if !recipe.is_glyph() => {
@@ -429,28 +448,58 @@ pub fn run(args: IterArgs, load_judges: &JudgeLoader) -> Result<()> {
             }
             _ => evaluate_with(&recipe, ckpt, &dir, ipp, false, verifier)?,
         };
-        rows.push(Row::from_summary(name, &s, &dir, ckpt));
-        crate::util::atomic_write(
-            &summary_path,
-            serde_json::to_string_pretty(rows)?.as_bytes(),
-        )?;
+        push(rows, name, &s, ckpt)
+    };
+    // Stages of one generator evaluated together from one sampling pass where the glyph eval
+    // runs them (the same candidates: the plain images are the first of each best-of-N group),
+    // else one by one. Rows are appended in the list's order.
+    let stages = |rows: &mut Vec<Row>,
+                  ckpt: &Path,
+                  list: &[(String, usize, Option<&Verifier>)]|
+     -> Result<()> {
+        let mut todo = Vec::new();
+        for (name, ipp, v) in list {
+            if pending(rows, name, ckpt)? {
+                todo.push((name, *ipp, *v));
+            }
+        }
+        let dirs: Vec<PathBuf> = todo
+            .iter()
+            .map(|(name, ..)| run_dir.join(format!("eval-{name}")))
+            .collect();
+        let outs: Vec<LayoutOut> = todo
+            .iter()
+            .zip(&dirs)
+            .map(|(&(_, ipp, verifier), dir)| LayoutOut {
+                dir,
+                images_per_prompt: ipp,
+                verifier,
+            })
+            .collect();
+        let glyph_eval = recipe.is_glyph() || it.geneval_each_round.is_none();
+        if todo.len() < 2 || !glyph_eval || !shareable(&outs) {
+            for (name, ipp, v) in &todo {
+                stage(rows, name, ckpt, *ipp, *v)?;
+            }
+            return Ok(());
+        }
+        let names: Vec<&str> = todo.iter().map(|(n, ..)| n.as_str()).collect();
+        println!(
+            "[iter] eval {} in one sampling pass ({} s so far)",
+            names.join(", "),
+            t0.elapsed().as_secs()
+        );
+        let summaries = evaluate_many(&recipe, ckpt, &outs, false)?;
+        for (name, s) in names.iter().zip(&summaries) {
+            push(rows, name, s, ckpt)?;
+        }
         Ok(())
     };
 
-    stage(&mut rows, "base", &base, it.eval_images_per_prompt, None)?;
-    if let Some(orm) = judges.orm.as_deref() {
-        let v = Verifier::Orm {
-            judge: orm,
-            n: it.verify_n,
-        };
-        stage(
-            &mut rows,
-            &format!("base+orm@{}", it.verify_n),
-            &base,
-            it.verify_images_per_prompt,
-            Some(&v),
-        )?;
-    }
+    let orm_verifier = judges.orm.as_deref().map(|orm| Verifier::Orm {
+        judge: orm,
+        n: it.verify_n,
+    });
     // PARM best-of-N, used for the base and the final policy.
     let parm_verifier = match judges.parm.as_deref() {
         Some(parm) => Some(Verifier::parm(
@@ -465,15 +514,22 @@ pub fn run(args: IterArgs, load_judges: &JudgeLoader) -> Result<()> {
         )),
         None => None,
     };
-    if let Some(v) = &parm_verifier {
-        stage(
-            &mut rows,
-            &format!("base+parm@{}", it.verify_n),
-            &base,
+    let mut base_stages = vec![("base".to_string(), it.eval_images_per_prompt, None)];
+    if let Some(v) = &orm_verifier {
+        base_stages.push((
+            format!("base+orm@{}", it.verify_n),
             it.verify_images_per_prompt,
             Some(v),
-        )?;
+        ));
     }
+    if let Some(v) = &parm_verifier {
+        base_stages.push((
+            format!("base+parm@{}", it.verify_n),
+            it.verify_images_per_prompt,
+            Some(v),
+        ));
+    }
+    stages(&mut rows, &base, &base_stages)?;
 
     let dpo_cfg = recipe
         .dpo
@@ -560,13 +616,18 @@ pub fn run(args: IterArgs, load_judges: &JudgeLoader) -> Result<()> {
             );
         }
         policy = final_dir;
-        stage(
-            &mut rows,
-            &format!("dpo-{r}"),
-            &policy,
-            it.eval_images_per_prompt,
-            None,
-        )?;
+        let mut evals = vec![(format!("dpo-{r}"), it.eval_images_per_prompt, None)];
+        if r == args.iter {
+            // The last round's policy is the final one: its PARM row shares the pass.
+            if let Some(v) = &parm_verifier {
+                evals.push((
+                    format!("final+parm@{}", it.verify_n),
+                    it.verify_images_per_prompt,
+                    Some(v),
+                ));
+            }
+        }
+        stages(&mut rows, &policy, &evals)?;
         if let Some(g) = it.geneval_each_round.as_ref().filter(|_| recipe.is_glyph()) {
             let dir = round_dir.join("geneval");
             if !dir.join("scores-done").exists() {

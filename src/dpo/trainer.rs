@@ -308,7 +308,7 @@ fn trajectory_commits(
         "dpo.logp.trajectory_steps is {steps} but the recipe's sampler runs {} steps",
         sampler.steps
     );
-    let rows = |side: &str, get: &dyn Fn(&pairs::PairRecord) -> Option<&Vec<u8>>| {
+    let rows = |side: &str, get: &dyn Fn(&pairs::PairRecord) -> Option<&Vec<u16>>| {
         let mut flat = Vec::with_capacity(pairs.len() * n);
         for p in pairs {
             let c = get(&p.record).with_context(|| {

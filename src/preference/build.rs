@@ -7,7 +7,7 @@ use crate::eval::geneval::Metadata;
 use crate::generate::{self, derive_seed, SamplerConfig};
 use crate::models::showo::{Layout, Showo, TextTokenizer};
 use crate::models::ImageTokenizer;
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tch::Tensor;
@@ -186,10 +186,7 @@ pub fn build_pairs(
         let scores = scorer.score(&row_metas, &images, &res.codes)?;
         let pngs = crate::world::to_pngs(&images)?;
         let commits = res.commit_step.to_kind(tch::Kind::Int64);
-        let commit_of = |row: usize| -> Result<Vec<u8>> {
-            let v = Vec::<i64>::try_from(commits.get(row as i64))?;
-            Ok(v.into_iter().map(|s| s.clamp(0, 255) as u8).collect())
-        };
+
         for (j, meta) in chunk.iter().enumerate() {
             let s = &scores[j * n..(j + 1) * n];
             yes += s.iter().filter(|&&x| x > rule.threshold).count();
@@ -215,8 +212,8 @@ pub fn build_pairs(
                     rejected_score: Some(s[ri]),
                     tag: Some(meta.tag.clone()),
                     metadata: Some(serde_json::to_value(meta)?),
-                    chosen_commit: Some(commit_of(j * n + ci)?),
-                    rejected_commit: Some(commit_of(j * n + ri)?),
+                    chosen_commit: Some(commit_steps(&commits, j * n + ci)?),
+                    rejected_commit: Some(commit_steps(&commits, j * n + ri)?),
                 });
             }
         }
@@ -260,9 +257,27 @@ impl ImageScorer for OracleScorer {
     }
 }
 
+/// Row `row` of the sampler's commit steps as stored in a pair record. A step that does not fit
+/// is an error, not a clamp: a clamped step would make DPO's trajectory likelihood replay
+/// another trajectory than the one sampled.
+fn commit_steps(commits: &Tensor, row: usize) -> Result<Vec<u16>> {
+    let v = Vec::<i64>::try_from(commits.get(row as i64))?;
+    v.into_iter()
+        .map(|s| u16::try_from(s).with_context(|| format!("commit step {s} does not fit u16")))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commit_steps_keep_long_samplers_and_refuse_what_does_not_fit() {
+        let c = Tensor::from_slice(&[0i64, 17, 300, 65_535, 3, -1, 70_000, 2]).view([2, 4]);
+        assert_eq!(commit_steps(&c, 0).unwrap(), vec![0, 17, 300, 65_535]);
+        let e = commit_steps(&c, 1).unwrap_err().to_string();
+        assert!(e.contains("commit step -1"), "{e}");
+    }
 
     #[test]
     fn pair_rules() {

@@ -31,9 +31,9 @@ pub struct PairRecord {
     /// The sampler step at which each image token of the chosen image was committed (written by
     /// pair building; DPO's trajectory likelihood replays it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub chosen_commit: Option<Vec<u8>>,
+    pub chosen_commit: Option<Vec<u16>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rejected_commit: Option<Vec<u8>>,
+    pub rejected_commit: Option<Vec<u16>>,
 }
 
 /// A validated pair: the record plus where it came from and its resolved image paths.
