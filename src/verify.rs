@@ -160,7 +160,29 @@ struct ParmHook<'a> {
     shadow: bool,
 }
 
-impl ParmHook<'_> {
+impl<'a> ParmHook<'a> {
+    fn new(
+        judge: &'a dyn StepJudge,
+        vq: &'a dyn ImageTokenizer,
+        prompts: &[String],
+        cfg: ParmConfig,
+        device: tch::Device,
+        group: usize,
+        shadow: bool,
+    ) -> Self {
+        ParmHook {
+            judge,
+            vq,
+            prompts: prompts.to_vec(),
+            cfg,
+            paths: vec![PathRecord::default(); prompts.len()],
+            stats: VerifyStats::default(),
+            device,
+            group,
+            shadow,
+        }
+    }
+
     /// Removes from `drop` (indices into `live`) one path of each group that would otherwise
     /// stop its last live paths: the one with the lowest P(no), which then decodes to the end as
     /// the group's fallback. Without this the fallback image would be a prediction from the
@@ -201,36 +223,7 @@ impl ParmHook<'_> {
         }
         drop.retain(|&i| !kept[i]);
     }
-}
 
-impl StepHook for ParmHook<'_> {
-    fn on_step(&mut self, s: &StepState) -> Result<Vec<usize>> {
-        if !self.shadow {
-            return self.judge_step(s);
-        }
-        // The paths pruning would have stopped are hidden from the judges (and from the
-        // fallback rule's count of live paths); nothing is dropped.
-        let keep: Vec<usize> = (0..s.live.len())
-            .filter(|&i| self.paths[s.live[i]].pruned_at.is_none())
-            .collect();
-        if keep.is_empty() {
-            return Ok(vec![]);
-        }
-        let live: Vec<usize> = keep.iter().map(|&i| s.live[i]).collect();
-        let idx = Tensor::from_slice(&keep.iter().map(|&i| i as i64).collect::<Vec<_>>())
-            .to_device(s.sampled.device());
-        self.judge_step(&StepState {
-            step: s.step,
-            steps: s.steps,
-            live: &live,
-            sampled: &s.sampled.index_select(0, &idx),
-            current: &s.current.index_select(0, &idx),
-        })?;
-        Ok(vec![])
-    }
-}
-
-impl ParmHook<'_> {
     /// One step of PARM's judgments; returns the positions (into `s.live`) to prune.
     fn judge_step(&mut self, s: &StepState) -> Result<Vec<usize>> {
         // Only paths not yet clear need a judgment.
@@ -310,6 +303,33 @@ impl ParmHook<'_> {
     }
 }
 
+impl StepHook for ParmHook<'_> {
+    fn on_step(&mut self, s: &StepState) -> Result<Vec<usize>> {
+        if !self.shadow {
+            return self.judge_step(s);
+        }
+        // The paths pruning would have stopped are hidden from the judges (and from the
+        // fallback rule's count of live paths); nothing is dropped.
+        let keep: Vec<usize> = (0..s.live.len())
+            .filter(|&i| self.paths[s.live[i]].pruned_at.is_none())
+            .collect();
+        if keep.is_empty() {
+            return Ok(vec![]);
+        }
+        let live: Vec<usize> = keep.iter().map(|&i| s.live[i]).collect();
+        let idx = Tensor::from_slice(&keep.iter().map(|&i| i as i64).collect::<Vec<_>>())
+            .to_device(s.sampled.device());
+        self.judge_step(&StepState {
+            step: s.step,
+            steps: s.steps,
+            live: &live,
+            sampled: &s.sampled.index_select(0, &idx),
+            current: &s.current.index_select(0, &idx),
+        })?;
+        Ok(vec![])
+    }
+}
+
 fn group_rows(prompt_of: &[usize], group_size: usize) -> Result<usize> {
     ensure!(
         group_size > 0 && prompt_of.len().is_multiple_of(group_size),
@@ -385,30 +405,6 @@ fn orm_pick(
     stats.row_steps_full = rows * steps;
     stats.outcome_calls = rows;
     Ok(select(codes, chosen, n, paths, stats))
-}
-
-impl<'a> ParmHook<'a> {
-    fn new(
-        judge: &'a dyn StepJudge,
-        vq: &'a dyn ImageTokenizer,
-        prompts: &[String],
-        cfg: ParmConfig,
-        device: tch::Device,
-        group: usize,
-        shadow: bool,
-    ) -> Self {
-        ParmHook {
-            judge,
-            vq,
-            prompts: prompts.to_vec(),
-            cfg,
-            paths: vec![PathRecord::default(); prompts.len()],
-            stats: VerifyStats::default(),
-            device,
-            group,
-            shadow,
-        }
-    }
 }
 
 /// PARM: clarity → potential → prune → best-of-N′ among survivors (fallback: lowest P(no),
@@ -499,12 +495,13 @@ fn parm_pick(
     Ok(select(codes, chosen, n, paths, stats))
 }
 
-/// Several verifiers over the same candidates in one sampling pass (rows in groups of `n`, the
-/// same `n` for every verifier; at most one PARM). The ORM scores every candidate's final image;
-/// PARM judges as a pruning run would, but its pruned paths decode on to the end for the others
-/// (their final codes differ from a pruning run's last predictions; the picks, judgments and
-/// counts, `row_steps` included, are the pruning run's). Returns every candidate's final codes
-/// and one selection per verifier, in order.
+/// Several verifiers (or none) over the same candidates in one sampling pass (rows in groups of
+/// `n`, the same `n` for every verifier; at most one PARM). The ORM scores every candidate's
+/// final image. When anything else needs every candidate's final codes (another verifier, or
+/// `keep_all` for the caller), PARM judges as a pruning run would but its pruned paths decode
+/// on to the end (the picks, judgments and counts, `row_steps` included, are the pruning run's);
+/// a lone PARM without `keep_all` prunes for real, and its pruned rows' codes are their last
+/// predictions. Returns every candidate's codes and one selection per verifier, in order.
 #[allow(clippy::too_many_arguments)]
 pub fn shared_pass(
     model: &Showo,
@@ -516,7 +513,9 @@ pub fn shared_pass(
     seeds: &[u64],
     cfg: &SamplerConfig,
     verifiers: &[&Verifier],
+    keep_all: bool,
 ) -> Result<(Tensor, Vec<Selection>)> {
+    let shadow = keep_all || verifiers.len() > 1;
     let n = verifiers.first().map(|v| v.n()).unwrap_or(1);
     ensure!(
         verifiers.iter().all(|v| v.n() == n),
@@ -541,7 +540,7 @@ pub fn shared_pass(
                 pc,
                 model.device(),
                 n,
-                true,
+                shadow,
             ))
         }
         None => None,
@@ -580,12 +579,16 @@ pub fn shared_pass(
             Verifier::Parm { outcome, .. } => {
                 let h = hook.as_ref().context("PARM hook")?;
                 let mut stats = h.stats.clone();
-                // What the pruning run decodes: a path stopped after step s ran s + 1 steps.
-                stats.row_steps = h
-                    .paths
-                    .iter()
-                    .map(|p| p.pruned_at.map_or(cfg.steps, |s| s + 1))
-                    .sum();
+                // In shadow mode, what the pruning run decodes: a path stopped after step s ran
+                // s + 1 steps.
+                stats.row_steps = if shadow {
+                    h.paths
+                        .iter()
+                        .map(|p| p.pruned_at.map_or(cfg.steps, |s| s + 1))
+                        .sum()
+                } else {
+                    out.row_steps
+                };
                 parm_pick(
                     model.device(),
                     vq,
@@ -983,6 +986,7 @@ mod tests {
                 &seeds,
                 &cfg,
                 &[&orm, &parm],
+                false,
             )
             .unwrap();
             assert_eq!(all.size(), [(groups * n) as i64, 64]);
@@ -996,6 +1000,24 @@ mod tests {
             assert!(picks[1].codes.equal(&pruning.codes));
             // The ORM saw every candidate decoded to the end, pruned ones included.
             assert!(all.equal(&alone.all_codes));
+            // A lone PARM (as `eval` runs it) prunes for real: the pruning run, codes included.
+            let (lone_all, lone) = shared_pass(
+                &model,
+                &layout,
+                &vq,
+                &text,
+                &prompt_of,
+                &prompts,
+                &seeds,
+                &cfg,
+                &[&parm],
+                false,
+            )
+            .unwrap();
+            assert_eq!(lone[0].chosen, pruning.chosen);
+            assert_eq!(lone[0].paths, pruning.paths);
+            assert_eq!(lone[0].stats, pruning.stats);
+            assert!(lone_all.equal(&pruning.all_codes));
         }
         let two_parms = Verifier::parm(&judge, &judge, None, n, rule);
         let other = Verifier::parm(&judge, &judge, None, n, ParmConfig::default());
@@ -1009,6 +1031,7 @@ mod tests {
             &seeds,
             &cfg,
             &[&two_parms, &other],
+            false,
         )
         .err()
         .unwrap();

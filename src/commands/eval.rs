@@ -4,7 +4,7 @@
 use crate::eval::geneval::{
     self, detectors::Detector, layout, rules::RuleOptions, summary::Summary, Detection, Metadata,
 };
-use crate::generate::{self, derive_seed, NoHook, SamplerConfig};
+use crate::generate::{derive_seed, SamplerConfig};
 use crate::glyphs;
 use crate::models::showo::{Layout, Showo, TextTokenizer};
 use crate::models::ImageTokenizer;
@@ -255,55 +255,26 @@ pub fn generate_layouts(
                 row_prompts.push(prompts[j].clone());
             }
         }
-        // Every candidate's final codes (None when the pass's only folder pruned for real), and
-        // the picks of each best-of-N folder.
-        let (all, picks): (Option<Tensor>, Vec<Tensor>) = match verified.as_slice() {
-            [] => {
-                let out = generate::sample(
-                    model,
-                    layout_ids,
-                    &text,
-                    &prompt_of,
-                    &seeds,
-                    sampler,
-                    &mut NoHook,
-                )?;
-                (Some(out.codes), vec![])
-            }
-            [(o, v)] if outs.len() == 1 => {
-                let sel = v.select(
-                    model,
-                    layout_ids,
-                    vq,
-                    &text,
-                    &prompt_of,
-                    &row_prompts,
-                    &seeds,
-                    sampler,
-                )?;
-                stats[*o].add(&sel.stats);
-                (None, vec![sel.codes])
-            }
-            _ => {
-                let vs: Vec<&crate::verify::Verifier> = verified.iter().map(|&(_, v)| v).collect();
-                let (all, sels) = crate::verify::shared_pass(
-                    model,
-                    layout_ids,
-                    vq,
-                    &text,
-                    &prompt_of,
-                    &row_prompts,
-                    &seeds,
-                    sampler,
-                    &vs,
-                )?;
-                for (&(o, _), sel) in verified.iter().zip(&sels) {
-                    stats[o].add(&sel.stats);
-                }
-                (Some(all), sels.into_iter().map(|s| s.codes).collect())
-            }
-        };
-        let mut next_pick = picks.into_iter();
+        // Every candidate's codes (final ones wherever a plain folder needs them: a lone PARM
+        // folder prunes for real), and the picks of each best-of-N folder.
+        let vs: Vec<&crate::verify::Verifier> = verified.iter().map(|&(_, v)| v).collect();
+        let (all, sels) = crate::verify::shared_pass(
+            model,
+            layout_ids,
+            vq,
+            &text,
+            &prompt_of,
+            &row_prompts,
+            &seeds,
+            sampler,
+            &vs,
+            outs.len() > 1,
+        )?;
+        for (&(o, _), sel) in verified.iter().zip(&sels) {
+            stats[o].add(&sel.stats);
+        }
+        let picks = sels.into_iter().map(|s| s.codes);
+        let mut next_pick = picks;
         for out in outs {
             let ipp = out.images_per_prompt;
             let codes = match out.verifier {
@@ -315,9 +286,7 @@ pub fn generate_layouts(
                     let rows: Vec<i64> = (0..chunk.len())
                         .flat_map(|j| (0..ipp).map(move |k| (j * cands + k) as i64))
                         .collect();
-                    all.as_ref()
-                        .context("a plain folder needs every candidate's codes")?
-                        .index_select(0, &Tensor::from_slice(&rows))
+                    all.index_select(0, &Tensor::from_slice(&rows))
                 }
             };
             let images = vq.decode(&codes.to_device(model.device()))?;

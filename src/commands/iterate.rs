@@ -476,8 +476,8 @@ pub fn run(args: IterArgs, load_judges: &JudgeLoader) -> Result<()> {
                 verifier,
             })
             .collect();
-        let glyph_eval = recipe.is_glyph() || it.geneval_each_round.is_none();
-        if todo.len() < 2 || !glyph_eval || !shareable(&outs) {
+        // Real-image recipes score through their GenEval backend, one stage at a time.
+        if todo.len() < 2 || !recipe.is_glyph() || !shareable(&outs) {
             for (name, ipp, v) in &todo {
                 stage(rows, name, ckpt, *ipp, *v)?;
             }
