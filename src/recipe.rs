@@ -117,6 +117,33 @@ pub struct Pretrain {
     pub log_every: u64,
 }
 
+impl Pretrain {
+    pub fn validate(&self) -> Result<()> {
+        anyhow::ensure!(
+            self.batch_size > 0,
+            "batch_size {} must be positive",
+            self.batch_size
+        );
+        anyhow::ensure!(
+            self.ckpt_every > 0 && self.log_every > 0,
+            "ckpt_every ({}) and log_every ({}) must be positive",
+            self.ckpt_every,
+            self.log_every
+        );
+        anyhow::ensure!(
+            self.lr.is_finite() && self.lr > 0.0,
+            "lr {} must be positive",
+            self.lr
+        );
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.cond_dropout),
+            "cond_dropout {} must be in [0, 1]",
+            self.cond_dropout
+        );
+        Ok(())
+    }
+}
+
 fn d_min_lr() -> f64 {
     0.1
 }
@@ -172,7 +199,21 @@ impl Recipe {
     }
 
     pub fn from_yaml(text: &str) -> Result<Self> {
-        Ok(serde_norway::from_str(text)?)
+        let r: Self = serde_norway::from_str(text)?;
+        r.validate()?;
+        Ok(r)
+    }
+
+    /// Settings that would otherwise fail only after minutes of work (a zero interval divides
+    /// by zero after the first step), checked when the recipe is read.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(p) = &self.pretrain {
+            p.validate().context("pretrain")?;
+        }
+        if let Some(d) = &self.dpo {
+            d.validate()?;
+        }
+        Ok(())
     }
 
     pub fn device(&self) -> Result<tch::Device> {
@@ -198,6 +239,28 @@ mod tests {
         let r = Recipe::load(None).unwrap();
         assert!(r.is_glyph());
         assert!(r.pretrain.is_some());
+    }
+
+    #[test]
+    fn zero_intervals_and_sizes_are_refused_when_the_recipe_is_read() {
+        for (from, to) in [
+            ("  ckpt_every: 200\n", "  ckpt_every: 0\n"),
+            (
+                "  batch_size: 64\n  lr: 0.0005",
+                "  batch_size: -1\n  lr: 0.0005",
+            ),
+            ("  eval_every: 50\n", "  eval_every: 0\n"),
+            ("  ckpt_every: 50\n", "  ckpt_every: 0\n"),
+            ("    every: 2\n", "    every: 0\n"),
+            ("    samples_per_prompt: 4\n", "    samples_per_prompt: 1\n"),
+        ] {
+            assert!(GLYPHS_YAML.contains(from), "{from:?} is not in the recipe");
+            let bad = GLYPHS_YAML.replacen(from, to, 1);
+            let e = Recipe::from_yaml(&bad).expect_err(to);
+            assert!(format!("{e:#}").contains("must"), "{to:?}: {e:#}");
+        }
+        let bad = GLYPHS_YAML.replacen("  lr: 0.00003\n", "  lr: 0.00003\n  eval_n_mc: 0\n", 1);
+        assert!(Recipe::from_yaml(&bad).is_err());
     }
 
     #[test]

@@ -32,16 +32,31 @@ pub fn tmp_sibling(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
-/// Parses `cpu`, `cuda`, `cuda:N`.
+/// Parses `cpu`, `cuda`, `cuda:N`; a GPU that this machine does not have is an error here,
+/// not a libtorch panic at the first tensor placed on it.
 pub fn parse_device(s: &str) -> Result<tch::Device> {
-    match s {
-        "cpu" => Ok(tch::Device::Cpu),
-        "cuda" => Ok(tch::Device::Cuda(0)),
-        _ => match s.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
-            Some(n) => Ok(tch::Device::Cuda(n)),
+    let n = match s {
+        "cpu" => return Ok(tch::Device::Cpu),
+        "cuda" => 0,
+        _ => match s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            Some(n) => n,
             None => bail!("unknown device '{s}' (expected cpu, cuda or cuda:N)"),
         },
+    };
+    let count = if tch::Cuda::is_available() {
+        tch::Cuda::device_count().max(0) as usize
+    } else {
+        0
+    };
+    if n >= count {
+        bail!(
+            "device '{s}' is not available: this machine has {count} CUDA device(s) visible to libtorch (`imgcot-train doctor` says more)"
+        );
     }
+    Ok(tch::Device::Cuda(n))
 }
 
 /// Parses `fp32`/`float32`, `bf16`/`bfloat16`.
@@ -85,9 +100,47 @@ pub fn cpu_has_native_bf16() -> bool {
     }
 }
 
+/// Dotted paths where two JSON values differ (`a.b: x → y`).
+pub fn json_diff(a: &serde_json::Value, b: &serde_json::Value, at: &str, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let p = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                match (x.get(k), y.get(k)) {
+                    (Some(u), Some(v)) => json_diff(u, v, &p, out),
+                    (u, v) => out.push(format!(
+                        "{p}: {} → {}",
+                        u.map_or("absent".into(), Value::to_string),
+                        v.map_or("absent".into(), Value::to_string)
+                    )),
+                }
+            }
+        }
+        _ if a != b => out.push(format!("{at}: {a} → {b}")),
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn devices_this_machine_lacks_are_errors() {
+        assert_eq!(parse_device("cpu").unwrap(), tch::Device::Cpu);
+        assert!(parse_device("gpu").is_err());
+        let e = parse_device("cuda:999").unwrap_err();
+        assert!(format!("{e:#}").contains("not available"), "{e:#}");
+        if !tch::Cuda::is_available() {
+            assert!(parse_device("cuda").is_err());
+        }
+    }
 
     #[test]
     fn auto_dtype_is_bf16_only_where_it_is_native() {

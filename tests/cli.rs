@@ -308,6 +308,26 @@ fn pretrain_sample_eval_pairs_dpo() {
         "dpo", "--recipe", &r, "--pairs", pf, "--run", "split", "--resume",
     ]);
     assert!(text.contains("resumed from"), "{text}");
+    // The same run folder resumed under another learning rate is refused, naming the change.
+    let r_lr = dir.join("recipe-lr.yaml");
+    let text_lr = std::fs::read_to_string(&r).unwrap().replacen(
+        "  reference: frozen\n  lr: 0.0001\n",
+        "  reference: frozen\n  lr: 0.0002\n",
+        1,
+    );
+    assert!(text_lr.contains("lr: 0.0002"));
+    std::fs::write(&r_lr, text_lr).unwrap();
+    let e = fails(&[
+        "dpo",
+        "--recipe",
+        r_lr.to_str().unwrap(),
+        "--pairs",
+        pf,
+        "--run",
+        "split",
+        "--resume",
+    ]);
+    assert!(e.contains("other settings") && e.contains("dpo.lr"), "{e}");
     let sorted = |p: PathBuf| {
         let mut t = tch::Tensor::read_safetensors(p).unwrap();
         t.sort_by(|x, y| x.0.cmp(&y.0));

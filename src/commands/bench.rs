@@ -89,6 +89,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    anyhow::ensure!(
+        args.reps != Some(0) && args.n > 0 && args.steps > 0 && args.n_mc > 0,
+        "--reps, --n, --steps and --n-mc must be positive"
+    );
     match args.what.as_str() {
         "sampler" => sampler(args),
         "vq" => vq(args),

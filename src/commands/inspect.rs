@@ -52,6 +52,7 @@ pub fn logits(args: LogitsArgs) -> Result<()> {
     }
     let model = Showo::load(&args.model, device, crate::util::parse_dtype(&args.dtype)?)?;
     let v = model.cfg.vocab_size;
+    ensure!(ids.numel() > 0, "input_ids is empty");
     let (lo, hi) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
     ensure!(
         lo >= 0 && hi < v,

@@ -272,6 +272,44 @@ impl ImageScorer for JudgeScorer<'_> {
     }
 }
 
+/// A run folder holds one run: its pairs, round checkpoints and rows are reused by name when it
+/// resumes, so resuming it under another recipe, guide, labeller or reference would mix two runs
+/// (the round count is left out: `--iter 5` continues a finished `--iter 3`). The settings are
+/// kept in `loop.json` on the first start and compared on every later one.
+fn check_run_settings(
+    run_dir: &Path,
+    recipe: &Recipe,
+    guide: &str,
+    labeller: &str,
+    reference_base: bool,
+) -> Result<()> {
+    let path = run_dir.join("loop.json");
+    let now = serde_json::json!({
+        "recipe": serde_json::to_value(recipe)?,
+        "guide": guide,
+        "labeller": labeller,
+        "reference_base": reference_base,
+    });
+    if !path.exists() {
+        return crate::util::atomic_write(&path, serde_json::to_string_pretty(&now)?.as_bytes());
+    }
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let was: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let mut diff = Vec::new();
+    crate::util::json_diff(&was, &now, "", &mut diff);
+    if !diff.is_empty() {
+        bail!(
+            "run folder {} was started with other settings ({}); resume it with those, or give this run another name (--run). Delete {} only if the difference cannot change a result",
+            run_dir.display(),
+            diff.join(", "),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 fn load_rows(path: &Path) -> Result<Vec<Row>> {
     if !path.exists() {
         return Ok(Vec::new());
@@ -328,6 +366,19 @@ pub fn run(args: IterArgs, load_judges: &JudgeLoader) -> Result<()> {
     std::fs::create_dir_all(&run_dir)?;
     let summary_path = run_dir.join("summary.json");
     let mut rows = load_rows(&summary_path)?;
+    let guide = args.guide.as_str();
+    if !["parm", "orm", "oracle", "none"].contains(&guide) {
+        bail!("unknown --guide '{guide}' (parm, orm, oracle, none)");
+    }
+    let labeller = match (&args.labeller, guide) {
+        (Some(l), _) => l.as_str(),
+        (None, "none") => it.labeller.as_str(),
+        (None, g) => g,
+    };
+    if !["parm", "orm", "oracle"].contains(&labeller) {
+        bail!("unknown labeller '{labeller}' (parm, orm, oracle)");
+    }
+    check_run_settings(&run_dir, &recipe, guide, labeller, args.reference_base)?;
 
     // The base generator, trained first when missing.
     let base = recipe.paths.model.clone();
@@ -350,18 +401,6 @@ pub fn run(args: IterArgs, load_judges: &JudgeLoader) -> Result<()> {
             true,
             None,
         )?;
-    }
-    let guide = args.guide.as_str();
-    if !["parm", "orm", "oracle", "none"].contains(&guide) {
-        bail!("unknown --guide '{guide}' (parm, orm, oracle, none)");
-    }
-    let labeller = match (&args.labeller, guide) {
-        (Some(l), _) => l.as_str(),
-        (None, "none") => it.labeller.as_str(),
-        (None, g) => g,
-    };
-    if !["parm", "orm", "oracle"].contains(&labeller) {
-        bail!("unknown labeller '{labeller}' (parm, orm, oracle)");
     }
     let need_orm = true; // the ORM best-of-N row
     let need_parm = true; // the PARM rows
@@ -860,6 +899,34 @@ mod tests {
 
     fn it_config(orm: &str, parm: &str) -> IterateConfig {
         serde_norway::from_str(&format!("orm: {orm}\nparm_model: {parm}\n")).unwrap()
+    }
+
+    #[test]
+    fn a_run_folder_resumes_only_under_its_own_settings() {
+        let dir = std::env::temp_dir().join(format!("imgcot-loop-settings-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let recipe = Recipe::load(None).unwrap();
+        check_run_settings(&dir, &recipe, "parm", "parm", false).unwrap();
+        assert!(dir.join("loop.json").exists());
+        // The same settings, read back from the file: accepted.
+        check_run_settings(&dir, &recipe, "parm", "parm", false).unwrap();
+        let mut other = recipe.clone();
+        other.dpo.as_mut().unwrap().lr *= 2.0;
+        let e = check_run_settings(&dir, &other, "parm", "parm", false).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("recipe.dpo.lr: 0.00003 → 0.00006"),
+            "{e:#}"
+        );
+        for (g, l, rb, what) in [
+            ("orm", "parm", false, "guide"),
+            ("parm", "orm", false, "labeller"),
+            ("parm", "parm", true, "reference_base"),
+        ] {
+            let e = check_run_settings(&dir, &recipe, g, l, rb).unwrap_err();
+            assert!(format!("{e:#}").contains(what), "{e:#}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -170,6 +170,11 @@ pub fn pretrain(
             c.load_model(&model.vs)?;
             c.load_optimizer(&mut opt)?;
             start = c.trainer_state()?.step;
+            ensure!(
+                start <= total,
+                "the latest checkpoint in {} is at step {start}, past the {total} steps asked for (--max-steps or pretrain.steps)",
+                ckpt_dir.display()
+            );
         }
     }
     let by_tag: Vec<Vec<_>> = crate::eval::geneval::TAGS

@@ -41,6 +41,33 @@ pub struct GuideConfig {
 }
 
 impl GuideConfig {
+    /// Settings checked before any sampling or training starts.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.every > 0,
+            "dpo.guide.every must be positive (it is the step interval of the term)"
+        );
+        anyhow::ensure!(
+            self.prompts_per_step > 0,
+            "dpo.guide.prompts_per_step must be positive"
+        );
+        anyhow::ensure!(
+            self.samples_per_prompt >= 2,
+            "dpo.guide.samples_per_prompt must be at least 2 (leave-one-out baseline)"
+        );
+        for (name, v) in [
+            ("reward_coef", self.reward_coef),
+            ("dpo_coef", self.dpo_coef),
+            ("kl_coef", self.kl_coef),
+        ] {
+            anyhow::ensure!(
+                v.is_finite() && v >= 0.0,
+                "dpo.guide.{name} {v} must be finite and non-negative"
+            );
+        }
+        Ok(())
+    }
+
     /// How many of a `t`-step trajectory's states each step replays.
     pub fn replayed_states(&self, t: usize) -> usize {
         if self.replay_steps == 0 || self.replay_steps >= t {

@@ -77,6 +77,43 @@ pub struct DpoConfig {
     pub guide: Option<super::guidance::GuideConfig>,
 }
 
+impl DpoConfig {
+    /// Every setting that is checked before pairs are read or anything is written (a zero
+    /// interval would otherwise divide by zero after the first optimizer step).
+    pub fn validate(&self) -> Result<()> {
+        self.loss.validate()?;
+        self.logp.validate()?;
+        ensure!(
+            self.batch_size > 0 && self.grad_accum > 0 && self.logp.n_mc > 0,
+            "dpo: batch_size, grad_accum and logp.n_mc must be positive"
+        );
+        ensure!(
+            self.eval_every > 0 && self.ckpt_every > 0,
+            "dpo: eval_every ({}) and ckpt_every ({}) must be positive",
+            self.eval_every,
+            self.ckpt_every
+        );
+        ensure!(
+            self.eval_n_mc != Some(0),
+            "dpo: eval_n_mc must be positive (or absent: logp.n_mc)"
+        );
+        ensure!(
+            (0.0..=1.0).contains(&self.eval_fraction),
+            "dpo: eval_fraction {} must be in [0, 1]",
+            self.eval_fraction
+        );
+        ensure!(
+            self.lr.is_finite() && self.lr > 0.0,
+            "dpo: lr {} must be positive",
+            self.lr
+        );
+        if let Some(g) = &self.guide {
+            g.validate()?;
+        }
+        Ok(())
+    }
+}
+
 fn d_ref() -> ReferenceMode {
     ReferenceMode::Frozen
 }
@@ -218,6 +255,11 @@ struct RefCacheKey {
     epochs: u64,
     pairs_sha256: String,
     reference: String,
+    /// The cache is indexed by position in the training split: the split's rows (eval_fraction,
+    /// skipped rows), the reference's weights and its dtype all change what a position holds.
+    train_rows_sha256: String,
+    reference_weights: Vec<String>,
+    reference_dtype: String,
 }
 
 impl RefCache {
@@ -249,9 +291,11 @@ impl RefCache {
         let file = dir.join("ref_logps.safetensors");
         let meta = dir.join("ref_logps.json");
         if file.exists() && meta.exists() {
-            let old: RefCacheKey =
+            // Compared as JSON: a key written by an older build (fewer fields) is stale, not
+            // an error.
+            let old: serde_json::Value =
                 serde_json::from_str(&std::fs::read_to_string(&meta)?).context("ref_logps.json")?;
-            if old == key {
+            if old == serde_json::to_value(&key)? {
                 let t = crate::nn::weights::read_state_dict(&file)?;
                 let values = t
                     .into_iter()
@@ -352,12 +396,7 @@ pub fn train_round(
     spec: &RoundSpec,
     mut guide: Option<&mut dyn ImageScorer>,
 ) -> Result<RoundResult> {
-    cfg.loss.validate()?;
-    cfg.logp.validate()?;
-    ensure!(
-        cfg.batch_size > 0 && cfg.grad_accum > 0 && cfg.logp.n_mc > 0,
-        "batch_size, grad_accum and logp.n_mc must be positive"
-    );
+    cfg.validate()?;
     let device = recipe.device()?;
     // 1. Validate every line first: nothing is written when the pairs file is bad.
     let vq = crate::world::image_tokenizer(&recipe.paths.vq, device)?;
@@ -411,6 +450,19 @@ pub fn train_round(
         device,
         64,
     )?;
+    // Images of another resolution encode to another number of codes than the model's grid.
+    for ((c, r), p) in codes.iter().zip(&all_pairs) {
+        for (side, t) in [("chosen", c), ("rejected", r)] {
+            ensure!(
+                t.numel() as i64 == layout.num_vq_tokens,
+                "pairs file {}: the {side} image of prompt '{}' encodes to {} codes, the model takes {} (an image of another resolution?)",
+                spec.pairs.display(),
+                p.record.prompt,
+                t.numel(),
+                layout.num_vq_tokens
+            );
+        }
+    }
     let (mut train_idx, mut eval_idx) = (Vec::new(), Vec::new());
     for (i, p) in all_pairs.iter().enumerate() {
         if held_out(&p.record.prompt, cfg.seed, cfg.eval_fraction) {
@@ -521,6 +573,23 @@ pub fn train_round(
                 epochs,
                 pairs_sha256: cache::hash_file(spec.pairs)?,
                 reference: ref_path.display().to_string(),
+                train_rows_sha256: {
+                    let rows: Vec<String> = train_idx
+                        .iter()
+                        .map(|&i| {
+                            let p = &all_pairs[i];
+                            format!(
+                                "{}\t{}\t{}",
+                                p.record.prompt,
+                                p.chosen_path.display(),
+                                p.rejected_path.display()
+                            )
+                        })
+                        .collect();
+                    crate::preference::hash::sha256_hex(rows.join("\n").as_bytes())
+                },
+                reference_weights: crate::commands::eval::weights_fingerprint(ref_path)?,
+                reference_dtype: format!("{ref_kind:?}"),
             };
             let c = RefCache::build(
                 &spec.ckpt_dir,
@@ -555,19 +624,46 @@ pub fn train_round(
         total_steps: cfg.steps,
         min_lr_ratio: cfg.min_lr_ratio,
     };
-    let mut start = 0;
-    if spec.resume {
-        if let Some(c) = ckpt::Checkpoint::latest(&spec.ckpt_dir)? {
-            c.load_model(&policy.vs)?;
-            c.load_optimizer(&mut opt)?;
-            start = c.trainer_state()?.step;
-            log.info(format!("resumed from {} at step {start}", c.dir.display()));
-        }
-    }
+    // What the steps depend on (not `max_steps`: a shorter run resumes into a longer one). Kept
+    // in every checkpoint, so a run folder resumed under another recipe, pairs file or
+    // initialisation is refused instead of continuing another run's weights.
+    let settings = serde_json::json!({
+        "dpo": serde_json::to_value(cfg)?,
+        "pairs_sha256": cache::hash_file(spec.pairs)?,
+        "init": spec.init.display().to_string(),
+        "reference": ref_path.display().to_string(),
+        "sampler": serde_json::to_value(&recipe.sampler)?,
+    });
     let total = spec
         .max_steps
         .map(|s| s.min(cfg.steps))
         .unwrap_or(cfg.steps);
+    let mut start = 0;
+    if spec.resume {
+        if let Some(c) = ckpt::Checkpoint::latest(&spec.ckpt_dir)? {
+            let state = c.trainer_state()?;
+            if let Some(was) = state.extra.get("settings") {
+                let mut diff = Vec::new();
+                crate::util::json_diff(was, &settings, "", &mut diff);
+                ensure!(
+                    diff.is_empty(),
+                    "{} was written by a run with other settings ({}): resume with those, or train into another run folder",
+                    c.dir.display(),
+                    diff.join(", ")
+                );
+            }
+            ensure!(
+                state.step <= total,
+                "the latest checkpoint {} is at step {}, past the {total} steps asked for",
+                c.dir.display(),
+                state.step
+            );
+            c.load_model(&policy.vs)?;
+            c.load_optimizer(&mut opt)?;
+            start = state.step;
+            log.info(format!("resumed from {} at step {start}", c.dir.display()));
+        }
+    }
     log.info(format!(
         "dpo: {} train pairs, {} held-out, {} draws/pair, {} pairs/step, steps {start}..{total}, loss {:?} β={}",
         m,
@@ -682,6 +778,7 @@ pub fn train_round(
                 seed: cfg.seed,
                 epoch: ((done * per_step) as usize / m) as u64,
                 data_position: ((done * per_step) as usize % m) as u64,
+                extra: serde_json::json!({ "settings": settings }),
                 ..Default::default()
             };
             ckpt::save_checkpoint(&spec.ckpt_dir, &policy.vs, Some(&policy.cfg), &opt, &state)?;

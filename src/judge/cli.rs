@@ -381,8 +381,8 @@ pub fn qwen2_logits(model_dir: &Path, ids: &Tensor) -> Result<Tensor> {
     w.finish()
         .with_context(|| format!("loading {}", model_dir.display()))?;
     ensure!(
-        ids.dim() == 2 && ids.kind() == Kind::Int64,
-        "input_ids must be int64 [B, L], found {:?} {:?}",
+        ids.dim() == 2 && ids.kind() == Kind::Int64 && ids.numel() > 0,
+        "input_ids must be a non-empty int64 [B, L], found {:?} {:?}",
         ids.kind(),
         ids.size()
     );

@@ -512,6 +512,10 @@ pub fn run_until(
         }
         // A judge under the floor must not look like a finished stage to whatever loads or
         // builds on `out` next (the main job trains only the stages whose output is missing).
+        // config.json first: it is what marks a judge folder as present, so a kill during the
+        // removal leaves no half-deleted judge that a later run would try to load.
+        std::fs::remove_file(cfg.out.join("config.json"))
+            .with_context(|| format!("removing {}/config.json", cfg.out.display()))?;
         std::fs::remove_dir_all(&cfg.out)
             .with_context(|| format!("removing {} (under the floor)", cfg.out.display()))?;
         done.push(TryRecord {

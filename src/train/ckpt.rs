@@ -292,7 +292,7 @@ fn tmp_dir_for(dir: &Path) -> Result<PathBuf> {
     )))
 }
 
-fn sync_tree(dir: &Path) -> Result<()> {
+pub(crate) fn sync_tree(dir: &Path) -> Result<()> {
     for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
         let p = e?.path();
         if p.is_file() {
@@ -323,6 +323,11 @@ pub struct CheckpointWriter {
 
 impl CheckpointWriter {
     pub fn begin(dir: &Path) -> Result<Self> {
+        // Staging folders of killed saves beside it would otherwise stay for good (each a
+        // model plus optimizer state).
+        if let Some(parent) = dir.parent().filter(|p| p.is_dir()) {
+            remove_stale_tmp(parent)?;
+        }
         let tmp = tmp_dir_for(dir)?;
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp)
@@ -512,10 +517,15 @@ pub fn find_latest(run_dir: &Path) -> Result<Option<PathBuf>> {
     Ok(best.map(|(_, p)| p))
 }
 
-/// Removes `.tmp-<pid>` staging directories (and temp files) of processes that are no longer running (Linux:
-/// checks `/proc/<pid>`). Returns what was removed.
+/// Removes `.tmp-<pid>` staging directories (and temp files), and `.old-<pid>` copies whose
+/// checkpoint is complete again, of processes that are no longer running (Linux: checks
+/// `/proc/<pid>`; elsewhere it removes nothing). Returns what was removed.
 pub fn remove_stale_tmp(run_dir: &Path) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
+    // Without /proc every owner would look dead, and a live save of another process removed.
+    if !Path::new("/proc/self").exists() {
+        return Ok(removed);
+    }
     let entries =
         std::fs::read_dir(run_dir).with_context(|| format!("listing {}", run_dir.display()))?;
     for e in entries {
@@ -525,10 +535,16 @@ pub fn remove_stale_tmp(run_dir: &Path) -> Result<Vec<PathBuf>> {
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        let Some(pid) = name
+        let tmp_pid = name
             .rsplit_once(".tmp-")
-            .and_then(|(_, pid)| pid.parse::<u32>().ok())
-        else {
+            .and_then(|(_, pid)| pid.parse::<u32>().ok());
+        // A checkpoint moved aside by a save killed between its two renames: garbage once the
+        // directory it was moved aside from is complete again, else the only copy (kept).
+        let old_pid = name.rsplit_once(".old-").and_then(|(base, pid)| {
+            let pid = pid.parse::<u32>().ok()?;
+            is_complete(&run_dir.join(base)).then_some(pid)
+        });
+        let Some(pid) = tmp_pid.or(old_pid) else {
             continue;
         };
         let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
@@ -675,6 +691,37 @@ mod tests {
             err.contains("'a.weight': model [2, 3] vs checkpoint [3, 2]"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_new_save_clears_what_killed_saves_left_and_keeps_a_sole_copy() {
+        let d = tmpdir("stale");
+        // No process has this id (Linux ids stay below 2^22).
+        let dead = 4_000_000_000u32;
+        let complete = |dir: &Path| {
+            std::fs::create_dir_all(dir).unwrap();
+            write_json(&dir.join(TRAINER_STATE_FILE), &TrainerState::default()).unwrap();
+        };
+        std::fs::create_dir_all(d.join(format!("step-1.tmp-{dead}"))).unwrap();
+        complete(&d.join("step-2"));
+        complete(&d.join(format!("step-2.old-{dead}")));
+        // Killed between the renames: the aside copy is the only step-3.
+        complete(&d.join(format!("step-3.old-{dead}")));
+        let live = format!("step-5.tmp-{}", std::process::id());
+        std::fs::create_dir_all(d.join(&live)).unwrap();
+        let w = CheckpointWriter::begin(&d.join("step-4")).unwrap();
+        drop(w);
+        let mut left: Vec<String> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        if Path::new("/proc/self").exists() {
+            assert_eq!(
+                left,
+                vec!["step-2".to_string(), format!("step-3.old-{dead}"), live]
+            );
+        }
     }
 
     #[test]

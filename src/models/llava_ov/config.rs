@@ -74,6 +74,20 @@ impl Qwen2Config {
             .unwrap_or(self.rope_theta)
     }
     pub fn validate(&self) -> Result<()> {
+        // Checked first: the divisibility checks below (and head_dim) divide by these.
+        for (name, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("head_dim", self.head_dim.unwrap_or(1)),
+        ] {
+            if v <= 0 {
+                bail!("qwen2: {name} {v} must be positive");
+            }
+        }
         if self.hidden_act != "silu" {
             bail!(
                 "qwen2: hidden_act '{}' is not supported (expected silu)",
@@ -173,6 +187,19 @@ impl SiglipVisionConfig {
         self.grid() * self.grid()
     }
     pub fn validate(&self) -> Result<()> {
+        for (name, v) in [
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_channels", self.num_channels),
+            ("image_size", self.image_size),
+            ("patch_size", self.patch_size),
+        ] {
+            if v <= 0 {
+                bail!("siglip: {name} {v} must be positive");
+            }
+        }
         if self.hidden_act != "gelu_pytorch_tanh" {
             bail!(
                 "siglip: hidden_act '{}' is not supported (expected gelu_pytorch_tanh)",
@@ -449,5 +476,11 @@ mod tests {
         assert!(LlavaOvConfig::from_json_str(&bad).is_err());
         let ok = format!(r#"{{{base}}}"#);
         assert!(LlavaOvConfig::from_json_str(&ok).is_ok());
+        let zero_kv = base.replace(r#""num_key_value_heads":1"#, r#""num_key_value_heads":0"#);
+        let e = LlavaOvConfig::from_json_str(&format!(r#"{{{zero_kv}}}"#)).unwrap_err();
+        assert!(format!("{e:#}").contains("num_key_value_heads 0"), "{e:#}");
+        let zero_heads = base.replace(r#""num_attention_heads":2"#, r#""num_attention_heads":0"#);
+        let e = LlavaOvConfig::from_json_str(&format!(r#"{{{zero_heads}}}"#)).unwrap_err();
+        assert!(format!("{e:#}").contains("num_attention_heads 0"), "{e:#}");
     }
 }

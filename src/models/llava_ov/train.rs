@@ -857,6 +857,9 @@ pub fn save_checkpoint(
     if !tmp.join("tokenizer.json").exists() {
         bail!("{}: no tokenizer.json to copy", side_dir.display());
     }
+    // Durable before it is published: a crash after the rename must not leave a judge that
+    // looks complete with empty weights.
+    crate::train::ckpt::sync_tree(&tmp)?;
     let old = dir.with_file_name(format!(
         ".{}.old-{}",
         dir.file_name()

@@ -158,6 +158,20 @@ impl Config {
                 self.codebook_size
             );
         }
+        // Sizes checked before any arithmetic on them (a zero head count would divide by zero).
+        for (name, v) in [
+            ("hidden_size", self.hidden_size),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("intermediate_size", self.intermediate_size),
+            ("num_vq_tokens", self.num_vq_tokens),
+            ("codebook_size", self.codebook_size),
+            ("max_text_len", self.max_text_len),
+        ] {
+            if v <= 0 {
+                bail!("{name} {v} must be positive");
+            }
+        }
         if self.hidden_size % self.num_attention_heads != 0 {
             bail!(
                 "hidden_size {} not divisible by num_attention_heads {}",
@@ -169,8 +183,16 @@ impl Config {
         if g * g != self.num_vq_tokens {
             bail!("num_vq_tokens {} is not a square grid", self.num_vq_tokens);
         }
-        if self.rotary_dim() % 2 != 0 || self.rotary_dim() == 0 {
-            bail!("rotary dim {} must be even and positive", self.rotary_dim());
+        if self.rotary_dim() % 2 != 0
+            || self.rotary_dim() <= 0
+            || self.rotary_dim() > self.head_dim()
+        {
+            bail!(
+                "rotary dim {} must be even, positive and at most head_dim {} (partial_rotary_factor {})",
+                self.rotary_dim(),
+                self.head_dim(),
+                self.partial_rotary_factor
+            );
         }
         let _ = crate::nn::activation(
             &self.hidden_act,
@@ -280,5 +302,17 @@ mod tests {
         );
         let e = Config::from_json(r#"{"mask_token_id":5}"#).unwrap_err();
         assert!(format!("{e:#}").contains("mask_token_id"), "{e:#}");
+    }
+
+    #[test]
+    fn sizes_that_would_panic_later_are_errors() {
+        for (json, what) in [
+            (r#"{"num_attention_heads":0}"#, "num_attention_heads 0"),
+            (r#"{"max_text_len":-1}"#, "max_text_len -1"),
+            (r#"{"partial_rotary_factor":2.0}"#, "at most head_dim"),
+        ] {
+            let e = Config::from_json(json).unwrap_err();
+            assert!(format!("{e:#}").contains(what), "{json}: {e:#}");
+        }
     }
 }

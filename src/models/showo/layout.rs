@@ -6,7 +6,7 @@
 //! seq  = text ++ [<|soi|>] ++ image ids (N) ++ [<|eoi|>]
 //! ```
 use super::config::{Config, Specials};
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -112,9 +112,22 @@ impl Layout {
         prompts: &[String],
         device: Device,
     ) -> Result<Tensor> {
+        // Text ids live below the first special id (`llm_vocab_size`); a tokenizer that does not
+        // belong to the model would index past its embedding table.
+        let vocab = self.sp.pad;
+        ensure!(
+            (0..vocab).contains(&self.bos) && (0..vocab).contains(&self.eos),
+            "the tokenizer's bos/eos ids {}/{} are outside the model's text vocabulary 0..{vocab}: tokenizer and checkpoint do not match",
+            self.bos,
+            self.eos
+        );
         let mut rows = Vec::with_capacity(prompts.len() * self.text_len as usize);
         for p in prompts {
-            rows.extend(self.text_ids(&tok.encode(p).with_context(|| format!("prompt '{p}'"))?));
+            let ids = tok.encode(p).with_context(|| format!("prompt '{p}'"))?;
+            if let Some(bad) = ids.iter().find(|&&i| !(0..vocab).contains(&i)) {
+                bail!("prompt '{p}': token id {bad} is outside the model's text vocabulary 0..{vocab}: tokenizer and checkpoint do not match");
+            }
+            rows.extend(self.text_ids(&ids));
         }
         Ok(Tensor::from_slice(&rows)
             .view([prompts.len() as i64, self.text_len])
@@ -223,6 +236,23 @@ mod tests {
     fn layout() -> Layout {
         let cfg = Config::default();
         Layout::with_ids(&cfg, 50256, 50256)
+    }
+
+    #[test]
+    fn a_tokenizer_the_model_cannot_embed_is_an_error() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/glyphs/tokenizer.json");
+        let tok = TextTokenizer::from_file(&path).unwrap();
+        let prompts = vec!["a photo of a red circle".to_string()];
+        let fits = Layout::new(&Config::default(), &tok);
+        assert!(fits.text_batch(&tok, &prompts, Device::Cpu).is_ok());
+        let cfg = Config {
+            llm_vocab_size: 4,
+            ..Config::default()
+        };
+        let e = Layout::new(&cfg, &tok)
+            .text_batch(&tok, &prompts, Device::Cpu)
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("do not match"), "{e:#}");
     }
 
     #[test]
