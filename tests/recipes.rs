@@ -38,6 +38,27 @@ fn every_recipe_parses() {
     );
 }
 
+/// The glyph DPO ablations share `recipes/glyphs.yaml`'s base checkpoint path, so any other
+/// difference (a pretraining setting, the sampler, the judges) would make the base depend on
+/// which recipe ran first, and the ablation compare more than its DPO settings.
+#[test]
+fn glyph_dpo_ablations_differ_from_the_main_recipe_in_dpo_only() {
+    let value = |name: &str| {
+        let r = Recipe::load(Some(&recipes_dir().join(name))).unwrap();
+        let mut v = serde_json::to_value(&r).unwrap();
+        let m = v.as_object_mut().unwrap();
+        m.remove("name");
+        let dpo = m.remove("dpo").unwrap();
+        (v, dpo)
+    };
+    let (main, main_dpo) = value("glyphs.yaml");
+    for name in ["glyphs-dpo-plain.yaml", "glyphs-dpo-sft.yaml"] {
+        let (v, dpo) = value(name);
+        assert_eq!(v, main, "{name} differs from glyphs.yaml outside `dpo:`");
+        assert_ne!(dpo, main_dpo, "{name} is not an ablation");
+    }
+}
+
 fn help(sub: &[&str]) -> String {
     let mut args: Vec<&str> = sub.to_vec();
     args.push("--help");

@@ -382,7 +382,9 @@ pub fn run(args: IterArgs, load_judges: &JudgeLoader) -> Result<()> {
 
     // The base generator, trained first when missing.
     let base = recipe.paths.model.clone();
-    if !is_model_dir(&base) {
+    if is_model_dir(&base) {
+        pretrain::check_base_matches(&recipe, &base)?;
+    } else {
         let pt = recipe.pretrain.clone().with_context(|| {
             format!(
                 "{} is missing and the recipe has no pretrain section",

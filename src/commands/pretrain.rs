@@ -228,7 +228,7 @@ pub fn pretrain(
         t0.elapsed().as_secs_f64()
     ));
     if total == pt.steps {
-        save_model_dir(&model, out)?;
+        save_model_dir_with(&model, out, pretrain_record(recipe, pt)?)?;
         log.info(format!("saved {}", out.display()));
     }
     // A grid of samples for the first 16 evaluation prompts.
@@ -240,9 +240,61 @@ pub fn pretrain(
 
 /// Writes a model directory atomically (staging dir + rename).
 pub fn save_model_dir(model: &Showo, out: &Path) -> Result<()> {
+    save_model_dir_with(model, out, serde_json::Value::Null)
+}
+
+/// A model folder whose trainer state carries `extra` (what made it).
+fn save_model_dir_with(model: &Showo, out: &Path, extra: serde_json::Value) -> Result<()> {
     let w = ckpt::CheckpointWriter::begin(out)?;
     model.save(w.path())?;
-    w.commit(&ckpt::TrainerState::default())?;
+    w.commit(&ckpt::TrainerState {
+        extra,
+        ..Default::default()
+    })?;
+    Ok(())
+}
+
+/// What a pretrained base depends on, kept in its `trainer_state.json`.
+fn pretrain_record(recipe: &Recipe, pt: &Pretrain) -> Result<serde_json::Value> {
+    let mut settings = serde_json::to_value(pt)?;
+    if let Some(m) = settings.as_object_mut() {
+        // How often it logged and saved does not change the weights.
+        m.remove("log_every");
+        m.remove("ckpt_every");
+    }
+    Ok(serde_json::json!({ "pretrain": {
+        "pretrain": settings,
+        "model": recipe.model,
+        "tokenizer": recipe.paths.tokenizer,
+    }}))
+}
+
+/// A base checkpoint that a recipe would reuse instead of pretraining: refused when its trainer
+/// state records other pretraining settings than the recipe's (recipes that share a base path
+/// would otherwise get whichever base ran first). Bases without a record are accepted.
+pub fn check_base_matches(recipe: &Recipe, base: &Path) -> Result<()> {
+    let Some(pt) = &recipe.pretrain else {
+        return Ok(());
+    };
+    let path = base.join("trainer_state.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(());
+    };
+    let state: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let Some(was) = state.get("extra").and_then(|e| e.get("pretrain")) else {
+        return Ok(());
+    };
+    let now = &pretrain_record(recipe, pt)?["pretrain"];
+    let mut diff = Vec::new();
+    crate::util::json_diff(was, now, "", &mut diff);
+    ensure!(
+        diff.is_empty(),
+        "{} was pretrained with other settings than recipe '{}' asks for ({}): point paths.model elsewhere, or delete it to pretrain again",
+        base.display(),
+        recipe.name,
+        diff.join(", ")
+    );
     Ok(())
 }
 
@@ -271,4 +323,46 @@ fn sample_grid(
     )?;
     let images = GlyphTokenizer::new().decode(&out.codes)?;
     crate::world::grid(&images, 4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_base_pretrained_under_other_settings_is_not_reused() {
+        let dir = std::env::temp_dir().join(format!("imgcot-base-record-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let recipe = Recipe::load(None).unwrap();
+        let pt = recipe.pretrain.clone().unwrap();
+        let state = |extra: serde_json::Value| {
+            let s = ckpt::TrainerState {
+                extra,
+                ..Default::default()
+            };
+            std::fs::write(
+                dir.join("trainer_state.json"),
+                serde_json::to_string(&s).unwrap(),
+            )
+            .unwrap();
+        };
+        // No record (a base saved by an older build, or by hand): accepted.
+        state(serde_json::Value::Null);
+        check_base_matches(&recipe, &dir).unwrap();
+        state(pretrain_record(&recipe, &pt).unwrap());
+        check_base_matches(&recipe, &dir).unwrap();
+        // Logging and saving intervals do not change the weights.
+        let mut chatty = recipe.clone();
+        chatty.pretrain.as_mut().unwrap().log_every = 1;
+        check_base_matches(&chatty, &dir).unwrap();
+        let mut other = recipe.clone();
+        other.pretrain.as_mut().unwrap().lr = 0.001;
+        let e = check_base_matches(&other, &dir).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("pretrain.lr: 0.0005 → 0.001"),
+            "{e:#}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

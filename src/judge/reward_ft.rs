@@ -957,35 +957,37 @@ fn resume_fingerprint(
         })
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map(|d| d.as_nanos().to_string());
+    // The data files by size and save time: `judge-data` rewrites them in place when the
+    // generator changes, and a resumed stage must not train on a mix of two datasets.
+    let config = serde_json::to_value(&c)?;
+    let mut files = Vec::new();
+    data_paths(&config, &mut files);
+    let data: Vec<Vec<String>> = files
+        .iter()
+        .map(|f| crate::commands::eval::weights_fingerprint(Path::new(f)).unwrap_or_default())
+        .collect();
     Ok(serde_json::json!({
-        "config": serde_json::to_value(&c)?,
+        "config": config,
         "scratch": scratch.map(|(s, _)| s),
         "init_saved": init_saved,
+        "data": data,
     }))
 }
 
-/// Keys (`section.field`) whose values differ between two fingerprints.
-fn differing_keys(a: &serde_json::Value, b: &serde_json::Value) -> Vec<String> {
-    use serde_json::Value::Object;
-    let (Object(a), Object(b)) = (a, b) else {
-        return vec![];
-    };
-    let mut keys: Vec<String> = Vec::new();
-    for k in a.keys().chain(b.keys()) {
-        match (a.get(k), b.get(k)) {
-            (Some(Object(x)), Some(Object(y))) => keys.extend(
-                x.keys()
-                    .chain(y.keys())
-                    .filter(|f| x.get(*f) != y.get(*f))
-                    .map(|f| format!("{k}.{f}")),
-            ),
-            (x, y) if x != y => keys.push(k.clone()),
-            _ => {}
+/// Every `path` string of a config (its data sources, train and held-out).
+fn data_paths(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                match x {
+                    serde_json::Value::String(s) if k == "path" => out.push(s.clone()),
+                    _ => data_paths(x, out),
+                }
+            }
         }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| data_paths(x, out)),
+        _ => {}
     }
-    keys.sort();
-    keys.dedup();
-    keys
 }
 
 /// The newest complete resume state under `root`, checked against this run's settings. Without
@@ -1013,7 +1015,11 @@ fn open_resume(root: &Path, fingerprint: &serde_json::Value) -> Result<Option<Re
             "{} holds the resume state of a run with other settings (differing: {}); delete it \
              to train this stage afresh, or run with the settings it was saved with",
             root.display(),
-            differing_keys(&extra.fingerprint, fingerprint).join(", ")
+            {
+                let mut diff = Vec::new();
+                crate::util::json_diff(&extra.fingerprint, fingerprint, "", &mut diff);
+                diff.join(", ")
+            }
         );
     }
     let frozen = root.join(RESUME_FROZEN);
