@@ -100,6 +100,17 @@ pub fn cpu_has_native_bf16() -> bool {
     }
 }
 
+/// Refuses a zero or negative size (`what`: a prefix for the message, e.g. `qwen2: `): sizes are
+/// divided by and allocated from, so they are checked before anything else uses them.
+pub fn ensure_positive(what: &str, fields: &[(&str, i64)]) -> Result<()> {
+    for &(name, v) in fields {
+        if v <= 0 {
+            bail!("{what}{name} {v} must be positive");
+        }
+    }
+    Ok(())
+}
+
 /// Dotted paths where two JSON values differ (`a.b: x → y`).
 pub fn json_diff(a: &serde_json::Value, b: &serde_json::Value, at: &str, out: &mut Vec<String>) {
     use serde_json::Value;

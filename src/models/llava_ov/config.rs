@@ -74,20 +74,18 @@ impl Qwen2Config {
             .unwrap_or(self.rope_theta)
     }
     pub fn validate(&self) -> Result<()> {
-        // Checked first: the divisibility checks below (and head_dim) divide by these.
-        for (name, v) in [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("num_key_value_heads", self.num_key_value_heads),
-            ("head_dim", self.head_dim.unwrap_or(1)),
-        ] {
-            if v <= 0 {
-                bail!("qwen2: {name} {v} must be positive");
-            }
-        }
+        crate::util::ensure_positive(
+            "qwen2: ",
+            &[
+                ("vocab_size", self.vocab_size),
+                ("hidden_size", self.hidden_size),
+                ("intermediate_size", self.intermediate_size),
+                ("num_hidden_layers", self.num_hidden_layers),
+                ("num_attention_heads", self.num_attention_heads),
+                ("num_key_value_heads", self.num_key_value_heads),
+                ("head_dim", self.head_dim.unwrap_or(1)),
+            ],
+        )?;
         if self.hidden_act != "silu" {
             bail!(
                 "qwen2: hidden_act '{}' is not supported (expected silu)",
@@ -187,19 +185,18 @@ impl SiglipVisionConfig {
         self.grid() * self.grid()
     }
     pub fn validate(&self) -> Result<()> {
-        for (name, v) in [
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("num_channels", self.num_channels),
-            ("image_size", self.image_size),
-            ("patch_size", self.patch_size),
-        ] {
-            if v <= 0 {
-                bail!("siglip: {name} {v} must be positive");
-            }
-        }
+        crate::util::ensure_positive(
+            "siglip: ",
+            &[
+                ("hidden_size", self.hidden_size),
+                ("intermediate_size", self.intermediate_size),
+                ("num_hidden_layers", self.num_hidden_layers),
+                ("num_attention_heads", self.num_attention_heads),
+                ("num_channels", self.num_channels),
+                ("image_size", self.image_size),
+                ("patch_size", self.patch_size),
+            ],
+        )?;
         if self.hidden_act != "gelu_pytorch_tanh" {
             bail!(
                 "siglip: hidden_act '{}' is not supported (expected gelu_pytorch_tanh)",

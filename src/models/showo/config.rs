@@ -158,20 +158,18 @@ impl Config {
                 self.codebook_size
             );
         }
-        // Sizes checked before any arithmetic on them (a zero head count would divide by zero).
-        for (name, v) in [
-            ("hidden_size", self.hidden_size),
-            ("num_attention_heads", self.num_attention_heads),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("intermediate_size", self.intermediate_size),
-            ("num_vq_tokens", self.num_vq_tokens),
-            ("codebook_size", self.codebook_size),
-            ("max_text_len", self.max_text_len),
-        ] {
-            if v <= 0 {
-                bail!("{name} {v} must be positive");
-            }
-        }
+        crate::util::ensure_positive(
+            "",
+            &[
+                ("hidden_size", self.hidden_size),
+                ("num_attention_heads", self.num_attention_heads),
+                ("num_hidden_layers", self.num_hidden_layers),
+                ("intermediate_size", self.intermediate_size),
+                ("num_vq_tokens", self.num_vq_tokens),
+                ("codebook_size", self.codebook_size),
+                ("max_text_len", self.max_text_len),
+            ],
+        )?;
         if self.hidden_size % self.num_attention_heads != 0 {
             bail!(
                 "hidden_size {} not divisible by num_attention_heads {}",
