@@ -38,6 +38,15 @@ pub struct ParmConfig {
     /// verdict hardly more often than "no" does).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule_step: Option<usize>,
+    /// Which prediction the clarity and potential judges see: the sampled one (the paper's
+    /// code) or its argmax at the open positions. It must be the view the PARM's data was
+    /// built with (`judge-data`'s `view`).
+    #[serde(default, skip_serializing_if = "is_sampled")]
+    pub view: crate::generate::IntermediateView,
+}
+
+fn is_sampled(v: &crate::generate::IntermediateView) -> bool {
+    *v == crate::generate::IntermediateView::Sampled
 }
 
 /// Where PARM's clarity decision comes from.
@@ -82,6 +91,7 @@ impl Default for ParmConfig {
             no_prune: false,
             clarity: ClaritySource::Judge,
             rule_step: None,
+            view: Default::default(),
         }
     }
 }
@@ -243,9 +253,14 @@ impl<'a> ParmHook<'a> {
         }
         let idx = Tensor::from_slice(&need.iter().map(|&i| i as i64).collect::<Vec<_>>())
             .to_device(s.sampled.device());
-        let images = self
-            .vq
-            .decode(&s.sampled.index_select(0, &idx).to_device(self.device))?;
+        let images = self.vq.decode(
+            &self
+                .cfg
+                .view
+                .codes(s)
+                .index_select(0, &idx)
+                .to_device(self.device),
+        )?;
         self.stats.decoded_intermediates += need.len();
         let prompts: Vec<String> = need
             .iter()
@@ -325,6 +340,7 @@ impl StepHook for ParmHook<'_> {
             live: &live,
             sampled: &s.sampled.index_select(0, &idx),
             current: &s.current.index_select(0, &idx),
+            mode: &s.mode.index_select(0, &idx),
         })?;
         Ok(vec![])
     }
@@ -708,12 +724,16 @@ impl<'a> Verifier<'a> {
                     .map(|t| format!("-potential-above-{t}"))
                     .unwrap_or_default();
                 let prune = if cfg.no_prune { "-no-prune" } else { "" };
+                let view = match cfg.view {
+                    crate::generate::IntermediateView::Sampled => "",
+                    crate::generate::IntermediateView::Mode => "-view-mode",
+                };
                 let outcome = if *separate_outcome {
                     "-outcome-orm"
                 } else {
                     ""
                 };
-                format!("parm-best-of-{n}{clarity}{potential}{prune}{outcome}")
+                format!("parm-best-of-{n}{clarity}{potential}{prune}{view}{outcome}")
             }
         }
     }
@@ -904,6 +924,17 @@ mod tests {
             },
         );
         assert_eq!(stepped.name(), "parm-best-of-8-clarity-step-11");
+        let mode = Verifier::parm(
+            &parm,
+            &parm,
+            None,
+            8,
+            ParmConfig {
+                view: crate::generate::IntermediateView::Mode,
+                ..ParmConfig::default()
+            },
+        );
+        assert_eq!(mode.name(), "parm-best-of-8-view-mode");
         let best = Verifier::Orm { judge: &orm, n: 4 };
         assert_eq!(best.name(), "orm-best-of-4");
     }

@@ -92,6 +92,7 @@ fn data_cfg(out: &Path) -> JudgeDataConfig {
         heldout_fraction: 0.25,
         clarity_per_path: 3,
         potential_per_path: 2,
+        view: Default::default(),
         sampler: None,
         dtype: None,
         batch_size: 8,

@@ -4,6 +4,7 @@ pub mod sampler;
 pub mod schedule;
 
 pub use sampler::{
-    derive_seed, group_rows, sample, NoHook, SampleOutput, SamplerConfig, StepHook, StepState,
+    derive_seed, group_rows, sample, IntermediateView, NoHook, SampleOutput, SamplerConfig,
+    StepHook, StepState,
 };
 pub use schedule::Schedule;

@@ -95,6 +95,31 @@ pub struct StepState<'a> {
     pub sampled: &'a Tensor,
     /// Tokens kept for the next step (codes; −1 where re-masked), [R, N].
     pub current: &'a Tensor,
+    /// This step's most likely prediction: the committed tokens, and the guided distribution's
+    /// argmax at every position still open (where `sampled` has a random draw), [R, N].
+    pub mode: &'a Tensor,
+}
+
+/// Which prediction a step's intermediate image shows (PARM's judges, `judge-data`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntermediateView {
+    /// The step's complete sampled prediction, as Show-o's decoding (and the paper's PARM code)
+    /// decodes it: positions still open hold one random draw, redrawn at the next step.
+    #[default]
+    Sampled,
+    /// The committed tokens with the argmax at the open positions: the same image without the
+    /// draw's noise.
+    Mode,
+}
+
+impl IntermediateView {
+    pub fn codes<'a>(&self, s: &StepState<'a>) -> &'a Tensor {
+        match self {
+            Self::Sampled => s.sampled,
+            Self::Mode => s.mode,
+        }
+    }
 }
 
 /// Called after every step; returns the positions (indices into `live`) of candidates to drop.
@@ -263,12 +288,14 @@ pub fn sample(
         let step_t = Tensor::full_like(&next, step as i64);
         let prev = commit.index_select(0, &live_idx);
         commit = commit.index_copy(0, &live_idx, &step_t.where_self(&newly, &prev));
+        let mode = probs.argmax(-1, false).where_self(&unknown, &cur);
         let drop = hook.on_step(&StepState {
             step,
             steps: cfg.steps,
             live: &live,
             sampled: &samp,
             current: &next,
+            mode: &mode,
         })?;
         cur = next;
         if !drop.is_empty() && step + 1 < cfg.steps {
@@ -372,6 +399,8 @@ mod tests {
         known: Option<Tensor>,
         calls: usize,
         drop_at: Option<(usize, usize)>,
+        /// Open positions where the mode view differs from the sampled one.
+        mode_differs: i64,
     }
     impl StepHook for Check {
         fn on_step(&mut self, s: &StepState) -> Result<Vec<usize>> {
@@ -389,8 +418,19 @@ mod tests {
                         .logical_or(&was.logical_not())
                         .all();
                     assert!(bool::try_from(same).unwrap());
+                    // The mode view keeps the committed tokens; it differs from the sampled
+                    // view only where the sampler drew at random.
+                    let kept = s.mode.eq_tensor(prev).logical_or(&was.logical_not()).all();
+                    assert!(bool::try_from(kept).unwrap());
+                    self.mode_differs += s
+                        .mode
+                        .ne_tensor(s.sampled)
+                        .logical_and(&was.logical_not())
+                        .sum(Kind::Int64)
+                        .int64_value(&[]);
                 }
             }
+            assert!(bool::try_from(s.mode.ge(0).all()).unwrap());
             assert!(
                 bool::try_from(s.sampled.ge(0).all()).unwrap(),
                 "prediction complete"
@@ -419,6 +459,7 @@ mod tests {
             known: None,
             calls: 0,
             drop_at: None,
+            mode_differs: 0,
         };
         let a = sample(
             &model,
@@ -432,6 +473,10 @@ mod tests {
         .unwrap();
         assert_eq!(hook.calls, 8);
         assert_eq!(a.row_steps, 32);
+        assert!(
+            hook.mode_differs > 0,
+            "the mode view never differed from the draw"
+        );
         let k = model.cfg.codebook_size;
         assert!(bool::try_from(a.codes.ge(0).logical_and(&a.codes.lt(k)).all()).unwrap());
         // Same seed, same image — alone or in another batch.
@@ -453,6 +498,7 @@ mod tests {
             known: None,
             calls: 0,
             drop_at: Some((2, 1)),
+            mode_differs: 0,
         };
         let c = sample(
             &model,

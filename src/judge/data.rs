@@ -63,6 +63,9 @@ pub struct JudgeDataConfig {
     pub clarity_per_path: usize,
     /// Potential examples per path (random among the clear steps; 0 = all).
     pub potential_per_path: usize,
+    /// Which prediction a step's image shows (PARM's `iterate.parm.view` must match).
+    #[serde(default, skip_serializing_if = "is_sampled")]
+    pub view: crate::generate::IntermediateView,
     /// Sampler overrides (default: the generator recipe's sampler).
     #[serde(default)]
     pub sampler: Option<SamplerConfig>,
@@ -342,15 +345,20 @@ pub fn path_records(
     Ok((orm, parm))
 }
 
-/// Collects every step's prediction of every row.
+fn is_sampled(v: &crate::generate::IntermediateView) -> bool {
+    *v == crate::generate::IntermediateView::Sampled
+}
+
+/// Collects every step's prediction (in `view`) of every row.
 struct Collect {
     /// [row][step] codes.
     steps: Vec<Vec<Codes>>,
+    view: crate::generate::IntermediateView,
 }
 
 impl StepHook for Collect {
     fn on_step(&mut self, s: &StepState) -> Result<Vec<usize>> {
-        let codes = tensor_to_codes(s.sampled)?;
+        let codes = tensor_to_codes(self.view.codes(s))?;
         for (c, &row) in codes.into_iter().zip(s.live) {
             self.steps[row].push(c);
         }
@@ -369,6 +377,7 @@ pub fn sample_paths(
     sampler: &SamplerConfig,
     seed: u64,
     batch: usize,
+    view: crate::generate::IntermediateView,
 ) -> Result<Vec<PathSample>> {
     let rows: Vec<(usize, usize)> = (0..metas.len())
         .flat_map(|i| (0..n).map(move |k| (i, k)))
@@ -384,6 +393,7 @@ pub fn sample_paths(
             .collect();
         let mut hook = Collect {
             steps: vec![Vec::new(); chunk.len()],
+            view,
         };
         let res = generate::sample(model, layout, &text, &prompt_of, &seeds, sampler, &mut hook)?;
         let finals = tensor_to_codes(&res.codes)?;
@@ -1314,6 +1324,7 @@ pub fn build(cfg: &JudgeDataConfig, device_override: Option<&str>) -> Result<Sum
             &sampler,
             cfg.seed,
             cfg.batch_size,
+            cfg.view,
         )?;
         counts.push(write_split(&cfg.out, split, &paths, cfg)?);
         lap("sample", split);
