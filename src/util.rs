@@ -111,6 +111,21 @@ pub fn ensure_positive(what: &str, fields: &[(&str, i64)]) -> Result<()> {
     Ok(())
 }
 
+/// Removes the keys at dotted `paths` (`a.b.c`) from a JSON object, where present.
+pub fn drop_keys(v: &mut serde_json::Value, paths: &[&str]) {
+    for p in paths {
+        let mut parts: Vec<&str> = p.split('.').collect();
+        let Some(last) = parts.pop() else { continue };
+        let mut at = Some(&mut *v);
+        for k in parts {
+            at = at.and_then(|x| x.get_mut(k));
+        }
+        if let Some(serde_json::Value::Object(m)) = at {
+            m.remove(last);
+        }
+    }
+}
+
 /// Dotted paths where two JSON values differ (`a.b: x → y`).
 pub fn json_diff(a: &serde_json::Value, b: &serde_json::Value, at: &str, out: &mut Vec<String>) {
     use serde_json::Value;

@@ -330,8 +330,15 @@ fn a_round_without_pairs_keeps_its_policy_and_the_run_goes_on() {
         reference_base: false,
         labeller: None,
     };
+    // A start that fails its own checks (here: no judges) does not pin its settings.
+    let no_judges = |_: &Recipe, _: &IterateConfig, _: bool, _: bool| -> Result<Judges> {
+        anyhow::bail!("no judges here")
+    };
+    assert!(run(args(1), &no_judges).is_err());
+    assert!(!dir.join("runs/nopairs/loop.json").exists());
     // One round first: its final row is of round 1's policy.
     run(args(1), &loader).unwrap();
+    assert!(dir.join("runs/nopairs/loop.json").exists());
     let final_ckpt = |rows: &[Row]| rows.last().unwrap().checkpoint.clone().unwrap();
     assert!(final_ckpt(&rows(&dir, "nopairs")).ends_with("iter-1/final"));
     // Two rounds under the same name: round 2 runs and the final row is evaluated again.
@@ -377,5 +384,18 @@ fn a_round_without_pairs_keeps_its_policy_and_the_run_goes_on() {
     assert_eq!(score(&rows[4]), score(&rows[0]));
     // Run again: everything is done, nothing is redone, and it still succeeds.
     run(args(2), &loader).unwrap();
+    // The same folder under another guide is refused, naming it.
+    let e = run(
+        IterArgs {
+            guide: "orm".into(),
+            ..args(2)
+        },
+        &loader,
+    )
+    .unwrap_err();
+    assert!(
+        format!("{e:#}").contains("guide: \"parm\" → \"orm\""),
+        "{e:#}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

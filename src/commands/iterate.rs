@@ -274,29 +274,44 @@ impl ImageScorer for JudgeScorer<'_> {
 
 /// A run folder holds one run: its pairs, round checkpoints and rows are reused by name when it
 /// resumes, so resuming it under another recipe, guide, labeller or reference would mix two runs
-/// (the round count is left out: `--iter 5` continues a finished `--iter 3`). The settings are
-/// kept in `loop.json` on the first start and compared on every later one.
+/// (the round count is left out: `--iter 5` continues a finished `--iter 3`, and so are settings
+/// that change no result: batch sizes of sampling passes, log and save intervals). The settings
+/// are kept in `loop.json` and compared on every later start. Returns the settings to write
+/// when the folder has none yet: the caller writes them once the run's own checks have passed,
+/// so a start refused for another reason does not pin its settings. (A field added to the
+/// recipe later should skip serializing its default, or older folders stop resuming.)
 fn check_run_settings(
     run_dir: &Path,
     recipe: &Recipe,
     guide: &str,
     labeller: &str,
     reference_base: bool,
-) -> Result<()> {
+) -> Result<Option<serde_json::Value>> {
     let path = run_dir.join("loop.json");
-    let now = serde_json::json!({
+    let mut now = serde_json::json!({
         "recipe": serde_json::to_value(recipe)?,
         "guide": guide,
         "labeller": labeller,
         "reference_base": reference_base,
     });
+    const NO_EFFECT: [&str; 7] = [
+        "recipe.eval.batch_size",
+        "recipe.pairs.batch_size",
+        "recipe.pretrain.log_every",
+        "recipe.pretrain.ckpt_every",
+        "recipe.dpo.eval_every",
+        "recipe.dpo.ckpt_every",
+        "recipe.dpo.eval_n_mc",
+    ];
+    crate::util::drop_keys(&mut now, &NO_EFFECT);
     if !path.exists() {
-        return crate::util::atomic_write(&path, serde_json::to_string_pretty(&now)?.as_bytes());
+        return Ok(Some(now));
     }
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let was: serde_json::Value =
+    let mut was: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    crate::util::drop_keys(&mut was, &NO_EFFECT);
     let mut diff = Vec::new();
     crate::util::json_diff(&was, &now, "", &mut diff);
     if !diff.is_empty() {
@@ -307,7 +322,7 @@ fn check_run_settings(
             path.display()
         );
     }
-    Ok(())
+    Ok(None)
 }
 
 fn load_rows(path: &Path) -> Result<Vec<Row>> {
@@ -378,7 +393,16 @@ pub fn run(args: IterArgs, load_judges: &JudgeLoader) -> Result<()> {
     if !["parm", "orm", "oracle"].contains(&labeller) {
         bail!("unknown labeller '{labeller}' (parm, orm, oracle)");
     }
-    check_run_settings(&run_dir, &recipe, guide, labeller, args.reference_base)?;
+    let new_settings = check_run_settings(&run_dir, &recipe, guide, labeller, args.reference_base)?;
+    let dpo_cfg = recipe
+        .dpo
+        .clone()
+        .context("the recipe has no `dpo:` section")?;
+    // Real-image recipes have no exact evaluator: their stages go through the GenEval backend of
+    // `iterate.geneval_each_round` (generation with the same seeds, best-of-N by judge checkpoint).
+    if !recipe.is_glyph() && it.geneval_each_round.is_none() {
+        bail!("recipe '{}' is not a glyph recipe: its eval stages need `iterate.geneval_each_round` (a GenEval scoring backend)", recipe.name);
+    }
 
     // The base generator, trained first when missing.
     let base = recipe.paths.model.clone();
@@ -421,10 +445,12 @@ pub fn run(args: IterArgs, load_judges: &JudgeLoader) -> Result<()> {
         })
     };
 
-    // Real-image recipes have no exact evaluator: their stages go through the GenEval backend of
-    // `iterate.geneval_each_round` (generation with the same seeds, best-of-N by judge checkpoint).
-    if !recipe.is_glyph() && it.geneval_each_round.is_none() {
-        bail!("recipe '{}' is not a glyph recipe: its eval stages need `iterate.geneval_each_round` (a GenEval scoring backend)", recipe.name);
+    // The run's checks have passed (base, judges): from here on it writes into the folder.
+    if let Some(v) = new_settings {
+        crate::util::atomic_write(
+            &run_dir.join("loop.json"),
+            serde_json::to_string_pretty(&v)?.as_bytes(),
+        )?;
     }
     // Whether a stage still needs its evaluation: a recorded row of another generator is
     // dropped (its folder too: the loop owns it) and evaluated again.
@@ -572,10 +598,6 @@ pub fn run(args: IterArgs, load_judges: &JudgeLoader) -> Result<()> {
     }
     stages(&mut rows, &base, &base_stages)?;
 
-    let dpo_cfg = recipe
-        .dpo
-        .clone()
-        .context("the recipe has no `dpo:` section")?;
     let mut policy = base.clone();
     for r in 1..=args.iter {
         let round_dir = run_dir.join(format!("iter-{r}"));
@@ -909,10 +931,21 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let recipe = Recipe::load(None).unwrap();
-        check_run_settings(&dir, &recipe, "parm", "parm", false).unwrap();
-        assert!(dir.join("loop.json").exists());
-        // The same settings, read back from the file: accepted.
-        check_run_settings(&dir, &recipe, "parm", "parm", false).unwrap();
+        let v = check_run_settings(&dir, &recipe, "parm", "parm", false)
+            .unwrap()
+            .expect("a new folder's settings to write");
+        crate::util::atomic_write(&dir.join("loop.json"), v.to_string().as_bytes()).unwrap();
+        // The same settings, read back from the file: accepted, nothing to write.
+        assert!(check_run_settings(&dir, &recipe, "parm", "parm", false)
+            .unwrap()
+            .is_none());
+        // Settings that change no result: accepted.
+        let mut other = recipe.clone();
+        other.eval.batch_size = 7;
+        other.dpo.as_mut().unwrap().ckpt_every = 7;
+        assert!(check_run_settings(&dir, &other, "parm", "parm", false)
+            .unwrap()
+            .is_none());
         let mut other = recipe.clone();
         other.dpo.as_mut().unwrap().lr *= 2.0;
         let e = check_run_settings(&dir, &other, "parm", "parm", false).unwrap_err();

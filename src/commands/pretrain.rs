@@ -164,12 +164,25 @@ pub fn pretrain(
         total_steps: pt.steps,
         min_lr_ratio: pt.min_lr_ratio,
     };
+    let record = pretrain_record(recipe, pt)?;
     let mut start = 0;
     if resume {
         if let Some(c) = ckpt::Checkpoint::latest(&ckpt_dir)? {
+            let state = c.trainer_state()?;
+            // Checkpoints of another recipe's pretraining (same run name) are not continued.
+            if let Some(was) = state.extra.get("pretrain") {
+                let mut diff = Vec::new();
+                crate::util::json_diff(was, &record["pretrain"], "", &mut diff);
+                ensure!(
+                    diff.is_empty(),
+                    "{} was written by a pretraining with other settings ({}): resume with those, or pretrain into another run",
+                    c.dir.display(),
+                    diff.join(", ")
+                );
+            }
             c.load_model(&model.vs)?;
             c.load_optimizer(&mut opt)?;
-            start = c.trainer_state()?.step;
+            start = state.step;
             ensure!(
                 start <= total,
                 "the latest checkpoint in {} is at step {start}, past the {total} steps asked for (--max-steps or pretrain.steps)",
@@ -217,6 +230,7 @@ pub fn pretrain(
             let state = ckpt::TrainerState {
                 step: done,
                 seed: pt.seed,
+                extra: record.clone(),
                 ..Default::default()
             };
             ckpt::save_checkpoint(&ckpt_dir, &model.vs, Some(&model.cfg), &opt, &state)?;
@@ -228,7 +242,7 @@ pub fn pretrain(
         t0.elapsed().as_secs_f64()
     ));
     if total == pt.steps {
-        save_model_dir_with(&model, out, pretrain_record(recipe, pt)?)?;
+        save_model_dir_with(&model, out, record.clone())?;
         log.info(format!("saved {}", out.display()));
     }
     // A grid of samples for the first 16 evaluation prompts.
@@ -257,11 +271,8 @@ fn save_model_dir_with(model: &Showo, out: &Path, extra: serde_json::Value) -> R
 /// What a pretrained base depends on, kept in its `trainer_state.json`.
 fn pretrain_record(recipe: &Recipe, pt: &Pretrain) -> Result<serde_json::Value> {
     let mut settings = serde_json::to_value(pt)?;
-    if let Some(m) = settings.as_object_mut() {
-        // How often it logged and saved does not change the weights.
-        m.remove("log_every");
-        m.remove("ckpt_every");
-    }
+    // How often it logged and saved does not change the weights.
+    crate::util::drop_keys(&mut settings, &["log_every", "ckpt_every"]);
     Ok(serde_json::json!({ "pretrain": {
         "pretrain": settings,
         "model": recipe.model,

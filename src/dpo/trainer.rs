@@ -417,6 +417,36 @@ pub fn train_round(
         "{}: no usable pairs",
         spec.pairs.display()
     );
+    // What the steps depend on (not `max_steps`: a shorter run resumes into a longer one; not
+    // the eval and save intervals). Kept in every checkpoint, so a run folder resumed under
+    // another recipe, pairs file or initialisation is refused, before any work, instead of
+    // continuing another run's weights.
+    let ref_path = spec.reference.unwrap_or(spec.init);
+    let mut settings = serde_json::json!({
+        "dpo": serde_json::to_value(cfg)?,
+        "pairs_sha256": cache::hash_file(spec.pairs)?,
+        "init": spec.init.display().to_string(),
+        "reference": ref_path.display().to_string(),
+        "sampler": serde_json::to_value(&recipe.sampler)?,
+    });
+    const NO_EFFECT: [&str; 3] = ["dpo.eval_every", "dpo.ckpt_every", "dpo.eval_n_mc"];
+    crate::util::drop_keys(&mut settings, &NO_EFFECT);
+    if spec.resume {
+        if let Some(c) = ckpt::Checkpoint::latest(&spec.ckpt_dir)? {
+            if let Some(was) = c.trainer_state()?.extra.get("settings") {
+                let mut was = was.clone();
+                crate::util::drop_keys(&mut was, &NO_EFFECT);
+                let mut diff = Vec::new();
+                crate::util::json_diff(&was, &settings, "", &mut diff);
+                ensure!(
+                    diff.is_empty(),
+                    "{} was written by a run with other settings ({}): resume with those, or train into another run folder",
+                    c.dir.display(),
+                    diff.join(", ")
+                );
+            }
+        }
+    }
 
     let mut log =
         logging::Logger::new(&spec.run_dir, cfg.steps, logging::LoggerOptions::default())?;
@@ -540,7 +570,6 @@ pub fn train_round(
     let m = train_idx.len();
 
     // 3. Reference.
-    let ref_path = spec.reference.unwrap_or(spec.init);
     let ref_kind = crate::util::parse_dtype_on(&cfg.reference_dtype, device)?;
     let mut ref_model = Showo::load(ref_path, device, ref_kind)?;
     ref_model.vs.freeze();
@@ -624,16 +653,6 @@ pub fn train_round(
         total_steps: cfg.steps,
         min_lr_ratio: cfg.min_lr_ratio,
     };
-    // What the steps depend on (not `max_steps`: a shorter run resumes into a longer one). Kept
-    // in every checkpoint, so a run folder resumed under another recipe, pairs file or
-    // initialisation is refused instead of continuing another run's weights.
-    let settings = serde_json::json!({
-        "dpo": serde_json::to_value(cfg)?,
-        "pairs_sha256": cache::hash_file(spec.pairs)?,
-        "init": spec.init.display().to_string(),
-        "reference": ref_path.display().to_string(),
-        "sampler": serde_json::to_value(&recipe.sampler)?,
-    });
     let total = spec
         .max_steps
         .map(|s| s.min(cfg.steps))
@@ -642,16 +661,6 @@ pub fn train_round(
     if spec.resume {
         if let Some(c) = ckpt::Checkpoint::latest(&spec.ckpt_dir)? {
             let state = c.trainer_state()?;
-            if let Some(was) = state.extra.get("settings") {
-                let mut diff = Vec::new();
-                crate::util::json_diff(was, &settings, "", &mut diff);
-                ensure!(
-                    diff.is_empty(),
-                    "{} was written by a run with other settings ({}): resume with those, or train into another run folder",
-                    c.dir.display(),
-                    diff.join(", ")
-                );
-            }
             ensure!(
                 state.step <= total,
                 "the latest checkpoint {} is at step {}, past the {total} steps asked for",

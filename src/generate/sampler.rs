@@ -95,8 +95,9 @@ pub struct StepState<'a> {
     pub sampled: &'a Tensor,
     /// Tokens kept for the next step (codes; −1 where re-masked), [R, N].
     pub current: &'a Tensor,
-    /// This step's most likely prediction: the committed tokens, and the guided distribution's
-    /// argmax at every position still open (where `sampled` has a random draw), [R, N].
+    /// This step's most likely prediction: the tokens committed before this step, and the
+    /// guided distribution's argmax at every position that was open when it began (where
+    /// `sampled` holds a random draw, including the ones this step commits), [R, N].
     pub mode: &'a Tensor,
 }
 
@@ -108,8 +109,8 @@ pub enum IntermediateView {
     /// decodes it: positions still open hold one random draw, redrawn at the next step.
     #[default]
     Sampled,
-    /// The committed tokens with the argmax at the open positions: the same image without the
-    /// draw's noise.
+    /// The tokens committed before the step with the argmax at the positions it drew: the
+    /// same image without the draw's noise.
     Mode,
 }
 

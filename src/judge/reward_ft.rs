@@ -1010,6 +1010,12 @@ fn open_resume(root: &Path, fingerprint: &serde_json::Value) -> Result<Option<Re
     let state = c.trainer_state()?;
     let extra: ResumeExtra = serde_json::from_value(state.extra.clone())
         .with_context(|| format!("{}: trainer_state.json extra", c.dir.display()))?;
+    // States saved before the data files were recorded are compared without them.
+    let mut fingerprint = fingerprint.clone();
+    if extra.fingerprint.get("data").is_none() {
+        crate::util::drop_keys(&mut fingerprint, &["data"]);
+    }
+    let fingerprint = &fingerprint;
     if &extra.fingerprint != fingerprint {
         bail!(
             "{} holds the resume state of a run with other settings (differing: {}); delete it \

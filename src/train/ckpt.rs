@@ -325,8 +325,23 @@ impl CheckpointWriter {
     pub fn begin(dir: &Path) -> Result<Self> {
         // Staging folders of killed saves beside it would otherwise stay for good (each a
         // model plus optimizer state).
+        // Only this checkpoint's own names and the trainer's `step-N` / `latest` are touched
+        // (the parent may be any folder), and a failure to clean is a warning, not a lost save.
         if let Some(parent) = dir.parent().filter(|p| p.is_dir()) {
-            remove_stale_tmp(parent)?;
+            let own = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let ours = |stem: &str| {
+                stem == own
+                    || stem == ".latest"
+                    || stem
+                        .strip_prefix("step-")
+                        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            };
+            if let Err(e) = remove_stale_in(parent, ours) {
+                eprintln!("warning: cleaning stale checkpoint folders: {e:#}");
+            }
         }
         let tmp = tmp_dir_for(dir)?;
         if tmp.exists() {
@@ -521,6 +536,11 @@ pub fn find_latest(run_dir: &Path) -> Result<Option<PathBuf>> {
 /// checkpoint is complete again, of processes that are no longer running (Linux: checks
 /// `/proc/<pid>`; elsewhere it removes nothing). Returns what was removed.
 pub fn remove_stale_tmp(run_dir: &Path) -> Result<Vec<PathBuf>> {
+    remove_stale_in(run_dir, |_| true)
+}
+
+/// [`remove_stale_tmp`] for the entries whose name before `.tmp-` / `.old-` passes `stem`.
+fn remove_stale_in(run_dir: &Path, stem: impl Fn(&str) -> bool) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     // Without /proc every owner would look dead, and a live save of another process removed.
     if !Path::new("/proc/self").exists() {
@@ -537,12 +557,13 @@ pub fn remove_stale_tmp(run_dir: &Path) -> Result<Vec<PathBuf>> {
             .into_owned();
         let tmp_pid = name
             .rsplit_once(".tmp-")
+            .filter(|(base, _)| stem(base))
             .and_then(|(_, pid)| pid.parse::<u32>().ok());
         // A checkpoint moved aside by a save killed between its two renames: garbage once the
         // directory it was moved aside from is complete again, else the only copy (kept).
         let old_pid = name.rsplit_once(".old-").and_then(|(base, pid)| {
             let pid = pid.parse::<u32>().ok()?;
-            is_complete(&run_dir.join(base)).then_some(pid)
+            (stem(base) && is_complete(&run_dir.join(base))).then_some(pid)
         });
         let Some(pid) = tmp_pid.or(old_pid) else {
             continue;
@@ -552,12 +573,17 @@ pub fn remove_stale_tmp(run_dir: &Path) -> Result<Vec<PathBuf>> {
             continue;
         }
         // Staging checkpoint dirs, and temp files of `latest` written by `atomic_write`.
-        if p.is_dir() {
-            std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+        let gone = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
         } else {
-            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            std::fs::remove_file(&p)
+        };
+        match gone {
+            Ok(()) => removed.push(p),
+            // Another process cleaned it first.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", p.display())),
         }
-        removed.push(p);
     }
     Ok(removed)
 }
@@ -709,6 +735,9 @@ mod tests {
         complete(&d.join(format!("step-3.old-{dead}")));
         let live = format!("step-5.tmp-{}", std::process::id());
         std::fs::create_dir_all(d.join(&live)).unwrap();
+        // Not a name the trainer writes: another tool's, left alone.
+        let foreign = format!("notes.tmp-{dead}");
+        std::fs::write(d.join(&foreign), b"x").unwrap();
         let w = CheckpointWriter::begin(&d.join("step-4")).unwrap();
         drop(w);
         let mut left: Vec<String> = std::fs::read_dir(&d)
@@ -719,7 +748,12 @@ mod tests {
         if Path::new("/proc/self").exists() {
             assert_eq!(
                 left,
-                vec!["step-2".to_string(), format!("step-3.old-{dead}"), live]
+                vec![
+                    foreign,
+                    "step-2".to_string(),
+                    format!("step-3.old-{dead}"),
+                    live
+                ]
             );
         }
     }
