@@ -126,8 +126,23 @@ pub fn drop_keys(v: &mut serde_json::Value, paths: &[&str]) {
     }
 }
 
-/// Dotted paths where two JSON values differ (`a.b: x → y`).
-pub fn json_diff(a: &serde_json::Value, b: &serde_json::Value, at: &str, out: &mut Vec<String>) {
+/// How recorded settings `was` differ from `now` (`a.b: x → y`, one entry per differing dotted
+/// path; empty when equal), with the keys at `ignore` (dotted paths that change no result)
+/// left out on both sides.
+pub fn settings_diff(
+    was: &serde_json::Value,
+    now: &serde_json::Value,
+    ignore: &[&str],
+) -> Vec<String> {
+    let (mut was, mut now) = (was.clone(), now.clone());
+    drop_keys(&mut was, ignore);
+    drop_keys(&mut now, ignore);
+    let mut out = Vec::new();
+    json_diff(&was, &now, "", &mut out);
+    out
+}
+
+fn json_diff(a: &serde_json::Value, b: &serde_json::Value, at: &str, out: &mut Vec<String>) {
     use serde_json::Value;
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {

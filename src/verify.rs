@@ -939,6 +939,14 @@ mod tests {
         assert_eq!(best.name(), "orm-best-of-4");
     }
 
+    /// The same picks, trace, counts and chosen codes.
+    fn assert_same_picks(got: &Selection, want: &Selection) {
+        assert_eq!(got.chosen, want.chosen);
+        assert_eq!(got.paths, want.paths);
+        assert_eq!(got.stats, want.stats);
+        assert!(got.codes.equal(&want.codes));
+    }
+
     /// Judgments read off each image's pixels, so that they follow every path's own decoding
     /// (a scripted judge keyed by prompt would not notice a path decoded differently).
     struct FromPixels;
@@ -1021,14 +1029,8 @@ mod tests {
             )
             .unwrap();
             assert_eq!(all.size(), [(groups * n) as i64, 64]);
-            assert_eq!(picks[0].chosen, alone.chosen);
-            assert_eq!(picks[0].paths, alone.paths);
-            assert_eq!(picks[0].stats, alone.stats);
-            assert!(picks[0].codes.equal(&alone.codes));
-            assert_eq!(picks[1].chosen, pruning.chosen);
-            assert_eq!(picks[1].paths, pruning.paths);
-            assert_eq!(picks[1].stats, pruning.stats);
-            assert!(picks[1].codes.equal(&pruning.codes));
+            assert_same_picks(&picks[0], &alone);
+            assert_same_picks(&picks[1], &pruning);
             // The ORM saw every candidate decoded to the end, pruned ones included.
             assert!(all.equal(&alone.all_codes));
             // A lone PARM (as `eval` runs it) prunes for real: the pruning run, codes included.
@@ -1045,9 +1047,7 @@ mod tests {
                 false,
             )
             .unwrap();
-            assert_eq!(lone[0].chosen, pruning.chosen);
-            assert_eq!(lone[0].paths, pruning.paths);
-            assert_eq!(lone[0].stats, pruning.stats);
+            assert_same_picks(&lone[0], &pruning);
             assert!(lone_all.equal(&pruning.all_codes));
         }
         let two_parms = Verifier::parm(&judge, &judge, None, n, rule);

@@ -309,11 +309,9 @@ fn check_run_settings(
     }
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let mut was: serde_json::Value =
+    let was: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    crate::util::drop_keys(&mut was, &NO_EFFECT);
-    let mut diff = Vec::new();
-    crate::util::json_diff(&was, &now, "", &mut diff);
+    let diff = crate::util::settings_diff(&was, &now, &NO_EFFECT);
     if !diff.is_empty() {
         bail!(
             "run folder {} was started with other settings ({}); resume it with those, or give this run another name (--run). Delete {} only if the difference cannot change a result",

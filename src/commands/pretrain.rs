@@ -171,8 +171,7 @@ pub fn pretrain(
             let state = c.trainer_state()?;
             // Checkpoints of another recipe's pretraining (same run name) are not continued.
             if let Some(was) = state.extra.get("pretrain") {
-                let mut diff = Vec::new();
-                crate::util::json_diff(was, &record["pretrain"], "", &mut diff);
+                let diff = crate::util::settings_diff(was, &record["pretrain"], &[]);
                 ensure!(
                     diff.is_empty(),
                     "{} was written by a pretraining with other settings ({}): resume with those, or pretrain into another run",
@@ -297,8 +296,7 @@ pub fn check_base_matches(recipe: &Recipe, base: &Path) -> Result<()> {
         return Ok(());
     };
     let now = &pretrain_record(recipe, pt)?["pretrain"];
-    let mut diff = Vec::new();
-    crate::util::json_diff(was, now, "", &mut diff);
+    let diff = crate::util::settings_diff(was, now, &[]);
     ensure!(
         diff.is_empty(),
         "{} was pretrained with other settings than recipe '{}' asks for ({}): point paths.model elsewhere, or delete it to pretrain again",

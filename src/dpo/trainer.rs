@@ -422,22 +422,31 @@ pub fn train_round(
     // another recipe, pairs file or initialisation is refused, before any work, instead of
     // continuing another run's weights.
     let ref_path = spec.reference.unwrap_or(spec.init);
+    let pairs_sha256 = cache::hash_file(spec.pairs)?;
     let mut settings = serde_json::json!({
         "dpo": serde_json::to_value(cfg)?,
-        "pairs_sha256": cache::hash_file(spec.pairs)?,
+        "pairs_sha256": pairs_sha256,
         "init": spec.init.display().to_string(),
         "reference": ref_path.display().to_string(),
         "sampler": serde_json::to_value(&recipe.sampler)?,
     });
     const NO_EFFECT: [&str; 3] = ["dpo.eval_every", "dpo.ckpt_every", "dpo.eval_n_mc"];
     crate::util::drop_keys(&mut settings, &NO_EFFECT);
-    if spec.resume {
-        if let Some(c) = ckpt::Checkpoint::latest(&spec.ckpt_dir)? {
-            if let Some(was) = c.trainer_state()?.extra.get("settings") {
-                let mut was = was.clone();
-                crate::util::drop_keys(&mut was, &NO_EFFECT);
-                let mut diff = Vec::new();
-                crate::util::json_diff(&was, &settings, "", &mut diff);
+    let total = spec
+        .max_steps
+        .map(|s| s.min(cfg.steps))
+        .unwrap_or(cfg.steps);
+    // The checkpoint a resume continues from, checked here and loaded once the model exists.
+    let latest = if spec.resume {
+        ckpt::Checkpoint::latest(&spec.ckpt_dir)?
+    } else {
+        None
+    };
+    let resume_from = match latest {
+        Some(c) => {
+            let state = c.trainer_state()?;
+            if let Some(was) = state.extra.get("settings") {
+                let diff = crate::util::settings_diff(was, &settings, &NO_EFFECT);
                 ensure!(
                     diff.is_empty(),
                     "{} was written by a run with other settings ({}): resume with those, or train into another run folder",
@@ -445,8 +454,16 @@ pub fn train_round(
                     diff.join(", ")
                 );
             }
+            ensure!(
+                state.step <= total,
+                "the latest checkpoint {} is at step {}, past the {total} steps asked for",
+                c.dir.display(),
+                state.step
+            );
+            Some((c, state.step))
         }
-    }
+        None => None,
+    };
 
     let mut log =
         logging::Logger::new(&spec.run_dir, cfg.steps, logging::LoggerOptions::default())?;
@@ -600,7 +617,7 @@ pub fn train_round(
                 mask_seed: cfg.seed,
                 logp: cfg.logp.clone(),
                 epochs,
-                pairs_sha256: cache::hash_file(spec.pairs)?,
+                pairs_sha256: pairs_sha256.clone(),
                 reference: ref_path.display().to_string(),
                 train_rows_sha256: {
                     let rows: Vec<String> = train_idx
@@ -653,25 +670,12 @@ pub fn train_round(
         total_steps: cfg.steps,
         min_lr_ratio: cfg.min_lr_ratio,
     };
-    let total = spec
-        .max_steps
-        .map(|s| s.min(cfg.steps))
-        .unwrap_or(cfg.steps);
     let mut start = 0;
-    if spec.resume {
-        if let Some(c) = ckpt::Checkpoint::latest(&spec.ckpt_dir)? {
-            let state = c.trainer_state()?;
-            ensure!(
-                state.step <= total,
-                "the latest checkpoint {} is at step {}, past the {total} steps asked for",
-                c.dir.display(),
-                state.step
-            );
-            c.load_model(&policy.vs)?;
-            c.load_optimizer(&mut opt)?;
-            start = state.step;
-            log.info(format!("resumed from {} at step {start}", c.dir.display()));
-        }
+    if let Some((c, step)) = &resume_from {
+        c.load_model(&policy.vs)?;
+        c.load_optimizer(&mut opt)?;
+        start = *step;
+        log.info(format!("resumed from {} at step {start}", c.dir.display()));
     }
     log.info(format!(
         "dpo: {} train pairs, {} held-out, {} draws/pair, {} pairs/step, steps {start}..{total}, loss {:?} β={}",

@@ -1011,21 +1011,18 @@ fn open_resume(root: &Path, fingerprint: &serde_json::Value) -> Result<Option<Re
     let extra: ResumeExtra = serde_json::from_value(state.extra.clone())
         .with_context(|| format!("{}: trainer_state.json extra", c.dir.display()))?;
     // States saved before the data files were recorded are compared without them.
-    let mut fingerprint = fingerprint.clone();
-    if extra.fingerprint.get("data").is_none() {
-        crate::util::drop_keys(&mut fingerprint, &["data"]);
-    }
-    let fingerprint = &fingerprint;
-    if &extra.fingerprint != fingerprint {
+    let ignore: &[&str] = if extra.fingerprint.get("data").is_none() {
+        &["data"]
+    } else {
+        &[]
+    };
+    let diff = crate::util::settings_diff(&extra.fingerprint, fingerprint, ignore);
+    if !diff.is_empty() {
         bail!(
             "{} holds the resume state of a run with other settings (differing: {}); delete it \
              to train this stage afresh, or run with the settings it was saved with",
             root.display(),
-            {
-                let mut diff = Vec::new();
-                crate::util::json_diff(&extra.fingerprint, fingerprint, "", &mut diff);
-                diff.join(", ")
-            }
+            diff.join(", ")
         );
     }
     let frozen = root.join(RESUME_FROZEN);

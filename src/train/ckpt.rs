@@ -324,17 +324,18 @@ pub struct CheckpointWriter {
 impl CheckpointWriter {
     pub fn begin(dir: &Path) -> Result<Self> {
         // Staging folders of killed saves beside it would otherwise stay for good (each a
-        // model plus optimizer state).
-        // Only this checkpoint's own names and the trainer's `step-N` / `latest` are touched
-        // (the parent may be any folder), and a failure to clean is a warning, not a lost save.
+        // model plus optimizer state). Only this checkpoint's own names and the trainer's
+        // `step-N` / `latest` are touched (the parent may be any folder), and a failure to
+        // clean is a warning, not a lost save.
         if let Some(parent) = dir.parent().filter(|p| p.is_dir()) {
             let own = dir
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
+            let latest_tmp = format!(".{LATEST_FILE}");
             let ours = |stem: &str| {
                 stem == own
-                    || stem == ".latest"
+                    || stem == latest_tmp
                     || stem
                         .strip_prefix("step-")
                         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
