@@ -699,15 +699,16 @@ impl<'a> Verifier<'a> {
     }
 
     /// What picked the images, as eval settings and trajectory files record it: the judges, N,
-    /// and the PARM settings that change its choice (the clarity source, pruning off, a
-    /// separate ORM for best-of-N′).
+    /// the PARM settings that change its choice (the clarity source, pruning off, a separate ORM
+    /// for best-of-N′), and how the judges read P(yes) when not as the paper's code does.
     pub fn name(&self) -> String {
         match self {
-            Verifier::Orm { n, .. } => format!("orm-best-of-{n}"),
+            Verifier::Orm { n, judge } => format!("orm-best-of-{n}{}", judge.probs_suffix()),
             Verifier::Parm {
                 n,
                 cfg,
                 separate_outcome,
+                step,
                 ..
             } => {
                 // Thresholds off their defaults change which paths survive, so they are named.
@@ -733,7 +734,10 @@ impl<'a> Verifier<'a> {
                 } else {
                     ""
                 };
-                format!("parm-best-of-{n}{clarity}{potential}{prune}{view}{outcome}")
+                // One recipe setting reads both judges' probabilities, so the step judge's stands
+                // for both.
+                let probs = step.probs_suffix();
+                format!("parm-best-of-{n}{clarity}{potential}{prune}{view}{outcome}{probs}")
             }
         }
     }

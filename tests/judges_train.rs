@@ -343,6 +343,52 @@ fn judge_scores(dir: &Path, ckpt: &Path) -> Vec<f64> {
     judge.p_yes(&prompts, &Tensor::stack(&imgs, 0)).unwrap()
 }
 
+/// `iterate.judge_probs` reaches the judges that `sample` / `eval --verify` load: `exact` scores
+/// are the softmax's (`exact`, from [`judge_scores`]), the default reads the paper's truncated
+/// distribution, and the verifier's name (which eval folders are reused by) tells them apart.
+fn recipe_judges_read_p_yes_as_the_recipe_says(dir: &Path, exact: &[f64]) {
+    use imgcot::commands::iterate::VerifyJudges;
+    let recipe = |extra: &str| {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/glyphs.yaml"),
+        )
+        .unwrap();
+        imgcot::recipe::Recipe::from_yaml(&format!("{text}{extra}")).unwrap()
+    };
+    let recs = load_records(&dir.join("orm_heldout.jsonl"), None).unwrap();
+    let prompts: Vec<String> = recs
+        .iter()
+        .map(|r| r.meta.as_ref().unwrap().prompt.clone())
+        .collect();
+    let imgs = Tensor::stack(
+        &recs
+            .iter()
+            .map(|r| unit_image(&r.image))
+            .collect::<Vec<_>>(),
+        0,
+    );
+    let ckpt = dir.join("full");
+    let scores = |extra: &str| {
+        let judges = VerifyJudges::load("orm", Some(&ckpt), &recipe(extra), Device::Cpu).unwrap();
+        let VerifyJudges::Orm(j) = &judges else {
+            panic!("not an ORM")
+        };
+        (j.p_yes(&prompts, &imgs).unwrap(), judges.verifier(4).name())
+    };
+    let (got, name) = scores("  judge_probs: exact\n");
+    assert_eq!(got, exact);
+    assert_eq!(name, "orm-best-of-4-exact-probs");
+    let (seed, name) = scores("");
+    assert_eq!(name, "orm-best-of-4");
+    let mut judge = LlavaJudge::load(&ckpt, Device::Cpu, Kind::Float).unwrap();
+    judge.mode = ScoreMode::paper();
+    assert_eq!(seed, judge.p_yes(&prompts, &imgs).unwrap());
+    assert_ne!(
+        seed, got,
+        "the two readings should differ on a trained judge"
+    );
+}
+
 /// A record's PNG as the generators hand images to judges: float [3, 128, 128] in [-1, 1].
 fn unit_image(path: &str) -> Tensor {
     let (_, _, rgb) = imgcot::glyphs::png::read_rgb(Path::new(path)).unwrap();
@@ -379,6 +425,7 @@ fn reward_ft_reduces_loss_and_the_checkpoint_reloads_identically() {
     let a = judge_scores(&dir, &dir.join("full"));
     let b = judge_scores(&dir, &dir.join("full"));
     assert_eq!(a, b);
+    recipe_judges_read_p_yes_as_the_recipe_says(&dir, &a);
     // LlavaJudge's inference path (its own prompt text and preprocessing) gives the scores of the
     // training-side scorer.
     let recs = load_records(&dir.join("orm_heldout.jsonl"), None).unwrap();
@@ -582,11 +629,19 @@ fn retry_trains_again_with_the_next_seed_and_fails_loudly() {
         .map(|t| t["seed"].as_u64().unwrap())
         .collect();
     assert_eq!(seeds, [0, 1]);
-    // No judge under the floor is left where the next stage would find it.
+    // No judge under the floor is left where the next stage would find it; none was ever saved,
+    // so no kill could have left one that looks finished.
     assert!(!dir.join("r").exists());
-    // The record makes the same command fail again without training (the run's log is as it was).
     let log = dir.join("run-r").join("log.txt");
     let logged = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        logged.matches("under 0.999: not saved").count(),
+        2,
+        "{logged}"
+    );
+    let saved_line = format!("saved {} (", dir.join("r").display());
+    assert!(!logged.contains(&saved_line), "{logged}");
+    // The record makes the same command fail again without training (the run's log is as it was).
     let again = reward_ft::run(&cfg, Some((&sc, &tok)), Device::Cpu).unwrap_err();
     assert_eq!(format!("{again:#}"), msg);
     assert_eq!(std::fs::read_to_string(&log).unwrap(), logged);
@@ -595,6 +650,12 @@ fn retry_trains_again_with_the_next_seed_and_fails_loudly() {
     let rep = reward_ft::run(&cfg, Some((&sc, &tok)), Device::Cpu).unwrap();
     assert_eq!(rep.config.seed, 0);
     assert!(!tries.exists());
+    assert!(dir.join("r/config.json").exists());
+    // A judge already at `out` does not outlive tries that all fall under the floor.
+    cfg.retry.as_mut().unwrap().min_accuracy = 0.999;
+    cfg.retry.as_mut().unwrap().max_tries = 1;
+    assert!(reward_ft::run(&cfg, Some((&sc, &tok)), Device::Cpu).is_err());
+    assert!(!dir.join("r").exists());
     cfg.retry.as_mut().unwrap().kind = "no-such-kind".into();
     let err = reward_ft::run(&cfg, Some((&sc, &tok)), Device::Cpu).unwrap_err();
     assert!(

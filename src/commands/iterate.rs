@@ -9,7 +9,7 @@ use crate::commands::eval::{evaluate_many, evaluate_with, shareable, LayoutOut};
 use crate::commands::{dpo::make_pairs, pretrain};
 use crate::dpo::trainer::{train_round, RoundSpec};
 use crate::eval::geneval::summary::Summary;
-use crate::judge::{OutcomeJudge, StepJudge};
+use crate::judge::{JudgeProbs, OutcomeJudge, StepJudge};
 use crate::models::llava_ov::judge::LlavaJudge;
 use crate::preference::build::ImageScorer;
 use crate::recipe::Recipe;
@@ -142,6 +142,11 @@ pub struct IterateConfig {
     /// The checkpoint that answers the outcome question in PARM's best-of-N′ among survivors.
     #[serde(default)]
     pub parm_outcome: ParmOutcome,
+    /// How the judges read P(yes): `seed` (the paper's code, top-k/top-p truncated, saturating
+    /// to exactly 0 or 1) or `exact` (the softmax). Left out of saved settings at its default, so
+    /// run folders made before it existed still resume.
+    #[serde(default, skip_serializing_if = "JudgeProbs::is_seed")]
+    pub judge_probs: JudgeProbs,
     /// ORM and PARM checkpoints (trained by `reward-ft` when missing).
     pub orm: PathBuf,
     pub parm_model: PathBuf,
@@ -772,19 +777,24 @@ fn judge_plan(
 /// (`iterate.parm_outcome: orm`); None: the PARM checkpoint answers.
 pub fn parm_outcome_judge(recipe: &Recipe, device: tch::Device) -> Result<Option<LlavaJudge>> {
     match &recipe.iterate {
-        Some(it) if it.parm_outcome == ParmOutcome::Orm => load_judge(&it.orm, device)
-            .with_context(|| format!("iterate.parm_outcome: orm: loading {}", it.orm.display()))
-            .map(Some),
+        Some(it) if it.parm_outcome == ParmOutcome::Orm => {
+            load_judge(&it.orm, device, it.judge_probs)
+                .with_context(|| format!("iterate.parm_outcome: orm: loading {}", it.orm.display()))
+                .map(Some)
+        }
         _ => Ok(None),
     }
 }
 
-/// A trained LLaVA-OneVision judge in fp32; a missing checkpoint says how to train one.
-fn load_judge(dir: &Path, device: tch::Device) -> Result<LlavaJudge> {
+/// A trained LLaVA-OneVision judge in fp32 reading P(yes) as `probs` says; a missing checkpoint
+/// says how to train one.
+fn load_judge(dir: &Path, device: tch::Device, probs: JudgeProbs) -> Result<LlavaJudge> {
     if !dir.join("config.json").exists() {
         bail!("judge checkpoint {} is missing: train it with `imgcot-train judge-data` and `imgcot-train reward-ft`", dir.display());
     }
-    LlavaJudge::load(dir, device, tch::Kind::Float)
+    let mut judge = LlavaJudge::load(dir, device, tch::Kind::Float)?;
+    judge.mode = probs.score_mode();
+    Ok(judge)
 }
 
 /// The judges a `--verify orm|parm|oracle` flag needs (`sample`, `eval geneval`), loaded once;
@@ -814,7 +824,8 @@ impl VerifyJudges {
             let dir = judge
                 .or(default.map(PathBuf::as_path))
                 .context("give --judge DIR (the recipe names no judge)")?;
-            load_judge(dir, device).with_context(|| format!("loading the judge {}", dir.display()))
+            load_judge(dir, device, it.map(|i| i.judge_probs).unwrap_or_default())
+                .with_context(|| format!("loading the judge {}", dir.display()))
         };
         Ok(match which {
             "oracle" => VerifyJudges::Oracle(OracleJudge),
@@ -900,7 +911,7 @@ pub fn load_llava_judges(
             })?;
         }
     }
-    let load = |dir: &Path| load_judge(dir, device);
+    let load = |dir: &Path| load_judge(dir, device, it.judge_probs);
     Ok(Judges {
         orm: if orm {
             Some(Box::new(load(&it.orm)?))
@@ -967,12 +978,18 @@ mod tests {
         let it = it_config("o", "p");
         assert_eq!(it.parm_outcome, ParmOutcome::Parm);
         assert_eq!(it.parm.clarity, crate::verify::ClaritySource::Judge);
+        assert_eq!(it.judge_probs, JudgeProbs::Seed);
+        // The default stays out of saved settings (run folders from before it still resume).
+        let saved = serde_json::to_value(&it).unwrap();
+        assert!(saved.get("judge_probs").is_none(), "{saved}");
         let it: IterateConfig = serde_norway::from_str(
-            "orm: o\nparm_model: p\nparm_outcome: orm\nparm:\n  clarity: rule\n",
+            "orm: o\nparm_model: p\nparm_outcome: orm\nparm:\n  clarity: rule\njudge_probs: exact\n",
         )
         .unwrap();
         assert_eq!(it.parm_outcome, ParmOutcome::Orm);
         assert_eq!(it.parm.clarity, crate::verify::ClaritySource::Rule);
+        assert_eq!(it.judge_probs, JudgeProbs::Exact);
+        assert_eq!(serde_json::to_value(&it).unwrap()["judge_probs"], "exact");
         let bad = serde_norway::from_str::<IterateConfig>(
             "orm: o\nparm_model: p\nparm:\n  clarity: sometimes\n",
         );

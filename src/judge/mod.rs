@@ -15,13 +15,55 @@ pub mod reward_ft;
 pub mod vision_pretrain;
 
 use crate::models::llava_ov::judge::LlavaJudge;
+use crate::models::llava_ov::ScoreMode;
 use anyhow::Result;
+use serde::{Deserialize, Serialize};
 use tch::Tensor;
+
+/// How the LLaVA judges read P(yes) at test time (`iterate.judge_probs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JudgeProbs {
+    /// The paper's code: the distribution after HF generate's top-k 20 / top-p 0.8 warpers
+    /// (spec-judges §0.4). It saturates to exactly 1 or 0 once one answer holds 80% of the top-20
+    /// mass, so best-of-N among such candidates is a tie, broken by candidate order.
+    #[default]
+    Seed,
+    /// The softmax of the answer logits: every candidate keeps its own P(yes).
+    Exact,
+}
+
+impl JudgeProbs {
+    pub fn is_seed(&self) -> bool {
+        *self == JudgeProbs::Seed
+    }
+
+    pub fn score_mode(self) -> ScoreMode {
+        match self {
+            JudgeProbs::Seed => ScoreMode::paper(),
+            JudgeProbs::Exact => ScoreMode::Exact,
+        }
+    }
+}
+
+/// What a verifier's name adds for a judge's probability reading: nothing for the paper's.
+fn probs_suffix(mode: ScoreMode) -> &'static str {
+    match mode {
+        ScoreMode::Exact => "-exact-probs",
+        m if m == ScoreMode::paper() => "",
+        ScoreMode::Seed { .. } => "-other-probs",
+    }
+}
 
 /// Scores final images.
 pub trait OutcomeJudge {
     /// P("yes") to "does this image accurately represent the prompt?" for each (prompt, image).
     fn p_yes(&self, prompts: &[String], images: &Tensor) -> Result<Vec<f64>>;
+    /// What a verifier's name adds for how this judge reads P(yes) (eval folders are reused by
+    /// that name, so two readings must not share one).
+    fn probs_suffix(&self) -> &'static str {
+        ""
+    }
 }
 
 /// Scores intermediate images of a trajectory.
@@ -31,11 +73,18 @@ pub trait StepJudge {
     fn clarity(&self, prompts: &[String], images: &Tensor) -> Result<Vec<f64>>;
     /// (P("yes"), P("no")) that the step has the potential to reach an image satisfying the prompt.
     fn potential(&self, prompts: &[String], images: &Tensor) -> Result<Vec<(f64, f64)>>;
+    /// As [`OutcomeJudge::probs_suffix`].
+    fn probs_suffix(&self) -> &'static str {
+        ""
+    }
 }
 
 impl OutcomeJudge for LlavaJudge {
     fn p_yes(&self, prompts: &[String], images: &Tensor) -> Result<Vec<f64>> {
         self.outcome(prompts, images)
+    }
+    fn probs_suffix(&self) -> &'static str {
+        probs_suffix(self.mode)
     }
 }
 
@@ -45,5 +94,8 @@ impl StepJudge for LlavaJudge {
     }
     fn potential(&self, prompts: &[String], images: &Tensor) -> Result<Vec<(f64, f64)>> {
         LlavaJudge::potential(self, prompts, images)
+    }
+    fn probs_suffix(&self) -> &'static str {
+        probs_suffix(self.mode)
     }
 }

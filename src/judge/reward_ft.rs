@@ -369,12 +369,14 @@ pub struct Report {
     pub final_loss: f64,
     pub seconds: f64,
     /// Largest |ΔP(yes)|, |ΔP(no)| on the held-out records between the trained model in memory
-    /// and the saved checkpoint reloaded with `LlavaJudge::load`.
+    /// and the saved checkpoint reloaded with `LlavaJudge::load` (0 for a try under its retry
+    /// floor, which is not saved).
     pub reload_max_abs_diff: f64,
     /// The tower pretraining, when the stage has `vision_pretrain`.
     #[serde(default)]
     pub vision_pretrain: Option<VisionPretrainReport>,
-    /// Held-out metrics of the saved checkpoint, reloaded from disk.
+    /// Held-out metrics of the saved checkpoint, reloaded from disk (of the model in memory for a
+    /// try under its retry floor).
     pub heldout: BTreeMap<String, KindMetrics>,
     pub config: RewardFtConfig,
 }
@@ -448,7 +450,7 @@ pub fn run_until(
 ) -> Result<Option<Report>> {
     // `--max-steps 0` only scores: another seed would score the same weights again.
     let Some(retry) = cfg.retry.as_ref().filter(|_| cfg.max_steps != Some(0)) else {
-        return run_one(cfg, scratch, device, stop_after);
+        return run_one(cfg, scratch, device, stop_after, None);
     };
     ensure!(retry.max_tries >= 1, "retry.max_tries must be ≥ 1");
     ensure!(
@@ -493,7 +495,7 @@ pub fn run_until(
                 summary(&done)
             );
         }
-        let Some(rep) = run_one(&c, scratch, device, stop_after)? else {
+        let Some(rep) = run_one(&c, scratch, device, stop_after, Some(retry))? else {
             return Ok(None);
         };
         let Some(m) = rep.heldout.get(&retry.kind) else {
@@ -510,14 +512,19 @@ pub fn run_until(
             }
             return Ok(Some(rep));
         }
-        // A judge under the floor must not look like a finished stage to whatever loads or
-        // builds on `out` next (the main job trains only the stages whose output is missing).
-        // config.json first: it is what marks a judge folder as present, so a kill during the
-        // removal leaves no half-deleted judge that a later run would try to load.
-        std::fs::remove_file(cfg.out.join("config.json"))
-            .with_context(|| format!("removing {}/config.json", cfg.out.display()))?;
-        std::fs::remove_dir_all(&cfg.out)
-            .with_context(|| format!("removing {} (under the floor)", cfg.out.display()))?;
+        // `run_one` publishes no judge under the floor. A judge already at `out` (an earlier
+        // run's, or one whose reloaded scores fell under the floor that the in-memory ones
+        // met) goes too: nothing there may look like this stage's result. config.json first:
+        // it is what marks a judge folder as present, so a kill during the removal leaves no
+        // half-deleted judge that a later run would try to load.
+        if cfg.out.join("config.json").exists() {
+            std::fs::remove_file(cfg.out.join("config.json"))
+                .with_context(|| format!("removing {}/config.json", cfg.out.display()))?;
+        }
+        if cfg.out.exists() {
+            std::fs::remove_dir_all(&cfg.out)
+                .with_context(|| format!("removing {} (under the floor)", cfg.out.display()))?;
+        }
         done.push(TryRecord {
             seed: c.seed,
             accuracy: m.accuracy,
@@ -568,12 +575,16 @@ fn lr_schedule(cfg: &RewardFtConfig, total: u64) -> Result<LrSchedule> {
     })
 }
 
-/// One try of a stage (`cfg.retry` is not looked at).
+/// One try of a stage (`cfg.retry` is not looked at). With `floor`, a judge whose held-out
+/// accuracy (in memory) falls under it is not saved: the report then holds the in-memory
+/// metrics, and no kill at any moment can leave an under-floor judge at `out` that looks
+/// finished.
 fn run_one(
     cfg: &RewardFtConfig,
     scratch: Option<(&ScratchConfig, &Path)>,
     device: Device,
     stop_after: Option<u64>,
+    floor: Option<&RetryConfig>,
 ) -> Result<Option<Report>> {
     let t0 = Instant::now();
     ensure!(cfg.batch_size >= 1, "batch_size must be ≥ 1");
@@ -816,6 +827,41 @@ fn run_one(
     let save_kind = crate::util::parse_dtype(&cfg.save_dtype)?;
     let all: Vec<&Prepared> = held.iter().collect();
     let in_memory = score_items(&model, &all, yes_no, 64)?;
+    if let Some(floor) = floor {
+        let heldout = metrics(&all, &in_memory);
+        let Some(m) = heldout.get(&floor.kind) else {
+            bail!(
+                "retry.kind '{}' is not a held-out kind of this stage (it has: {})",
+                floor.kind,
+                heldout.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        };
+        if m.accuracy < floor.min_accuracy {
+            log.info(format!(
+                "held-out {} accuracy {:.4} is under {}: not saved",
+                floor.kind, m.accuracy, floor.min_accuracy
+            ));
+            // This try is over; the next one (another seed) starts afresh.
+            if resume_root.exists() {
+                std::fs::remove_dir_all(&resume_root)
+                    .with_context(|| format!("removing {}", resume_root.display()))?;
+            }
+            log.finish();
+            return Ok(Some(Report {
+                steps: total,
+                train_records: train.len(),
+                heldout_records: held.len(),
+                trainable_params: trainable.num_params(),
+                first_loss,
+                final_loss: last_loss,
+                seconds: t0.elapsed().as_secs_f64(),
+                reload_max_abs_diff: 0.0,
+                vision_pretrain,
+                heldout,
+                config: cfg.clone(),
+            }));
+        }
+    }
     if let Some(l) = cfg.prompt_layout {
         config_json
             .as_object_mut()
