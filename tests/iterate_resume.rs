@@ -227,6 +227,13 @@ fn interrupted_iter_run_resumes_at_every_stage() {
     }
     // PARM's counts, as pruning reports them, also match.
     let stats = |d: &Path| std::fs::read_to_string(d.join("verify_stats.json")).unwrap();
+    let record: serde_json::Value =
+        serde_json::from_str(&stats(&dir.join("runs/ref/eval-base+parm@3"))).unwrap();
+    assert_eq!(
+        record["counted_prompts"].as_array().unwrap().len() as u64,
+        record["prompts"].as_u64().unwrap(),
+        "{record}"
+    );
     assert_eq!(
         stats(&dir.join("one-by-one/base+parm@3")),
         stats(&dir.join("runs/ref/eval-base+parm@3"))
@@ -272,6 +279,15 @@ fn interrupted_iter_run_resumes_at_every_stage() {
             want,
             "resumed after an interruption in {p}"
         );
+        // The verifiers' counts cover the whole pass, also when it was cut in the middle.
+        for stage in ["base+orm@3", "base+parm@3", "final+parm@3"] {
+            let folder = |run: &str| dir.join("runs").join(run).join(format!("eval-{stage}"));
+            assert_eq!(
+                stats(&folder(&name)),
+                stats(&folder("ref")),
+                "{stage} after an interruption in {p}"
+            );
+        }
         // Work finished before the interruption is not redone: fewer judge calls than a full run.
         assert!(resumed.calls.lock().unwrap().n < phases.len(), "{p}");
     }

@@ -10,7 +10,7 @@ use crate::models::showo::{Layout, Showo, TextTokenizer};
 use crate::models::ImageTokenizer;
 use crate::recipe::Recipe;
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
@@ -125,12 +125,53 @@ fn default_out(runs: &Path, ckpt: &Path) -> PathBuf {
     runs.join(stem)
 }
 
+/// A best-of-N eval folder's counts file ([`StatsRecord`]).
+pub const VERIFY_STATS_FILE: &str = "verify_stats.json";
+
 /// One output folder of a generation pass.
 pub struct LayoutOut<'a> {
     pub dir: &'a Path,
     pub images_per_prompt: usize,
     /// Best-of-N: image k of a prompt is the pick among its candidates k·n … k·n + n − 1.
     pub verifier: Option<&'a crate::verify::Verifier<'a>>,
+}
+
+/// The counts file of a best-of-N folder (`verify_stats.json`, or a shard's): what its verifier
+/// cost and decided, summed over `counted_prompts`. [`generate_layouts`] updates it after each
+/// batch's images are written, so a pass resumed after an interruption goes on counting where
+/// it stopped. A prompt whose images were written but not counted (a kill between the two
+/// writes) stays out of `counted_prompts`, so the file then says that it counts fewer than
+/// `prompts`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatsRecord {
+    #[serde(flatten)]
+    pub stats: crate::verify::VerifyStats,
+    /// Prompts of the pass.
+    #[serde(default)]
+    pub prompts: usize,
+    /// Indices of the prompts counted, ascending.
+    #[serde(default)]
+    pub counted_prompts: Vec<usize>,
+}
+
+impl StatsRecord {
+    /// The record at `path`, or an empty one (none yet, or one written before records listed
+    /// their prompts, whose counts cannot be continued).
+    fn load(path: &Path) -> Result<Self> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let r: StatsRecord = serde_json::from_str(&text)
+                    .with_context(|| format!("parsing {}", path.display()))?;
+                Ok(if r.counted_prompts.is_empty() {
+                    StatsRecord::default()
+                } else {
+                    r
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StatsRecord::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
 }
 
 /// Generates `images_per_prompt` images for each prompt index in `indices` into `out` (GenEval
@@ -150,6 +191,7 @@ pub fn generate_layout(
     batch_rows: usize,
     out: &Path,
     verifier: Option<&crate::verify::Verifier>,
+    stats_name: &str,
 ) -> Result<(usize, crate::verify::VerifyStats)> {
     let (done, mut stats) = generate_layouts(
         model,
@@ -166,6 +208,7 @@ pub fn generate_layout(
             images_per_prompt,
             verifier,
         }],
+        stats_name,
     )?;
     Ok((done, stats.remove(0)))
 }
@@ -209,6 +252,7 @@ pub fn generate_layouts(
     sampler: &SamplerConfig,
     batch_rows: usize,
     outs: &[LayoutOut],
+    stats_name: &str,
 ) -> Result<(usize, Vec<crate::verify::VerifyStats>)> {
     let verified: Vec<(usize, &crate::verify::Verifier)> = outs
         .iter()
@@ -235,9 +279,22 @@ pub fn generate_layouts(
             })
         })
         .collect();
-    let mut stats = vec![crate::verify::VerifyStats::default(); outs.len()];
-    if cands == 0 {
-        return Ok((0, stats));
+    // Each best-of-N folder's counts so far ([`StatsRecord`]).
+    let mut records = outs
+        .iter()
+        .map(|o| match o.verifier {
+            Some(_) => StatsRecord::load(&o.dir.join(stats_name)).map(Some),
+            None => Ok(None),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let totals = |records: &[Option<StatsRecord>]| {
+        records
+            .iter()
+            .map(|r| r.as_ref().map(|r| r.stats.clone()).unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
+    if cands == 0 || todo.is_empty() {
+        return Ok((0, totals(&records)));
     }
     let pb = crate::train::logging::progress_bar(todo.len() as u64, true);
     pb.set_message("generating");
@@ -270,9 +327,11 @@ pub fn generate_layouts(
             &vs,
             outs.len() > 1,
         )?;
-        for (&(o, _), sel) in verified.iter().zip(&sels) {
-            stats[o].add(&sel.stats);
-        }
+        let batch_stats: Vec<(usize, crate::verify::VerifyStats)> = verified
+            .iter()
+            .zip(&sels)
+            .map(|(&(o, _), sel)| (o, sel.stats.clone()))
+            .collect();
         let picks = sels.into_iter().map(|s| s.codes);
         let mut next_pick = picks;
         for out in outs {
@@ -298,10 +357,43 @@ pub fn generate_layouts(
                 }
             }
         }
+        // Counted once the images are on disk. A batch holding a prompt already counted (its
+        // folder was removed, or it was complete here and not in another folder of the pass)
+        // is left uncounted rather than counted twice.
+        for (o, batch) in batch_stats {
+            let Some(r) = records[o].as_mut() else {
+                continue;
+            };
+            if chunk
+                .iter()
+                .any(|i| r.counted_prompts.binary_search(i).is_ok())
+            {
+                continue;
+            }
+            r.stats.add(&batch);
+            r.counted_prompts.extend_from_slice(chunk);
+            r.counted_prompts.sort_unstable();
+            r.prompts = indices.len();
+            crate::util::atomic_write(
+                &outs[o].dir.join(stats_name),
+                serde_json::to_string_pretty(r)?.as_bytes(),
+            )?;
+        }
         pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();
-    Ok((todo.len(), stats))
+    for (r, out) in records.iter().zip(outs) {
+        if let Some(r) = r.as_ref().filter(|r| r.counted_prompts.len() < r.prompts) {
+            println!(
+                "note: {} counts the verifier's work for {} of {} prompts (the rest were \
+                 written before an interruption left them uncounted)",
+                out.dir.join(stats_name).display(),
+                r.counted_prompts.len(),
+                r.prompts
+            );
+        }
+    }
+    Ok((todo.len(), totals(&records)))
 }
 
 /// The glyph world's detector: a PNG → nearest-patch codes → one detection per glyph.
@@ -438,7 +530,7 @@ pub fn evaluate_many(
                 &serde_json::to_value(&settings)?,
             )?;
         }
-        let (done, stats) = generate_layouts(
+        generate_layouts(
             &model,
             &ids,
             &tok,
@@ -449,17 +541,8 @@ pub fn evaluate_many(
             &recipe.sampler,
             recipe.eval.batch_size,
             outs,
+            VERIFY_STATS_FILE,
         )?;
-        for (out, stats) in outs.iter().zip(&stats) {
-            // A resumed pass that found every folder complete has no counts to report; keep
-            // the ones written when it generated.
-            if out.verifier.is_some() && done > 0 {
-                crate::util::atomic_write(
-                    &out.dir.join("verify_stats.json"),
-                    serde_json::to_string_pretty(stats)?.as_bytes(),
-                )?;
-            }
-        }
     }
     let mut summaries = Vec::with_capacity(outs.len());
     for out in outs {

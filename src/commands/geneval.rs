@@ -257,14 +257,11 @@ pub fn generate(args: &GenevalArgs, ckpt: &std::path::Path) -> Result<()> {
         "sampler": recipe.sampler, "verifier": verifier.as_ref().map(|v| v.name()),
     });
     // Per-shard file names, so shards run in parallel do not overwrite each other.
-    let shard_file = |stem: &str| {
-        args.images.join(format!(
-            "{stem}-shard{}.json",
-            shard.to_string().replace('/', "of")
-        ))
-    };
+    let shard_name =
+        |stem: &str| format!("{stem}-shard{}.json", shard.to_string().replace('/', "of"));
+    let shard_file = |stem: &str| args.images.join(shard_name(stem));
     crate::commands::eval::record_settings(&shard_file("settings"), &settings)?;
-    let (done, stats) = crate::commands::eval::generate_layout(
+    let (done, _) = crate::commands::eval::generate_layout(
         &model,
         &layout,
         &tok,
@@ -277,14 +274,9 @@ pub fn generate(args: &GenevalArgs, ckpt: &std::path::Path) -> Result<()> {
         recipe.eval.batch_size,
         &args.images,
         verifier.as_ref(),
-    )?;
-    if verifier.is_some() {
         // What the verifier cost and decided (pruned paths, judge calls), per shard.
-        crate::util::atomic_write(
-            &shard_file("verify_stats"),
-            serde_json::to_string_pretty(&stats)?.as_bytes(),
-        )?;
-    }
+        &shard_name("verify_stats"),
+    )?;
     println!(
         "generated {done} prompt folders (shard {shard}, {} prompts) into {}",
         indices.len(),
