@@ -387,6 +387,22 @@ fn recipe_judges_read_p_yes_as_the_recipe_says(dir: &Path, exact: &[f64]) {
         seed, got,
         "the two readings should differ on a trained judge"
     );
+    // PARM too (the recipe's static clarity rule is in its name).
+    for (extra, mode, name) in [
+        (
+            "  judge_probs: exact\n",
+            ScoreMode::Exact,
+            "parm-best-of-4-clarity-rule-exact-probs",
+        ),
+        ("", ScoreMode::paper(), "parm-best-of-4-clarity-rule"),
+    ] {
+        let judges = VerifyJudges::load("parm", Some(&ckpt), &recipe(extra), Device::Cpu).unwrap();
+        let VerifyJudges::Parm { judge, .. } = &judges else {
+            panic!("not PARM")
+        };
+        assert_eq!(judge.mode, mode);
+        assert_eq!(judges.verifier(4).name(), name);
+    }
 }
 
 /// A record's PNG as the generators hand images to judges: float [3, 128, 128] in [-1, 1].

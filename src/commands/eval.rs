@@ -299,7 +299,16 @@ pub fn generate_layouts(
     let pb = crate::train::logging::progress_bar(todo.len() as u64, true);
     pb.set_message("generating");
     let per_batch = (batch_rows / cands).max(1);
-    for chunk in todo.chunks(per_batch) {
+    // Prompts some folder has counted already (complete there, not in another folder) are
+    // batched apart from the rest: a batch holding one is not counted again (below), and
+    // should not take uncounted prompts with it.
+    let (recount, fresh): (Vec<usize>, Vec<usize>) = todo.iter().partition(|i| {
+        records
+            .iter()
+            .flatten()
+            .any(|r| r.counted_prompts.binary_search(i).is_ok())
+    });
+    for chunk in fresh.chunks(per_batch).chain(recount.chunks(per_batch)) {
         let prompts: Vec<String> = chunk.iter().map(|&i| metas[i].prompt.clone()).collect();
         let text = layout_ids.text_batch(tok, &prompts, model.device())?;
         let mut prompt_of = Vec::new();

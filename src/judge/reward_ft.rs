@@ -576,9 +576,10 @@ fn lr_schedule(cfg: &RewardFtConfig, total: u64) -> Result<LrSchedule> {
 }
 
 /// One try of a stage (`cfg.retry` is not looked at). With `floor`, a judge whose held-out
-/// accuracy (in memory) falls under it is not saved: the report then holds the in-memory
-/// metrics, and no kill at any moment can leave an under-floor judge at `out` that looks
-/// finished.
+/// accuracy in memory falls under it is not saved, and the report then holds the in-memory
+/// metrics. The floor is checked on the model in memory: if the saved checkpoint's reloaded
+/// scores fall under it where those did not (a rounding `save_dtype`), the judge is already
+/// published and [`run_until`] removes it afterwards.
 fn run_one(
     cfg: &RewardFtConfig,
     scratch: Option<(&ScratchConfig, &Path)>,
@@ -617,6 +618,20 @@ fn run_one(
     let held_recs = load_sources(&cfg.heldout, None, cfg.seed)?;
     let train = prepare_sourced(&train_recs, &tok, size, cfg.image_to_front, cfg.answer_only)?;
     let held = prepare_sourced(&held_recs, &tok, size, cfg.image_to_front, cfg.answer_only)?;
+    // A floor on a kind the held-out data lacks fails now, not after the training.
+    if let Some(floor) = floor {
+        let kinds: std::collections::BTreeSet<&str> = held
+            .iter()
+            .filter(|p| p.label.is_some())
+            .map(|p| p.kind.as_str())
+            .collect();
+        ensure!(
+            kinds.contains(floor.kind.as_str()),
+            "retry.kind '{}' is not a held-out kind of this stage (it has: {})",
+            floor.kind,
+            kinds.into_iter().collect::<Vec<_>>().join(", ")
+        );
+    }
 
     let steps_per_epoch = train.len().div_ceil(cfg.batch_size) as u64;
     let total = cfg
