@@ -842,6 +842,27 @@ fn run_one(
     let save_kind = crate::util::parse_dtype(&cfg.save_dtype)?;
     let all: Vec<&Prepared> = held.iter().collect();
     let in_memory = score_items(&model, &all, yes_no, 64)?;
+    // The report of this try, saved or not.
+    let report = |heldout, reload_max_abs_diff| Report {
+        steps: total,
+        train_records: train.len(),
+        heldout_records: held.len(),
+        trainable_params: trainable.num_params(),
+        first_loss,
+        final_loss: last_loss,
+        seconds: t0.elapsed().as_secs_f64(),
+        reload_max_abs_diff,
+        vision_pretrain,
+        heldout,
+        config: cfg.clone(),
+    };
+    let clear_resume = || -> Result<()> {
+        if resume_root.exists() {
+            std::fs::remove_dir_all(&resume_root)
+                .with_context(|| format!("removing {}", resume_root.display()))?;
+        }
+        Ok(())
+    };
     if let Some(floor) = floor {
         let heldout = metrics(&all, &in_memory);
         let Some(m) = heldout.get(&floor.kind) else {
@@ -857,24 +878,9 @@ fn run_one(
                 floor.kind, m.accuracy, floor.min_accuracy
             ));
             // This try is over; the next one (another seed) starts afresh.
-            if resume_root.exists() {
-                std::fs::remove_dir_all(&resume_root)
-                    .with_context(|| format!("removing {}", resume_root.display()))?;
-            }
+            clear_resume()?;
             log.finish();
-            return Ok(Some(Report {
-                steps: total,
-                train_records: train.len(),
-                heldout_records: held.len(),
-                trainable_params: trainable.num_params(),
-                first_loss,
-                final_loss: last_loss,
-                seconds: t0.elapsed().as_secs_f64(),
-                reload_max_abs_diff: 0.0,
-                vision_pretrain,
-                heldout,
-                config: cfg.clone(),
-            }));
+            return Ok(Some(report(heldout, 0.0)));
         }
     }
     if let Some(l) = cfg.prompt_layout {
@@ -910,28 +916,13 @@ fn run_one(
             m.answer_nll
         ));
     }
-    let report = Report {
-        steps: total,
-        train_records: train.len(),
-        heldout_records: held.len(),
-        trainable_params: trainable.num_params(),
-        first_loss,
-        final_loss: last_loss,
-        seconds: t0.elapsed().as_secs_f64(),
-        reload_max_abs_diff,
-        vision_pretrain,
-        heldout,
-        config: cfg.clone(),
-    };
+    let report = report(heldout, reload_max_abs_diff);
     crate::util::atomic_write(
         &cfg.out.join("reward_ft.json"),
         serde_json::to_string_pretty(&report)?.as_bytes(),
     )?;
     // The stage is done: a later run with the same run folder trains afresh.
-    if resume_root.exists() {
-        std::fs::remove_dir_all(&resume_root)
-            .with_context(|| format!("removing {}", resume_root.display()))?;
-    }
+    clear_resume()?;
     log.info(format!(
         "saved {} ({:.0}s; reload max |Δp| {:.2e})",
         cfg.out.display(),
