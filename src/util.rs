@@ -29,7 +29,47 @@ pub fn tmp_sibling(path: &Path) -> PathBuf {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    path.with_file_name(format!(".{name}.tmp-{}", owner_tag()))
+}
+
+/// The owner part of temp and moved-aside names (`.tmp-<tag>`, `.old-<tag>`): `<pid>@<host>`.
+/// The host keeps two machines or containers that share a volume (both can run as PID 1) from
+/// writing the same temp name, and lets the stale-temp cleanup judge liveness only for its own
+/// host's processes. Without a readable host name it is the bare pid, as older builds wrote.
+pub fn owner_tag() -> String {
+    match host_name() {
+        "" => std::process::id().to_string(),
+        host => format!("{}@{host}", std::process::id()),
+    }
+}
+
+/// The pid of an owner tag written on this host, or `None` (another host's, or not a tag). A
+/// bare pid (older builds) counts as this host's.
+pub fn local_owner(tag: &str) -> Option<u32> {
+    match tag.split_once('@') {
+        Some((pid, host)) if host == host_name() => pid.parse().ok(),
+        Some(_) => None,
+        None => tag.parse().ok(),
+    }
+}
+
+fn host_name() -> &'static str {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim()
+            .chars()
+            // A file-name-safe spelling: no separators, no '@' (the tag's own).
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    })
 }
 
 /// Parses `cpu`, `cuda`, `cuda:N`; a GPU that this machine does not have is an error here,
@@ -163,9 +203,43 @@ fn json_diff(a: &serde_json::Value, b: &serde_json::Value, at: &str, out: &mut V
                 }
             }
         }
-        _ if a != b => out.push(format!("{at}: {a} → {b}")),
+        _ if !same_setting(a, b) => out.push(format!("{at}: {a} → {b}")),
         _ => {}
     }
+}
+
+/// JSON equality in which two strings naming the same path lexically are equal: settings
+/// records hold paths as typed, and `ckpts/x`, `ckpts/x/` and `./ckpts//x` are one folder.
+/// Only the spelling is normalised (no symlinks, no `..`, no current directory), so records
+/// stay valid when the repository moves.
+pub fn same_setting(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::String(x), Value::String(y)) => x == y || same_path_text(x, y),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(u, v)| same_setting(u, v))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, u)| y.get(k).is_some_and(|v| same_setting(u, v)))
+        }
+        _ => a == b,
+    }
+}
+
+fn same_path_text(a: &str, b: &str) -> bool {
+    use std::path::Component;
+    // Applied to every string: no setting here is a non-path whose meaning changes with a
+    // doubled slash, a trailing one or a leading "./".
+    let parts = |s: &str| -> Vec<String> {
+        Path::new(s)
+            .components()
+            .filter(|c| !matches!(c, Component::CurDir))
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect()
+    };
+    !a.is_empty() && !b.is_empty() && parts(a) == parts(b)
 }
 
 #[cfg(test)]
@@ -203,5 +277,36 @@ mod tests {
         assert!(err.to_string().contains("fp32, bf16 or auto"), "{err}");
         // Stored dtypes (saved weights, bench flags) take no `auto`.
         assert!(parse_dtype("auto").is_err());
+    }
+
+    #[test]
+    fn owner_tags_name_this_host_and_only_its_pids_are_judged_here() {
+        let tag = owner_tag();
+        assert_eq!(local_owner(&tag), Some(std::process::id()));
+        assert!(!tag.contains('/') && !tag.contains('.'), "{tag}");
+        assert_eq!(local_owner("4242"), Some(4242), "older builds' bare pid");
+        assert_eq!(local_owner("4242@some-other-host"), None);
+        assert_eq!(local_owner("notes"), None);
+    }
+
+    #[test]
+    fn settings_that_spell_one_path_differently_are_the_same() {
+        use serde_json::json;
+        let was = json!({"init": "ckpts/x", "dpo": {"pairs": "runs/a/pairs.jsonl"}, "beta": 0.5});
+        let now =
+            json!({"init": "./ckpts//x/", "dpo": {"pairs": "runs/a/pairs.jsonl"}, "beta": 0.5});
+        assert!(settings_diff(&was, &now, &[]).is_empty());
+        assert!(same_setting(&json!(["ckpts/x/"]), &json!(["ckpts/x"])));
+        // Other folders, other values and other types still differ.
+        let moved = json!({"init": "ckpts/y", "dpo": {"pairs": "runs/a/pairs.jsonl"}, "beta": 0.5});
+        assert_eq!(
+            settings_diff(&was, &moved, &[]),
+            ["init: \"ckpts/x\" → \"ckpts/y\""]
+        );
+        assert!(!same_setting(&json!("/ckpts/x"), &json!("ckpts/x")));
+        assert!(!same_setting(&json!("ckpts/x"), &json!("ckpts/x/final")));
+        assert!(!same_setting(&json!("a"), &json!("")));
+        assert!(!same_setting(&json!({"a": 1}), &json!({"a": 1, "b": 2})));
+        assert!(!same_setting(&json!(1), &json!("1")));
     }
 }

@@ -822,6 +822,31 @@ fn an_interrupted_reward_ft_resumes_to_the_uninterrupted_result() {
         .filter(|((_, a), (_, b))| !a.equal(b))
         .count();
     assert!(n_changed > 0, "LoRA trained nothing");
+
+    // A full fine-tune with the tower frozen after its pretraining: the pretrained tower is in
+    // no trainable weight, so the resume state holds it apart, as for LoRA.
+    let mut frozen_recipe = recipe.clone();
+    frozen_recipe.orm = ft_cfg(&dir, "tower-frozen", 8);
+    frozen_recipe.orm.vision_lr_mult = 0.0;
+    frozen_recipe.orm.vision_pretrain = recipe.orm.vision_pretrain.clone();
+    let fpath = dir.join("recipe-frozen.yaml");
+    std::fs::write(&fpath, serde_norway::to_string(&frozen_recipe).unwrap()).unwrap();
+    let fok = |args: &[&str]| {
+        let (ok, text) = reward_ft_cli(&fpath, args);
+        assert!(ok, "reward-ft {args:?} failed:\n{text}");
+    };
+    fok(&["--stage", "orm"]);
+    let fcut_out = dir.join("tower-frozen-cut").display().to_string();
+    let fcut_run = dir.join("run-tower-frozen-cut").display().to_string();
+    let fcut = ["--stage", "orm", "--out", &fcut_out, "--run-dir", &fcut_run];
+    fok(&[&fcut[..], &["--stop-after", "3"]].concat());
+    assert!(dir
+        .join("run-tower-frozen-cut")
+        .join(reward_ft::RESUME_DIR)
+        .join("frozen/weights.safetensors")
+        .is_file());
+    fok(&fcut);
+    same("tower-frozen", "tower-frozen-cut");
 }
 
 #[test]

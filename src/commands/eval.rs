@@ -97,7 +97,7 @@ pub fn record_settings(path: &Path, settings: &serde_json::Value) -> Result<()> 
             serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         if let (Some(old), Some(new)) = (old.as_object(), settings.as_object()) {
             for (k, v) in new {
-                if let Some(o) = old.get(k).filter(|o| *o != v) {
+                if let Some(o) = old.get(k).filter(|o| !crate::util::same_setting(o, v)) {
                     anyhow::bail!(
                         "{} holds images made with other settings ({k}: {o} there, {v} now); \
                          pass another --out (or --images) or remove that folder",

@@ -213,6 +213,46 @@ pub fn run_summary(args: SummaryArgs) -> Result<()> {
     Ok(())
 }
 
+/// Refuses `settings` when another shard's settings file in `dir` (any split: `0/2`, `1/3`, …)
+/// records other settings apart from the shard itself. Prompt folders are named by prompt
+/// index, so a run under another split reuses the finished folders of every earlier one.
+fn check_other_shards(
+    dir: &std::path::Path,
+    own: &str,
+    settings: &serde_json::Value,
+) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("settings-shard") && n.ends_with(".json") && n != own)
+        .collect();
+    names.sort();
+    for name in names {
+        let path = dir.join(&name);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let old: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let (Some(old), Some(new)) = (old.as_object(), settings.as_object()) else {
+            continue;
+        };
+        // Keys only one side has (older builds' files) are not compared, as in `record_settings`.
+        for (k, v) in new.iter().filter(|(k, _)| k.as_str() != "shard") {
+            if let Some(o) = old.get(k).filter(|o| !crate::util::same_setting(o, v)) {
+                bail!(
+                    "{} holds images made with other settings ({k}: {o} in {name}, {v} now); \
+                     pass another --images or remove that folder",
+                    dir.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Generates `--images-per-prompt` images per prompt of `--metadata` (this shard's prompts) into
 /// `--images` in GenEval's layout, skipping complete prompt folders, and records the settings.
 pub fn generate(args: &GenevalArgs, ckpt: &std::path::Path) -> Result<()> {
@@ -260,6 +300,7 @@ pub fn generate(args: &GenevalArgs, ckpt: &std::path::Path) -> Result<()> {
     let shard_name =
         |stem: &str| format!("{stem}-shard{}.json", shard.to_string().replace('/', "of"));
     let shard_file = |stem: &str| args.images.join(shard_name(stem));
+    check_other_shards(&args.images, &shard_name("settings"), &settings)?;
     crate::commands::eval::record_settings(&shard_file("settings"), &settings)?;
     let (done, _) = crate::commands::eval::generate_layout(
         &model,
@@ -283,4 +324,37 @@ pub fn generate(args: &GenevalArgs, ckpt: &std::path::Path) -> Result<()> {
         args.images.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn another_split_of_the_same_folder_must_match_the_recorded_settings() {
+        let dir = std::env::temp_dir().join(format!("imgcot-shards-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let two = json!({"seed": 1, "checkpoint": "ckpts/a", "shard": "0/2"});
+        std::fs::write(dir.join("settings-shard0of2.json"), two.to_string()).unwrap();
+        // Same settings under another split: the folders are the same images, reused.
+        let three = json!({"seed": 1, "checkpoint": "ckpts/a", "shard": "1/3"});
+        check_other_shards(&dir, "settings-shard1of3.json", &three).unwrap();
+        // Another checkpoint under another split: refused, naming the key and the file.
+        let other = json!({"seed": 1, "checkpoint": "ckpts/b", "shard": "1/3"});
+        let e = check_other_shards(&dir, "settings-shard1of3.json", &other)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("checkpoint") && e.contains("settings-shard0of2.json"),
+            "{e}"
+        );
+        // A shard's own file is `record_settings`' business, not this check's.
+        let own = json!({"seed": 2, "checkpoint": "ckpts/a", "shard": "0/2"});
+        check_other_shards(&dir, "settings-shard0of2.json", &own).unwrap();
+        // Keys an older file lacks are not compared.
+        let newer = json!({"seed": 1, "checkpoint": "ckpts/a", "shard": "0/1", "dtype": "Float"});
+        check_other_shards(&dir, "settings-shard0of1.json", &newer).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -300,6 +300,15 @@ pub fn score_items(
 }
 
 /// Accuracy and pairwise ranking per kind (records without a yes/no label are skipped).
+/// The error of a retry floor on a kind the held-out data lacks. `run_one` checks it before
+/// training; the later checks (on the metrics) only guard that the two lists agree.
+fn not_a_heldout_kind<'a>(kind: &str, have: impl IntoIterator<Item = &'a str>) -> anyhow::Error {
+    anyhow!(
+        "retry.kind '{kind}' is not a held-out kind of this stage (it has: {})",
+        have.into_iter().collect::<Vec<_>>().join(", ")
+    )
+}
+
 pub fn metrics(items: &[&Prepared], scores: &[(f64, f64)]) -> BTreeMap<String, KindMetrics> {
     let mut by_kind: BTreeMap<String, Vec<(usize, bool)>> = BTreeMap::new();
     for (i, p) in items.iter().enumerate() {
@@ -499,11 +508,10 @@ pub fn run_until(
             return Ok(None);
         };
         let Some(m) = rep.heldout.get(&retry.kind) else {
-            bail!(
-                "retry.kind '{}' is not a held-out kind of this stage (it has: {})",
-                retry.kind,
-                rep.heldout.keys().cloned().collect::<Vec<_>>().join(", ")
-            );
+            return Err(not_a_heldout_kind(
+                &retry.kind,
+                rep.heldout.keys().map(String::as_str),
+            ));
         };
         if m.accuracy >= retry.min_accuracy {
             if path.exists() {
@@ -625,12 +633,9 @@ fn run_one(
             .filter(|p| p.label.is_some())
             .map(|p| p.kind.as_str())
             .collect();
-        ensure!(
-            kinds.contains(floor.kind.as_str()),
-            "retry.kind '{}' is not a held-out kind of this stage (it has: {})",
-            floor.kind,
-            kinds.into_iter().collect::<Vec<_>>().join(", ")
-        );
+        if !kinds.contains(floor.kind.as_str()) {
+            return Err(not_a_heldout_kind(&floor.kind, kinds));
+        }
     }
 
     let steps_per_epoch = train.len().div_ceil(cfg.batch_size) as u64;
@@ -667,7 +672,8 @@ fn run_one(
         (None, None) => None,
     };
     if let Some(frozen) = resumed.as_ref().and_then(|r| r.frozen.as_ref()) {
-        // The frozen weights of a LoRA run whose tower was pretrained (LoRA targets hold W0).
+        // The frozen weights of a run whose tower was pretrained (LoRA targets hold W0): a
+        // LoRA run, or a full fine-tune with the tower frozen.
         let view = ckpt::var_store_of(device, model.named_tensors())?;
         ckpt::copy_into_varstore(
             &view,
@@ -866,11 +872,10 @@ fn run_one(
     if let Some(floor) = floor {
         let heldout = metrics(&all, &in_memory);
         let Some(m) = heldout.get(&floor.kind) else {
-            bail!(
-                "retry.kind '{}' is not a held-out kind of this stage (it has: {})",
-                floor.kind,
-                heldout.keys().cloned().collect::<Vec<_>>().join(", ")
-            );
+            return Err(not_a_heldout_kind(
+                &floor.kind,
+                heldout.keys().map(String::as_str),
+            ));
         };
         if m.accuracy < floor.min_accuracy {
             log.info(format!(
@@ -966,8 +971,9 @@ impl BatchOrder {
 }
 
 /// Folder (inside the stage's run folder) of the state a resumed stage continues from:
-/// `steps/state` (what trains, the optimizer, the step; replaced at each save) and, for a LoRA
-/// run whose tower was pretrained first, `frozen` (the other weights, written once).
+/// `steps/state` (what trains, the optimizer, the step; replaced at each save) and, for a run
+/// that freezes weights (LoRA, a frozen tower) and pretrained its tower first, `frozen` (the
+/// other weights, written once).
 pub const RESUME_DIR: &str = "resume";
 const RESUME_STEPS: &str = "steps";
 const RESUME_STATE: &str = "state";
@@ -1089,9 +1095,10 @@ fn open_resume(root: &Path, fingerprint: &serde_json::Value) -> Result<Option<Re
 }
 
 /// Saves the resume state after `step` steps: what trains (all weights in a full fine-tune; the
-/// LoRA factors and `train_also` weights otherwise), the optimizer and the step. A LoRA run whose
-/// tower was pretrained first also saves, once, the weights it freezes (each LoRA target as its
-/// base W0), which its initial checkpoint does not hold.
+/// LoRA factors and `train_also` weights otherwise), the optimizer and the step. A run that
+/// freezes weights (LoRA, or `vision_lr_mult: 0`) and pretrained its tower first also saves, once,
+/// the weights it freezes (each LoRA target as its base W0), which its initial checkpoint does not
+/// hold.
 fn save_resume(
     root: &Path,
     model: &LlavaOnevision,
@@ -1102,10 +1109,7 @@ fn save_resume(
     extra: &ResumeExtra,
 ) -> Result<()> {
     let frozen = root.join(RESUME_FROZEN);
-    if !trainable.adapters.is_empty()
-        && extra.vision_pretrain.is_some()
-        && !ckpt::is_complete(&frozen)
-    {
+    if trainable.freezes_some && extra.vision_pretrain.is_some() && !ckpt::is_complete(&frozen) {
         let bases: HashMap<String, &Tensor> = trainable
             .adapters
             .iter()

@@ -8,9 +8,10 @@
 //! - `optimizer.safetensors` + `optimizer.json`: [`AdamW`] state;
 //! - `trainer_state.json`: [`TrainerState`], written last.
 //!
-//! Everything is first written into `<dir>.tmp-<pid>`, fsynced, then renamed to `<dir>` (an
-//! existing `<dir>` is first renamed to `<dir>.old-<pid>` and deleted afterwards). A kill at any
-//! moment therefore leaves the previous checkpoint whole (as `<dir>` or `<dir>.old-<pid>`) or the
+//! Everything is first written into `<dir>.tmp-<owner>`, fsynced, then renamed to `<dir>` (an
+//! existing `<dir>` is first renamed to `<dir>.old-<owner>` and deleted afterwards; the owner is
+//! `<pid>@<host>`, [`crate::util::owner_tag`]). A kill at any moment therefore leaves the
+//! previous checkpoint whole (as `<dir>` or `<dir>.old-<owner>`) or the
 //! new one whole; [`find_latest`] ignores `.tmp-` directories. The run directory also holds a
 //! `latest` file naming the newest checkpoint directory (for humans and Python tooling).
 
@@ -288,7 +289,7 @@ fn tmp_dir_for(dir: &Path) -> Result<PathBuf> {
     Ok(dir.with_file_name(format!(
         "{}.tmp-{}",
         name.to_string_lossy(),
-        std::process::id()
+        crate::util::owner_tag()
     )))
 }
 
@@ -312,7 +313,7 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-/// Stages a checkpoint in `<dir>.tmp-<pid>`; [`CheckpointWriter::commit`] publishes it. Dropping
+/// Stages a checkpoint in `<dir>.tmp-<owner>`; [`CheckpointWriter::commit`] publishes it. Dropping
 /// an uncommitted writer deletes the staging directory.
 #[derive(Debug)]
 pub struct CheckpointWriter {
@@ -401,7 +402,7 @@ impl CheckpointWriter {
                 .into_owned();
             let aside = self
                 .dir
-                .with_file_name(format!("{name}.old-{}", std::process::id()));
+                .with_file_name(format!("{name}.old-{}", crate::util::owner_tag()));
             if aside.exists() {
                 discard_dir(&aside)?;
             }
@@ -493,7 +494,7 @@ pub fn is_complete(dir: &Path) -> bool {
 }
 
 /// The newest complete checkpoint in `run_dir`: among complete sub-directories (including a
-/// `<name>.old-<pid>` left by a kill between the two renames), the one with the highest
+/// `<name>.old-<owner>` left by a kill between the two renames), the one with the highest
 /// `trainer_state.step`; ties go to the `latest` pointer, then to non-`.old-` names. `.tmp-`
 /// directories are ignored. `Ok(None)` when there is none.
 pub fn find_latest(run_dir: &Path) -> Result<Option<PathBuf>> {
@@ -533,9 +534,9 @@ pub fn find_latest(run_dir: &Path) -> Result<Option<PathBuf>> {
     Ok(best.map(|(_, p)| p))
 }
 
-/// Removes `.tmp-<pid>` staging directories (and temp files), and `.old-<pid>` copies whose
-/// checkpoint is complete again, of processes that are no longer running (Linux: checks
-/// `/proc/<pid>`; elsewhere it removes nothing). Returns what was removed.
+/// Removes `.tmp-<owner>` staging directories (and temp files), and `.old-<owner>` copies whose
+/// checkpoint is complete again, of this host's processes that are no longer running (Linux:
+/// checks `/proc/<pid>`; elsewhere it removes nothing). Returns what was removed.
 pub fn remove_stale_tmp(run_dir: &Path) -> Result<Vec<PathBuf>> {
     remove_stale_in(run_dir, |_| true)
 }
@@ -556,14 +557,15 @@ fn remove_stale_in(run_dir: &Path, stem: impl Fn(&str) -> bool) -> Result<Vec<Pa
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
+        // Another host's names are left alone: its processes are not in this /proc.
         let tmp_pid = name
             .rsplit_once(".tmp-")
             .filter(|(base, _)| stem(base))
-            .and_then(|(_, pid)| pid.parse::<u32>().ok());
+            .and_then(|(_, tag)| crate::util::local_owner(tag));
         // A checkpoint moved aside by a save killed between its two renames: garbage once the
         // directory it was moved aside from is complete again, else the only copy (kept).
-        let old_pid = name.rsplit_once(".old-").and_then(|(base, pid)| {
-            let pid = pid.parse::<u32>().ok()?;
+        let old_pid = name.rsplit_once(".old-").and_then(|(base, tag)| {
+            let pid = crate::util::local_owner(tag)?;
             (stem(base) && is_complete(&run_dir.join(base))).then_some(pid)
         });
         let Some(pid) = tmp_pid.or(old_pid) else {
@@ -734,8 +736,17 @@ mod tests {
         complete(&d.join(format!("step-2.old-{dead}")));
         // Killed between the renames: the aside copy is the only step-3.
         complete(&d.join(format!("step-3.old-{dead}")));
-        let live = format!("step-5.tmp-{}", std::process::id());
+        let live = format!("step-5.tmp-{}", crate::util::owner_tag());
         std::fs::create_dir_all(d.join(&live)).unwrap();
+        // A dead pid on another host: this /proc cannot tell, so it stays.
+        let remote = format!("step-6.tmp-{dead}@another-host");
+        std::fs::create_dir_all(d.join(&remote)).unwrap();
+        // This host's dead pid in the tagged spelling goes like the bare one.
+        std::fs::create_dir_all(d.join(format!(
+            "step-7.tmp-{dead}@{}",
+            crate::util::owner_tag().split_once('@').map_or("", |(_, h)| h)
+        )))
+        .unwrap();
         // Not a name the trainer writes: another tool's, left alone.
         let foreign = format!("notes.tmp-{dead}");
         std::fs::write(d.join(&foreign), b"x").unwrap();
@@ -753,7 +764,8 @@ mod tests {
                     foreign,
                     "step-2".to_string(),
                     format!("step-3.old-{dead}"),
-                    live
+                    live,
+                    remote
                 ]
             );
         }

@@ -505,6 +505,10 @@ impl LoraAdapter {
 pub struct Trainable {
     pub vs: VarStore,
     pub adapters: Vec<LoraAdapter>,
+    /// Some weights neither train nor have an adapter (a frozen tower, LoRA's untargeted
+    /// weights): a resume state must hold them apart when they differ from the initial
+    /// checkpoint (a pretrained tower).
+    pub freezes_some: bool,
 }
 
 impl Trainable {
@@ -521,9 +525,11 @@ impl Trainable {
     ) -> Result<Self> {
         let mut adapters = Vec::new();
         let mut vars: Vec<(String, Tensor)> = Vec::new();
+        let mut freezes_some = false;
         for (name, t) in model.named_tensors() {
             if freeze_vision && name.starts_with(VISION_PREFIX) {
                 let _ = t.set_requires_grad(false);
+                freezes_some = true;
                 continue;
             }
             let trainable = match lora {
@@ -552,11 +558,17 @@ impl Trainable {
                 let _ = t.set_requires_grad(trainable);
                 if trainable {
                     vars.push((name, t));
+                } else {
+                    freezes_some = true;
                 }
             }
         }
         let vs = crate::train::ckpt::var_store_of(model.device(), vars)?;
-        Ok(Self { vs, adapters })
+        Ok(Self {
+            vs,
+            freezes_some: freezes_some || !adapters.is_empty(),
+            adapters,
+        })
     }
 
     /// After `loss.backward()`: route weight grads into the LoRA factors.
@@ -865,7 +877,7 @@ pub fn save_checkpoint(
         dir.file_name()
             .map(|n| n.to_string_lossy())
             .unwrap_or_default(),
-        std::process::id()
+        crate::util::owner_tag()
     ));
     if dir.exists() {
         std::fs::rename(dir, &old).with_context(|| format!("moving {} aside", dir.display()))?;
