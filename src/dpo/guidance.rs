@@ -335,7 +335,6 @@ mod tests {
         assert!(self_kl.abs().max().double_value(&[]) < 1e-5);
         self_kl.sum(Kind::Float).backward();
         let g0 = crate::models::showo::grad_abs_sum(&model);
-        assert!(g0 < 1e-4, "KL(p‖p) has gradient {g0}");
         let (other, _) = crate::models::showo::tiny_random(6, crate::models::showo::TINY_1L);
         let lq = tch::no_grad(|| st.log_probs(&other, &layout, 1.5));
         zero_grads();
@@ -343,6 +342,13 @@ mod tests {
         let kl = st.kl(&lp, &lq, 5);
         assert!(bool::try_from(kl.gt(1e-3).all()).unwrap(), "KL {kl:?}");
         kl.sum(Kind::Float).backward();
-        assert!(crate::models::showo::grad_abs_sum(&model) > 1e-3);
+        let g1 = crate::models::showo::grad_abs_sum(&model);
+        assert!(g1 > 1e-3, "KL(p‖q) has gradient {g1}");
+        // Zero up to float rounding, which sums over every weight: judged against the gradient
+        // away from the minimum (the weights are random, drawn under a seed other tests share).
+        assert!(
+            g0 < 1e-6 * g1,
+            "KL(p‖p) has gradient {g0} (against another model: {g1})"
+        );
     }
 }
