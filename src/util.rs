@@ -43,20 +43,33 @@ pub fn owner_tag() -> String {
     }
 }
 
-/// The pid of an owner tag written on this host, or `None` (another host's, or not a tag). A
-/// bare pid (older builds) counts as this host's.
-pub fn local_owner(tag: &str) -> Option<u32> {
+/// Whose an owner tag is, as far as this process can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// A process of this host and pid namespace (a bare pid, as older builds wrote, counts).
+    Local(u32),
+    /// `<pid>@<other host>`: its liveness cannot be checked here.
+    Foreign,
+    /// Not an owner tag.
+    NotATag,
+}
+
+pub fn owner_of(tag: &str) -> Owner {
+    let pid = |p: &str| p.parse::<u32>().ok();
     match tag.split_once('@') {
-        Some((pid, host)) if host == host_name() => pid.parse().ok(),
-        Some(_) => None,
-        None => tag.parse().ok(),
+        Some((p, host)) if host == host_name() => pid(p).map_or(Owner::NotATag, Owner::Local),
+        Some((p, host)) if pid(p).is_some() && !host.is_empty() => Owner::Foreign,
+        Some(_) => Owner::NotATag,
+        None => pid(tag).map_or(Owner::NotATag, Owner::Local),
     }
 }
 
+/// The host name plus the pid namespace's inode (`<host>-<inode>`): containers that share the
+/// host's name (`--uts=host`) still have their own pid namespaces.
 fn host_name() -> &'static str {
     static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     HOST.get_or_init(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
+        let host: String = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .unwrap_or_default()
             .trim()
             .chars()
@@ -68,7 +81,21 @@ fn host_name() -> &'static str {
                     '_'
                 }
             })
-            .collect()
+            .collect();
+        // "pid:[4026531836]" → "4026531836".
+        let ns: String = std::fs::read_link("/proc/self/ns/pid")
+            .map(|p| {
+                p.to_string_lossy()
+                    .chars()
+                    .filter(char::is_ascii_digit)
+                    .collect()
+            })
+            .unwrap_or_default();
+        match (host.is_empty(), ns.is_empty()) {
+            (true, _) => String::new(),
+            (false, true) => host,
+            (false, false) => format!("{host}-{ns}"),
+        }
     })
 }
 
@@ -230,8 +257,8 @@ pub fn same_setting(a: &serde_json::Value, b: &serde_json::Value) -> bool {
 
 fn same_path_text(a: &str, b: &str) -> bool {
     use std::path::Component;
-    // Applied to every string: no setting here is a non-path whose meaning changes with a
-    // doubled slash, a trailing one or a leading "./".
+    // Only where a separator appears: no such setting here is a non-path whose meaning changes
+    // with a doubled slash, a trailing one or a leading "./" (a shard such as "0/2" has none).
     let parts = |s: &str| -> Vec<String> {
         Path::new(s)
             .components()
@@ -239,7 +266,7 @@ fn same_path_text(a: &str, b: &str) -> bool {
             .map(|c| c.as_os_str().to_string_lossy().into_owned())
             .collect()
     };
-    !a.is_empty() && !b.is_empty() && parts(a) == parts(b)
+    (a.contains('/') || b.contains('/')) && parts(a) == parts(b)
 }
 
 #[cfg(test)]
@@ -282,11 +309,16 @@ mod tests {
     #[test]
     fn owner_tags_name_this_host_and_only_its_pids_are_judged_here() {
         let tag = owner_tag();
-        assert_eq!(local_owner(&tag), Some(std::process::id()));
+        assert_eq!(owner_of(&tag), Owner::Local(std::process::id()));
         assert!(!tag.contains('/') && !tag.contains('.'), "{tag}");
-        assert_eq!(local_owner("4242"), Some(4242), "older builds' bare pid");
-        assert_eq!(local_owner("4242@some-other-host"), None);
-        assert_eq!(local_owner("notes"), None);
+        assert_eq!(
+            owner_of("4242"),
+            Owner::Local(4242),
+            "older builds' bare pid"
+        );
+        assert_eq!(owner_of("4242@some-other-host"), Owner::Foreign);
+        assert_eq!(owner_of("notes"), Owner::NotATag);
+        assert_eq!(owner_of("x@some-other-host"), Owner::NotATag);
     }
 
     #[test]

@@ -847,6 +847,16 @@ fn an_interrupted_reward_ft_resumes_to_the_uninterrupted_result() {
         .is_file());
     fok(&fcut);
     same("tower-frozen", "tower-frozen-cut");
+    // A state without `frozen/` (as older builds saved it) is refused, not resumed with the
+    // initial tower.
+    fok(&[&fcut[..], &["--stop-after", "3"]].concat());
+    let frozen_dir = dir
+        .join("run-tower-frozen-cut")
+        .join(reward_ft::RESUME_DIR)
+        .join("frozen");
+    std::fs::remove_dir_all(&frozen_dir).unwrap();
+    let (ok_old, err) = reward_ft_cli(&fpath, &fcut);
+    assert!(!ok_old && err.contains("older build"), "{err}");
 }
 
 #[test]

@@ -698,6 +698,17 @@ fn run_one(
         cfg.seed,
         cfg.vision_lr_mult == 0.0,
     )?;
+    if let Some(r) = &resumed {
+        // A frozen tower's pretraining lives only in `frozen/`, which every save since it
+        // existed writes first; without it (an older build's state) the resume would go on
+        // with the initial tower and then save that as the pretrained one.
+        ensure!(
+            !(trainable.freezes_some && r.extra.vision_pretrain.is_some() && r.frozen.is_none()),
+            "{}: this resume state lacks the frozen pretrained weights (written by an older \
+             build); remove it to train the stage from the start",
+            resume_root.display()
+        );
+    }
     let vision_mult = cfg.vision_lr_mult;
     let mut opt = AdamW::with_groups(
         &trainable.vs,

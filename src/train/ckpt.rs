@@ -17,6 +17,7 @@
 
 use crate::train::optim::AdamW;
 use crate::train::rng::RngState;
+use crate::util::Owner;
 use anyhow::{bail, Context, Result};
 use safetensors::tensor::{Dtype, View};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -536,10 +537,14 @@ pub fn find_latest(run_dir: &Path) -> Result<Option<PathBuf>> {
 
 /// Removes `.tmp-<owner>` staging directories (and temp files), and `.old-<owner>` copies whose
 /// checkpoint is complete again, of this host's processes that are no longer running (Linux:
-/// checks `/proc/<pid>`; elsewhere it removes nothing). Returns what was removed.
+/// checks `/proc/<pid>`; elsewhere it removes nothing), and another host's once untouched for a
+/// day. Returns what was removed.
 pub fn remove_stale_tmp(run_dir: &Path) -> Result<Vec<PathBuf>> {
     remove_stale_in(run_dir, |_| true)
 }
+
+/// How long another host's temp names must lie untouched before a cleanup here removes them.
+const FOREIGN_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// [`remove_stale_tmp`] for the entries whose name before `.tmp-` / `.old-` passes `stem`.
 fn remove_stale_in(run_dir: &Path, stem: impl Fn(&str) -> bool) -> Result<Vec<PathBuf>> {
@@ -557,22 +562,30 @@ fn remove_stale_in(run_dir: &Path, stem: impl Fn(&str) -> bool) -> Result<Vec<Pa
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        // Another host's names are left alone: its processes are not in this /proc.
-        let tmp_pid = name
+        let tmp = name
             .rsplit_once(".tmp-")
             .filter(|(base, _)| stem(base))
-            .and_then(|(_, tag)| crate::util::local_owner(tag));
+            .map(|(_, tag)| crate::util::owner_of(tag));
         // A checkpoint moved aside by a save killed between its two renames: garbage once the
         // directory it was moved aside from is complete again, else the only copy (kept).
-        let old_pid = name.rsplit_once(".old-").and_then(|(base, tag)| {
-            let pid = crate::util::local_owner(tag)?;
-            (stem(base) && is_complete(&run_dir.join(base))).then_some(pid)
-        });
-        let Some(pid) = tmp_pid.or(old_pid) else {
-            continue;
+        let old = name
+            .rsplit_once(".old-")
+            .filter(|(base, _)| stem(base) && is_complete(&run_dir.join(base)))
+            .map(|(_, tag)| crate::util::owner_of(tag));
+        let stale = match tmp.or(old) {
+            Some(Owner::Local(pid)) => {
+                pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+            }
+            // Another host's (or container's) process is not in this /proc: its names go only
+            // once untouched for longer than any save takes, e.g. after that container is gone.
+            Some(Owner::Foreign) => std::fs::metadata(&p)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > FOREIGN_STALE_AFTER),
+            Some(Owner::NotATag) | None => false,
         };
-        let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
-        if alive {
+        if !stale {
             continue;
         }
         // Staging checkpoint dirs, and temp files of `latest` written by `atomic_write`.
@@ -741,6 +754,15 @@ mod tests {
         // A dead pid on another host: this /proc cannot tell, so it stays.
         let remote = format!("step-6.tmp-{dead}@another-host");
         std::fs::create_dir_all(d.join(&remote)).unwrap();
+        // Another host's, untouched for two days: gone.
+        let aged = d.join(format!("step-8.tmp-{dead}@another-host"));
+        std::fs::write(&aged, b"x").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&aged)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86400))
+            .unwrap();
         // This host's dead pid in the tagged spelling goes like the bare one.
         std::fs::create_dir_all(d.join(format!(
             "step-7.tmp-{dead}@{}",
