@@ -10,9 +10,10 @@ is the same image in all three:
   - `sample --verify orm --n 8` (every candidate's ORM score).
 
 and prints (1) how often candidates end correct by PARM's potential P(yes), overall and per tag,
-and (2) best-of-8 accuracy on these candidates for the ORM, for PARM without pruning, and for
+and (2) best-of-8 accuracy on these candidates for the ORM, for PARM without pruning, for
 PARM pruning at each potential threshold (prune when P(yes) <= t; best outcome among the
-survivors; when none survive, the lowest potential P(no), decoded to the end as `verify` does).
+survivors; when none survive, the lowest potential P(no), decoded to the end as `verify` does),
+and for the paper's rule capped to keep at least m survivors (m = 0 … 8).
 
   python scripts/parm_calibration.py --eval E --parm P --orm O
 
@@ -77,6 +78,18 @@ def parm_pick(r, t):
     return max(alive, key=lambda k: (r["outcome"][k], -k))
 
 
+def parm_pick_keep(r, m):
+    """The paper's rule (prune when P(yes) <= P(no)) but at most len - m paths, the lowest
+    potential P(yes) first; the fallback as in `parm_pick`."""
+    pot = r["potential"]
+    hopeless = sorted((k for k, (y, no) in enumerate(pot) if y <= no), key=lambda k: (pot[k][0], k))
+    pruned = set(hopeless[: max(len(pot) - m, 0)])
+    alive = [k for k in range(len(pot)) if k not in pruned]
+    if not alive:
+        return min(range(len(pot)), key=lambda k: (pot[k][1], k))
+    return max(alive, key=lambda k: (r["outcome"][k], -k))
+
+
 def accuracy(rows, pick):
     by_tag = collections.defaultdict(list)
     for r in rows:
@@ -137,6 +150,9 @@ def main():
             f"    pruned {pruned} of {n}; {lost} of them end correct; "
             f"{orm_lost} are the ORM's (correct) pick"
         )
+    # A cap on pruning: how many survivors PARM must keep before it reaches the ORM.
+    for m in range(len(rows[0]["potential"]) + 1):
+        show(f"PARM, keep at least {m}", lambda r, m=m: parm_pick_keep(r, m))
     agree = sum(1 for r in rows if r["parm_chosen"] == argmax(r["outcome"]))
     print(f"\n(check: the PARM run's own picks match this script's no-pruning pick in {agree} of {len(rows)})")
 
