@@ -674,10 +674,20 @@ fn run_one(
     if let Some(frozen) = resumed.as_ref().and_then(|r| r.frozen.as_ref()) {
         // The frozen weights of a run whose tower was pretrained (LoRA targets hold W0): a
         // LoRA run, or a full fine-tune with the tower frozen.
-        let view = ckpt::var_store_of(device, model.named_tensors())?;
+        // It holds what does not train (older states: every weight); the rest comes from the
+        // trainable state below.
+        let saved = frozen.load_tensors(RESUME_WEIGHTS)?;
+        let names: std::collections::HashSet<&str> =
+            saved.iter().map(|(n, _)| n.as_str()).collect();
+        let held: Vec<(String, Tensor)> = model
+            .named_tensors()
+            .into_iter()
+            .filter(|(n, _)| names.contains(n.as_str()))
+            .collect();
+        let view = ckpt::var_store_of(device, held)?;
         ckpt::copy_into_varstore(
             &view,
-            frozen.load_tensors(RESUME_WEIGHTS)?,
+            saved,
             &frozen.dir.join(RESUME_WEIGHTS).display().to_string(),
         )?;
     }
@@ -1126,9 +1136,13 @@ fn save_resume(
             .iter()
             .map(|a| (format!("{}.weight", a.module), &a.base))
             .collect();
+        // What trains is in the trainable state already (a full fine-tune's language model
+        // would otherwise be written twice).
+        let trains = trainable.vs.variables();
         let weights: Vec<(String, Tensor)> = model
             .named_tensors()
             .into_iter()
+            .filter(|(n, _)| !trains.contains_key(n))
             .map(|(n, t)| {
                 let t = bases
                     .get(&n)
