@@ -32,7 +32,8 @@ pub fn tmp_sibling(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}", owner_tag()))
 }
 
-/// The owner part of temp and moved-aside names (`.tmp-<tag>`, `.old-<tag>`): `<pid>@<host>`.
+/// The owner part of temp and moved-aside names (`.tmp-<tag>`, `.old-<tag>`): `<pid>@<host>`,
+/// where the host part also names the pid namespace ([`host_name`]).
 /// The host keeps two machines or containers that share a volume (both can run as PID 1) from
 /// writing the same temp name, and lets the stale-temp cleanup judge liveness only for its own
 /// host's processes. Without a readable host name it is the bare pid, as older builds wrote.

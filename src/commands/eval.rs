@@ -93,21 +93,39 @@ pub fn weights_fingerprint(ckpt: &Path) -> Result<Vec<String>> {
 /// they were this one's. Keys only one side has (files from older builds) are not compared.
 pub fn record_settings(path: &Path, settings: &serde_json::Value) -> Result<()> {
     if let Ok(text) = std::fs::read_to_string(path) {
-        let old: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        if let (Some(old), Some(new)) = (old.as_object(), settings.as_object()) {
-            for (k, v) in new {
-                if let Some(o) = old.get(k).filter(|o| !crate::util::same_setting(o, v)) {
-                    anyhow::bail!(
-                        "{} holds images made with other settings ({k}: {o} there, {v} now); \
-                         pass another --out (or --images) or remove that folder",
-                        path.parent().unwrap_or(path).display()
-                    );
-                }
-            }
+        if let Some((k, o, v)) = recorded_conflict(path, &text, settings, &[])? {
+            anyhow::bail!(
+                "{} holds images made with other settings ({k}: {o} there, {v} now); \
+                 pass another --out (or --images) or remove that folder",
+                path.parent().unwrap_or(path).display()
+            );
         }
     }
     crate::util::atomic_write(path, serde_json::to_string_pretty(settings)?.as_bytes())
+}
+
+/// The first key of `settings` (outside `skip`) that the settings record `text`, read from
+/// `path`, holds with another value: (key, recorded, now). Keys only one side has (files from
+/// older builds) are not compared.
+pub(crate) fn recorded_conflict(
+    path: &Path,
+    text: &str,
+    settings: &serde_json::Value,
+    skip: &[&str],
+) -> Result<Option<(String, serde_json::Value, serde_json::Value)>> {
+    let old: serde_json::Value =
+        serde_json::from_str(text).with_context(|| format!("parsing {}", path.display()))?;
+    let (Some(old), Some(new)) = (old.as_object(), settings.as_object()) else {
+        return Ok(None);
+    };
+    Ok(new
+        .iter()
+        .filter(|(k, _)| !skip.contains(&k.as_str()))
+        .find_map(|(k, v)| {
+            old.get(k)
+                .filter(|o| !crate::util::same_setting(o, v))
+                .map(|o| (k.clone(), o.clone(), v.clone()))
+        }))
 }
 
 /// The default output folder of `eval`: `runs/eval-<parent>-<name>` of the checkpoint path, so

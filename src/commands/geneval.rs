@@ -234,20 +234,14 @@ fn check_other_shards(
         let path = dir.join(&name);
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
-        let old: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        let (Some(old), Some(new)) = (old.as_object(), settings.as_object()) else {
-            continue;
-        };
-        // Keys only one side has (older builds' files) are not compared, as in `record_settings`.
-        for (k, v) in new.iter().filter(|(k, _)| k.as_str() != "shard") {
-            if let Some(o) = old.get(k).filter(|o| !crate::util::same_setting(o, v)) {
-                bail!(
-                    "{} holds images made with other settings ({k}: {o} in {name}, {v} now); \
-                     pass another --images or remove that folder",
-                    dir.display()
-                );
-            }
+        let conflict =
+            crate::commands::eval::recorded_conflict(&path, &text, settings, &["shard"])?;
+        if let Some((k, o, v)) = conflict {
+            bail!(
+                "{} holds images made with other settings ({k}: {o} in {name}, {v} now); \
+                 pass another --images or remove that folder",
+                dir.display()
+            );
         }
     }
     Ok(())

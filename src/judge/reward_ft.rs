@@ -299,7 +299,6 @@ pub fn score_items(
     Ok(out)
 }
 
-/// Accuracy and pairwise ranking per kind (records without a yes/no label are skipped).
 /// The error of a retry floor on a kind the held-out data lacks. `run_one` checks it before
 /// training; the later checks (on the metrics) only guard that the two lists agree.
 fn not_a_heldout_kind<'a>(kind: &str, have: impl IntoIterator<Item = &'a str>) -> anyhow::Error {
@@ -309,6 +308,7 @@ fn not_a_heldout_kind<'a>(kind: &str, have: impl IntoIterator<Item = &'a str>) -
     )
 }
 
+/// Accuracy and pairwise ranking per kind (records without a yes/no label are skipped).
 pub fn metrics(items: &[&Prepared], scores: &[(f64, f64)]) -> BTreeMap<String, KindMetrics> {
     let mut by_kind: BTreeMap<String, Vec<(usize, bool)>> = BTreeMap::new();
     for (i, p) in items.iter().enumerate() {
@@ -672,10 +672,9 @@ fn run_one(
         (None, None) => None,
     };
     if let Some(frozen) = resumed.as_ref().and_then(|r| r.frozen.as_ref()) {
-        // The frozen weights of a run whose tower was pretrained (LoRA targets hold W0): a
-        // LoRA run, or a full fine-tune with the tower frozen.
-        // It holds what does not train (older states: every weight); the rest comes from the
-        // trainable state below.
+        // The weights that do not train, of a run whose tower was pretrained (a LoRA run, its
+        // targets as W0, or a frozen tower; older states hold every weight). What trains comes
+        // from the trainable state below.
         let saved = frozen.load_tensors(RESUME_WEIGHTS)?;
         let names: std::collections::HashSet<&str> =
             saved.iter().map(|(n, _)| n.as_str()).collect();
