@@ -840,13 +840,13 @@ fn an_interrupted_reward_ft_resumes_to_the_uninterrupted_result() {
     let fcut_run = dir.join("run-tower-frozen-cut").display().to_string();
     let fcut = ["--stage", "orm", "--out", &fcut_out, "--run-dir", &fcut_run];
     fok(&[&fcut[..], &["--stop-after", "3"]].concat());
+    let frozen_dir = dir
+        .join("run-tower-frozen-cut")
+        .join(reward_ft::RESUME_DIR)
+        .join("frozen");
     // Only what does not train: the tower (the rest is in the trainable state).
-    let held = imgcot::train::ckpt::read_safetensors(
-        &dir.join("run-tower-frozen-cut")
-            .join(reward_ft::RESUME_DIR)
-            .join("frozen/weights.safetensors"),
-    )
-    .unwrap();
+    let held =
+        imgcot::train::ckpt::read_safetensors(&frozen_dir.join("weights.safetensors")).unwrap();
     assert!(!held.is_empty());
     assert!(
         held.iter().all(|(n, _)| n.contains("vision_tower")),
@@ -858,10 +858,6 @@ fn an_interrupted_reward_ft_resumes_to_the_uninterrupted_result() {
     // A state without `frozen/` (as older builds saved it) is refused, not resumed with the
     // initial tower.
     fok(&[&fcut[..], &["--stop-after", "3"]].concat());
-    let frozen_dir = dir
-        .join("run-tower-frozen-cut")
-        .join(reward_ft::RESUME_DIR)
-        .join("frozen");
     std::fs::remove_dir_all(&frozen_dir).unwrap();
     let (ok_old, err) = reward_ft_cli(&fpath, &fcut);
     assert!(!ok_old && err.contains("older build"), "{err}");
